@@ -1,0 +1,185 @@
+"""The contracts between driftbench's parts. Read this file first.
+
+Four kinds of component meet in :func:`harness.run.run`:
+
+* a **generator** (``harness/generator.py``, ``harness/shapes/model.py``): prompt encoding, noise, the
+  one-step trainable map from noise to latents, a frozen decoder to images, and a frozen reference pass;
+* a **reward** (``rewards/``): scores images for prompts; the harness calls it, methods never do;
+* a **method** (``methods/<name>.py``): an update rule. It receives a :class:`Rollout` that the harness
+  sampled and scored, and returns the loss the harness backpropagates;
+* an **evaluator** (``evals/``): held-out metrics from images the harness generated.
+
+The harness owns the loop, the clock, the budget and the record, so every method is measured the same way.
+
+Method modules are plain modules (no base class) with this shape::
+
+    NAME = "drpo"                 # == file stem == registry key == CLI value
+    VERSION = 1                   # bump on any change that breaks comparison
+    REWARD_GRADIENT = False       # True: needs a differentiable reward (DRaFT, VGG-Flow)
+
+    @dataclass(frozen=True)
+    class Config: ...             # every field has a docstring; `lr` is the AdamW learning rate
+
+    def space(trial) -> dict: ...                 # Optuna search space, as Config overrides
+    def needs(cfg) -> Needs: ...                  # what the harness must sample for this config
+    def init(cfg, ctx: Context) -> State: ...     # validate against the run, build buffers
+    def step(cfg, state, batch: Rollout, ctx: Context) -> tuple[Tensor, dict[str, float]]:
+        ...                                       # the loss of one micro-batch, and what to log
+
+and, optionally, ``propose(cfg, noise)`` (transform the harness's noise before sampling, for
+Neighbor-GRPO's neighbours) and ``act(cfg, latents, noise)`` (the latents that are decoded and scored,
+for PSO's Gaussian action).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Cond:
+    """Prompt conditioning: named tensors that all share a leading batch dimension.
+
+    SD-Turbo holds ``{"hidden": (B, 77, 1024)}``; SDXL-Turbo adds ``"pooled"`` and ``"time_ids"``; the
+    Shapes world holds its text tokens and mask.
+    """
+
+    tensors: dict[str, Tensor]
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    def repeat(self, k: int) -> "Cond":
+        """Each row repeated ``k`` times in place: (B, ...) -> (B*k, ...), rows of a prompt adjacent."""
+        return Cond({n: t.repeat_interleave(k, dim=0) for n, t in self.tensors.items()})
+
+    def select(self, index: Tensor | Sequence[int]) -> "Cond":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Cond({n: t.index_select(0, index.to(t.device)) for n, t in self.tensors.items()})
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A one-step text-to-image generator with a trainable part and a frozen reference.
+
+    Shapes use ``C, h, w`` for one latent and ``H = W = resolution`` for one image.
+    """
+
+    name: str
+    resolution: int
+    latent_shape: tuple[int, int, int]
+    device: torch.device
+
+    def encode(self, prompts: Sequence[str]) -> Cond:
+        """Text conditioning for ``prompts`` (frozen encoders, no grad)."""
+
+    def noise(self, seeds: Sequence[int]) -> Tensor:
+        """Standard-normal noise of shape (B, C, h, w), one independent draw per seed."""
+
+    def latents(self, noise: Tensor, cond: Cond) -> Tensor:
+        """The one-step x0 latent (B, C, h, w); differentiable in the trainable parameters."""
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1]; frozen, differentiable with respect to ``latents``."""
+
+    def reference(self) -> ContextManager[None]:
+        """Within this context ``latents`` is the frozen base generator (adapters off, no grad)."""
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The parameters an optimizer updates (LoRA weights, or all weights for full fine-tuning)."""
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The trainable weights, for checkpoints."""
+
+    def load_trainable_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restore weights saved by :meth:`trainable_state`."""
+
+    def save_adapter(self, directory: str) -> None:
+        """Save the fine-tuned weights in a format the upstream library loads (diffusers LoRA)."""
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Scores images for prompts; higher is better.
+
+    ``score`` takes images (B, 3, H, W) in [0, 1] and B prompts and returns B scores: a tensor, or a
+    plain list of floats for black-box rewards. A non-differentiable reward is always called under
+    ``no_grad``; the harness validates length and finiteness of every answer.
+    """
+
+    name: str
+    version: int
+    differentiable: bool
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor | Sequence[float]:
+        ...
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the harness samples for a method config, so no method pays for what it does not use."""
+
+    reference: bool = True
+    """Run the frozen reference generator on the same noise (``Rollout.ref_latents``)."""
+    reward_grad: bool = False
+    """Decode and score with gradients, so ``Rollout.rewards`` is differentiable in the latents."""
+
+
+@dataclass
+class Rollout:
+    """One micro-batch, sampled and scored by the harness. P prompts x K candidates per prompt.
+
+    Per-candidate tensors are stored flat, prompt-major: row ``p * K + k`` is candidate k of prompt p.
+    """
+
+    prompts: list[str]
+    """The P prompts."""
+    k: int
+    """Candidates per prompt."""
+    cond: Cond
+    """Conditioning for the P*K rows (each prompt repeated K times)."""
+    noise: Tensor
+    """(P*K, C, h, w) the noise the trainable and reference generators saw."""
+    latents: Tensor
+    """(P*K, C, h, w) the trainable generator's latents, with grad."""
+    ref_latents: Tensor | None
+    """(P*K, C, h, w) the frozen reference generator on the same noise, or None if not requested."""
+    scored_latents: Tensor
+    """(P*K, C, h, w) the latents that were decoded and scored (``latents`` unless the method acts)."""
+    images: Tensor
+    """(P*K, 3, H, W) the scored images in [0, 1]; detached unless ``Needs.reward_grad``."""
+    rewards: Tensor
+    """(P*K,) the scores; detached unless ``Needs.reward_grad``."""
+
+    def per_prompt(self, t: Tensor) -> Tensor:
+        """View a flat (P*K, ...) tensor as (P, K, ...)."""
+        return t.reshape(len(self.prompts), self.k, *t.shape[1:])
+
+
+@dataclass
+class Context:
+    """What a method may use besides its rollout. Everything here is metered by the harness."""
+
+    k: int
+    """Candidates per prompt (the run's K)."""
+    reward: Reward
+    """The training reward, for its attributes only (``differentiable``, ``name``); methods never call it."""
+    decode: Callable[[Tensor], Tensor]
+    """Metered decoder: latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1], differentiable."""
+    features: Callable[[str], Callable[[Tensor], dict[str, Tensor]]]
+    """``features(space)`` returns a metered feature map: latents -> {key: (B, N, D)}."""
+    rng: torch.Generator
+    """The method's only source of randomness, seeded by the harness per update."""
+    offline: Any = None
+    """An offline preference data set, when the run has one (offline DrPO)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Run facts a method may validate against (profile name, budget counts)."""
+
+
+def no_context() -> ContextManager[None]:
+    return contextlib.nullcontext()

@@ -1,0 +1,122 @@
+"""The run configuration: one frozen dataclass, from which the CLI is generated.
+
+A comparison is fair when every method runs under the same ``RunConfig``: same profile, prompts, noise
+seeds, candidates per prompt, micro-batches and budget. Only the method and its own ``Config`` differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from harness.budget import Budget
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything about a training run except the method's own hyperparameters."""
+
+    method: str = "drpo"
+    """Update rule (see ``driftbench list``)."""
+    profile: str = "shapes"
+    """Generator profile: shapes (embedded default), tiny, tiny-xl, sd-turbo, sdxl-turbo."""
+    model: str = ""
+    """Local directory or cached Hub id of real weights (sd-turbo / sdxl-turbo profiles only)."""
+    features_path: str = ""
+    """Local weights of the latent feature encoder for real profiles (the drifting release's MAE-256)."""
+    reward: str = ""
+    """Training reward; empty means the profile's default."""
+    evals: tuple[str, ...] = ()
+    """Held-out evaluation rewards; empty means the profile's defaults (always includes the training reward)."""
+    prompts: str = "train"
+    """Training prompts: a split of the profile ("train", "heldout") or a text file with one prompt per line."""
+    eval_prompts: str = "heldout"
+    """Evaluation prompts: a split of the profile or a text file."""
+    k: int = 16
+    """Candidates sampled per prompt (the paper's K)."""
+    prompts_per_step: int = 2
+    """Prompts per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer update; effective batch = prompts_per_step * k * grad_accum images."""
+    updates: int = 40
+    """Budget: optimizer updates (0: no limit on updates)."""
+    max_images: int = 0
+    """Budget: trainable-generator samples (0: no limit)."""
+    max_reward_calls: int = 0
+    """Budget: images scored by the training reward (0: no limit)."""
+    max_seconds: float = 0.0
+    """Budget: metered training seconds (0: no limit)."""
+    max_flops: float = 0.0
+    """Budget: counted training FLOPs (0: no limit)."""
+    seed: int = 0
+    """Seeds prompt order, noise and method randomness; same seed = same prompts and noise for every method."""
+    eval_at: tuple[float, ...] = (0.0, 0.5, 1.0)
+    """Budget fractions at which to evaluate (0 = before training)."""
+    eval_seeds: int = 4
+    """Noise seeds per evaluation prompt (fixed across runs)."""
+    eval_prompt_limit: int = 0
+    """Use only the first N evaluation prompts (0: all)."""
+    lora_rank: int = 0
+    """LoRA rank; 0 means the profile's default (16 for SD-Turbo, as in the paper)."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay (paper: 1e-2)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (paper: 1.0)."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every N updates (0: only at the end)."""
+    offline_data: bool = False
+    """Give the method the profile's offline preference data set (offline DrPO)."""
+    device: str = "auto"
+    """"auto" (CUDA if present), "cpu" or "cuda"."""
+    out: str = "results"
+    """Results root; runs go to ``<out>/runs/<run_id>/``."""
+    run_id: str = ""
+    """Run directory name; empty means ``{method}__{reward}__s{seed}__{utc}``."""
+    tag: str = ""
+    """Free-form label stored in the manifest (tables group runs by it)."""
+    count_flops: bool = True
+    """Count FLOPs (a one-off counting pass per component and input shape)."""
+
+    def budget(self) -> Budget:
+        return Budget(updates=self.updates or None, images=self.max_images or None,
+                      reward_calls=self.max_reward_calls or None, seconds=self.max_seconds or None,
+                      flops=self.max_flops or None)
+
+    def validate(self) -> None:
+        """Cheap checks that need no component (component checks happen when they are built)."""
+        for name in ("k", "prompts_per_step", "grad_accum", "eval_seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.k < 2:
+            raise ValueError(f"k must be >= 2 to rank candidates, got {self.k}")
+        if any(not 0.0 <= f <= 1.0 for f in self.eval_at):
+            raise ValueError(f"eval_at fractions must lie in [0, 1], got {self.eval_at}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"unknown device '{self.device}'; valid devices: auto, cpu, cuda")
+        self.budget()
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return json_ready(dataclasses.asdict(cfg))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    """Rebuild a config dataclass from :func:`config_dict` output (lists become tuples)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {', '.join(fields)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

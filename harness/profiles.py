@@ -1,0 +1,187 @@
+"""Generator profiles: a generator plus the prompts, rewards and feature spaces that go with it.
+
+``PROFILES`` maps each name to a builder ``(RunConfig) -> World``. Real profiles load weights from local
+paths only; ``tiny`` and ``tiny-xl`` build SD-Turbo's and SDXL-Turbo's classes at toy size, offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harness.api import Generator
+from harness.config import RunConfig
+from harness.registry import Registry
+
+PROFILES = Registry("profile", {
+    "shapes": "harness.profiles:shapes",
+    "tiny": "harness.profiles:tiny",
+    "tiny-xl": "harness.profiles:tiny_xl",
+    "sd-turbo": "harness.profiles:sd_turbo",
+    "sdxl-turbo": "harness.profiles:sdxl_turbo",
+})
+
+FeatureMap = Callable[[Tensor], dict[str, Tensor]]
+
+
+@dataclass
+class World:
+    """What a profile provides to a run."""
+
+    name: str
+    generator: Generator
+    splits: dict[str, list[str]]
+    """Prompt splits by name ("train", "heldout")."""
+    default_reward: str
+    default_evals: tuple[str, ...]
+    feature_factories: dict[str, Callable[[], FeatureMap]]
+    """Feature spaces by name; built on first use (the encoder may need local weights)."""
+    pixel_spaces: frozenset[str] = frozenset({"pixel"})
+    """Feature spaces that read decoded images rather than latents."""
+    sample_prompts: Callable[[np.random.Generator, Sequence[str], int], list[str]] | None = None
+    """How to draw a micro-batch's prompts (default: uniform without replacement)."""
+    offline: object | None = None
+    """An offline preference data set with ``anchors(prompts, m, rng)`` (offline DrPO), if any."""
+    lora_rank: int = 16
+    _features: dict[str, FeatureMap] = field(default_factory=dict)
+
+    def features(self, space: str) -> FeatureMap:
+        if space not in self.feature_factories:
+            raise ValueError(f"unknown feature space '{space}'; valid spaces: {', '.join(self.feature_factories)}")
+        if space not in self._features:
+            self._features[space] = self.feature_factories[space]()
+        return self._features[space]
+
+    def prompts(self, spec: str) -> list[str]:
+        """A split by name, or the non-empty lines of a text file."""
+        if spec in self.splits:
+            prompts = list(self.splits[spec])
+        elif Path(spec).is_file():
+            prompts = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+        else:
+            raise ValueError(f"prompts '{spec}' is neither a split of profile '{self.name}' "
+                             f"({', '.join(self.splits)}) nor an existing file")
+        if not prompts:
+            raise ValueError(f"prompt set '{spec}' is empty")
+        return prompts
+
+
+def device_for(cfg: RunConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available")
+    return torch.device(cfg.device)
+
+
+# -- feature spaces shared by every profile ---------------------------------------------------
+
+def raw_latent_features() -> FeatureMap:
+    """The whole latent as one token, (B, 1, C*h*w): the paper's raw-latent ablation."""
+    return lambda x: {"latent": x.flatten(1)[:, None, :]}
+
+
+def pixel_features(max_side: int = 64) -> FeatureMap:
+    """Decoded pixels, average-pooled to at most ``max_side``, as one token (B, 1, 3*s*s)."""
+    def fmap(images: Tensor) -> dict[str, Tensor]:
+        if images.shape[-1] > max_side:
+            images = torch.nn.functional.adaptive_avg_pool2d(images, max_side)
+        return {"pixel": images.flatten(1)[:, None, :]}
+    return fmap
+
+
+def _random_encoder(seed: int, in_channels: int, keys: Sequence[str]) -> Callable[[], FeatureMap]:
+    def build() -> FeatureMap:
+        from harness.features import LatentFeatures, ResNetEncoder
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return LatentFeatures(ResNetEncoder(in_channels, 16, (1, 1, 1)), keys)
+    return build
+
+
+# -- profiles --------------------------------------------------------------------------------
+
+TINY_COLORS = ("red", "green", "blue", "yellow", "white", "black")
+TINY_OBJECTS = ("cat", "dog", "car", "tree", "house", "flower", "bird", "boat", "cup", "chair")
+
+
+def tiny_prompts() -> dict[str, list[str]]:
+    """60 "a photo of a <colour> <object>" prompts; every fifth composition is held out."""
+    prompts = [f"a photo of a {c} {o}" for c in TINY_COLORS for o in TINY_OBJECTS]
+    return {"train": [p for i, p in enumerate(prompts) if i % 5], "heldout": prompts[::5]}
+
+
+def _tiny_world(name: str, generator: Generator, seed: int) -> World:
+    keys = ("layer3_mean", "layer3_std", "layer3_mean_2", "layer3_std_2")
+    return World(name=name, generator=generator, splits=tiny_prompts(), default_reward="jpeg",
+                 default_evals=("jpeg", "colorfulness"),
+                 feature_factories={"encoder": _random_encoder(seed, generator.latent_shape[0], keys),
+                                    "latent": raw_latent_features, "pixel": pixel_features},
+                 lora_rank=4)
+
+
+def tiny(cfg: RunConfig) -> World:
+    """SD-Turbo's classes at toy size with random weights; its "encoder" features are a frozen random
+    ResNet (a fixed random feature map, not a pretrained MAE). For tests and the JPEG smoke table."""
+    from harness.generator import tiny_sd
+
+    gen = tiny_sd(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg))
+    return _tiny_world("tiny", gen, seed=0)
+
+
+def tiny_xl(cfg: RunConfig) -> World:
+    """SDXL-Turbo's classes (two encoders, pooled embeddings, time ids) at toy size."""
+    from harness.generator import tiny_sdxl
+
+    gen = tiny_sdxl(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg))
+    return _tiny_world("tiny-xl", gen, seed=0)
+
+
+def _real(cfg: RunConfig, family: str, name: str, resolution: int) -> World:
+    from harness.generator import from_pretrained
+
+    if not cfg.model:
+        raise ValueError(f"profile '{name}' needs --model PATH_OR_ID (a local diffusers directory or a cached Hub id)")
+    device = device_for(cfg)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    gen = from_pretrained(cfg.model, family=family, name=name, resolution=resolution,
+                          lora_rank=cfg.lora_rank or 16, device=device, dtype=dtype)
+    return World(name=name, generator=gen, splits={}, default_reward="pickscore",
+                 default_evals=("pickscore",),
+                 feature_factories={"encoder": lambda: _mae256(cfg.features_path, device),
+                                    "latent": raw_latent_features, "pixel": pixel_features})
+
+
+def _mae256(path: str, device: torch.device) -> FeatureMap:
+    """The drifting release's latent MAE-256 (ResNet, base 256, layers [3,4,6,3]) from a local file."""
+    from harness.features import LatentFeatures, ResNetEncoder
+
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"latent MAE-256 weights not found at '{path}'; pass --features-path "
+                                "(a torch port of the drifting release's mae_latent_256), or use --drpo.features latent/pixel")
+    encoder = ResNetEncoder(4, 256, (3, 4, 6, 3))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    encoder.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
+    return LatentFeatures(encoder, keys).to(device)
+
+
+def sd_turbo(cfg: RunConfig) -> World:
+    return _real(cfg, "sd", "sd-turbo", 512)
+
+
+def sdxl_turbo(cfg: RunConfig) -> World:
+    return _real(cfg, "sdxl", "sdxl-turbo", 512)
+
+
+def shapes(cfg: RunConfig) -> World:
+    """The embedded default: the Shapes world's pretrained generator, rewards and latent MAE."""
+    from harness.shapes.profile import build
+
+    return build(cfg)

@@ -1,0 +1,325 @@
+"""``run()``: the one training loop every method goes through.
+
+The harness draws the prompts and the noise, samples the K candidates, runs the frozen reference, decodes
+and calls the reward; the method only turns that rollout into a loss. The harness then backpropagates,
+clips, steps the optimizer, meters every phase, evaluates at fixed budget fractions, checkpoints and
+writes the record. A method never touches the clock, the store, the budget or the filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harness.api import Context, Needs, Rollout
+from harness.budget import Budget, Meter, Spend
+from harness.config import RunConfig, config_dict
+from harness.profiles import PROFILES, World
+from harness.store import Store, describe_environment, utc_stamp
+
+EVAL_SEED_BASE = 10_000_000
+"""Evaluation noise seeds are fixed, independent of the run seed: eval image (i, j) uses base + 1000 i + j."""
+
+
+class CapabilityError(ValueError):
+    """A method asked to run with a component it cannot use (e.g. reward backprop on a black-box reward)."""
+
+
+@dataclass
+class Parts:
+    """Everything a run needs, built and validated before anything is written to disk."""
+
+    cfg: RunConfig
+    method: Any
+    method_cfg: Any
+    world: World
+    reward: Any
+    eval_rewards: dict[str, Any]
+    needs: Needs
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    budget: Budget
+    meter: Meter
+    ctx: Context
+    state: Any
+    optimizer: torch.optim.Optimizer
+
+
+def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
+    """Resolve names, build every component and validate the combination; raises before any compute."""
+    import rewards as reward_registry
+    from methods import METHODS
+
+    cfg.validate()
+    method = METHODS.get(cfg.method)
+    method_cfg = method_cfg if method_cfg is not None else method.Config()
+    if not isinstance(method_cfg, method.Config):
+        raise TypeError(f"method config for '{cfg.method}' must be {method.__name__}.Config")
+    world = PROFILES.get(cfg.profile)(cfg)
+    reward_name = cfg.reward or world.default_reward
+    reward = reward_registry.build(reward_name)
+    if method.REWARD_GRADIENT and not reward.differentiable:
+        raise CapabilityError(f"method '{cfg.method}' backpropagates through the reward, but reward "
+                              f"'{reward_name}' is not differentiable; use a reward-gradient-free method")
+    eval_names = list(dict.fromkeys([reward_name, *(cfg.evals or world.default_evals)]))
+    eval_rewards = {n: reward if n == reward_name else reward_registry.build(n) for n in eval_names}
+    eval_prompts = world.prompts(cfg.eval_prompts)
+    meter = Meter(world.generator.device, count_flops=cfg.count_flops)
+    ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),
+                  features=lambda space: _features(meter, world, space), rng=torch.Generator(),
+                  offline=world.offline if cfg.offline_data else None,
+                  info={"profile": world.name, "prompts_per_step": cfg.prompts_per_step})
+    state = method.init(method_cfg, ctx)
+    optimizer = torch.optim.AdamW(world.generator.trainable(), lr=method_cfg.lr, betas=(0.9, 0.999),
+                                  weight_decay=cfg.weight_decay, eps=1e-8)
+    return Parts(cfg=cfg, method=method, method_cfg=method_cfg, world=world, reward=reward,
+                 eval_rewards=eval_rewards, needs=method.needs(method_cfg),
+                 train_prompts=world.prompts(cfg.prompts),
+                 eval_prompts=eval_prompts[: cfg.eval_prompt_limit or None], budget=cfg.budget(), meter=meter,
+                 ctx=ctx, state=state, optimizer=optimizer)
+
+
+def _decode(meter: Meter, world: World, latents: Tensor) -> Tensor:
+    return meter.call("decode", world.generator.decode, latents, backward="decode_backward")
+
+
+def _features(meter: Meter, world: World, space: str) -> Callable[[Tensor], dict[str, Tensor]]:
+    fmap = world.features(space)
+
+    def metered(latents: Tensor) -> dict[str, Tensor]:
+        x = _decode(meter, world, latents) if space in world.pixel_spaces else latents
+        return meter.call("features", fmap, x, backward="features_backward", key=f"features:{space}")
+    return metered
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling: the harness, not the method, draws prompts and noise, samples and scores.
+# ---------------------------------------------------------------------------------------------------
+
+def micro_batch(parts: Parts, update: int, micro: int) -> tuple[list[str], list[int]]:
+    """The prompts and per-candidate noise seeds of one micro-batch; a function of (seed, update, micro)."""
+    cfg, world = parts.cfg, parts.world
+    rng = np.random.default_rng([cfg.seed, update, micro])
+    if world.sample_prompts is not None:
+        prompts = world.sample_prompts(rng, parts.train_prompts, cfg.prompts_per_step)
+    else:
+        pool = parts.train_prompts
+        idx = rng.choice(len(pool), size=cfg.prompts_per_step, replace=len(pool) < cfg.prompts_per_step)
+        prompts = [pool[i] for i in idx]
+    seeds = rng.integers(0, 2 ** 31 - 1, size=len(prompts) * cfg.k).tolist()
+    return prompts, seeds
+
+
+def sample(parts: Parts, prompts: list[str], seeds: list[int]) -> Rollout:
+    """K candidates per prompt from the trainable generator (with grad), the reference on the same noise,
+    decoded and scored; everything metered."""
+    gen, meter, method, k = parts.world.generator, parts.meter, parts.method, parts.cfg.k
+    cond = meter.call("text", gen.encode, prompts).repeat(k)
+    noise = gen.noise(seeds)
+    if hasattr(method, "propose"):  # e.g. Neighbor-GRPO's neighbours of a base noise
+        noise = method.propose(parts.method_cfg, noise.reshape(len(prompts), k, *noise.shape[1:])).flatten(0, 1)
+    latents = meter.call("generate", gen.latents, noise, cond, backward="generator_backward",
+                         params=gen.trainable())
+    ref = None
+    if parts.needs.reference:
+        with gen.reference():
+            ref = meter.call("reference", gen.latents, noise, cond)
+    scored = method.act(parts.method_cfg, latents.detach(), noise) if hasattr(method, "act") else latents
+    prompts_k = [p for p in prompts for _ in range(k)]
+    grad = contextlib.nullcontext() if parts.needs.reward_grad else torch.no_grad()
+    with grad:
+        images = meter.call("decode", gen.decode, scored if parts.needs.reward_grad else scored.detach(),
+                            backward="decode_backward")
+        scores = meter.call("reward", parts.reward.score, images, prompts_k, backward="reward_backward")
+    from rewards import check_scores
+
+    rewards = check_scores(scores, len(prompts_k), parts.reward.name).to(latents.device)
+    return Rollout(prompts=prompts, k=k, cond=cond, noise=noise, latents=latents, ref_latents=ref,
+                   scored_latents=scored.detach(), images=images if parts.needs.reward_grad else images.detach(),
+                   rewards=rewards)
+
+
+def update(parts: Parts, step: int, spend: Spend) -> dict[str, float]:
+    """One optimizer update over ``grad_accum`` micro-batches; returns the averaged logs."""
+    cfg, meter, gen = parts.cfg, parts.meter, parts.world.generator
+    parts.optimizer.zero_grad(set_to_none=True)
+    logs: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        prompts, seeds = micro_batch(parts, step, micro)
+        parts.ctx.rng.manual_seed(int(np.random.SeedSequence([cfg.seed, step, micro, 7]).generate_state(1)[0]))
+        batch = sample(parts, prompts, seeds)
+        with meter.phase("loss"):
+            loss, method_logs = parts.method.step(parts.method_cfg, parts.state, batch, parts.ctx)
+        if not torch.isfinite(loss.detach()).all():
+            raise FloatingPointError(f"method '{cfg.method}' produced a non-finite loss ({float(loss.detach())}) at update {step}")
+        if loss.requires_grad:  # a micro-batch with no preference signal can have a constant loss
+            with meter.phase("generator_backward"):
+                (loss / cfg.grad_accum).backward()
+        n = len(batch.rewards)
+        spend.images += n
+        spend.reward_calls += n
+        spend.reference_images += n if batch.ref_latents is not None else 0
+        r = batch.rewards.detach()
+        for key, value in {"loss": float(loss.detach()), "reward_mean": float(r.mean()), "reward_std": float(r.std()),
+                           **method_logs}.items():
+            logs[key] = logs.get(key, 0.0) + float(value) / cfg.grad_accum
+    with meter.phase("optimizer"):
+        norm = torch.nn.utils.clip_grad_norm_(gen.trainable(), cfg.grad_clip)
+        parts.optimizer.step()
+    logs["grad_norm"] = float(norm)
+    return logs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(gen, prompts: list[str], seeds_per_prompt: int, reference: bool = False,
+             batch_size: int = 64) -> tuple[Tensor, list[str]]:
+    """Images for every prompt x fixed evaluation seed, (len(prompts) * seeds, 3, H, W) on CPU."""
+    rows = [(p, EVAL_SEED_BASE + 1000 * i + j) for i, p in enumerate(prompts) for j in range(seeds_per_prompt)]
+    out = []
+    scope = gen.reference() if reference else contextlib.nullcontext()
+    with scope:
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i:i + batch_size]
+            cond = gen.encode([p for p, _ in chunk])
+            out.append(gen.decode(gen.latents(gen.noise([s for _, s in chunk]), cond)).cpu())
+    return torch.cat(out), [p for p, _ in rows]
+
+
+def evaluate(parts: Parts, base: tuple[Tensor, list[str]]) -> tuple[dict[str, float], Tensor]:
+    """Held-out metrics for every evaluation reward, against the base images on the same noise."""
+    from evals.heldout import HeldoutReward
+
+    images, prompts = generate(parts.world.generator, parts.eval_prompts, parts.cfg.eval_seeds)
+    out = {}
+    for name, reward in parts.eval_rewards.items():
+        for metric, value in HeldoutReward(reward).evaluate(images, base[0], prompts).items():
+            out[f"eval/{name}/{metric}"] = value
+    return out, images
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop and the record
+# ---------------------------------------------------------------------------------------------------
+
+def manifest_for(parts: Parts) -> dict[str, Any]:
+    cfg, per_update = parts.cfg, parts.cfg.prompts_per_step * parts.cfg.k * parts.cfg.grad_accum
+    return {
+        "run": config_dict(cfg),
+        "method_config": config_dict(parts.method_cfg),
+        "versions": {"method": parts.method.VERSION, "reward": parts.reward.version,
+                     "evals": {n: r.version for n, r in parts.eval_rewards.items()}, "profile": parts.world.name},
+        "reward": parts.reward.name,
+        "per_update": {"images": per_update, "reward_calls": per_update,
+                       "reference_images": per_update if parts.needs.reference else 0,
+                       "prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k},
+        "budget": parts.budget.limits(),
+        "environment": describe_environment(),
+    }
+
+
+def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, resume: str = "",
+        on_eval: Callable[[float, dict[str, float]], None] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.method`` under ``cfg``'s budget and record it; returns the run's summary.
+
+    ``on_eval(fraction, metrics)`` is called after each evaluation (Optuna reports and prunes there; an
+    exception it raises, such as ``optuna.TrialPruned``, ends the run with status "pruned").
+    """
+    from harness import checkpoint
+
+    store = store or Store(cfg.out)
+    parts = prepare(cfg, method_cfg)
+    if resume:
+        run_id, start = resume, checkpoint.load(store, resume, parts)
+    else:
+        run_id = cfg.run_id or f"{cfg.method}__{parts.reward.name}__s{cfg.seed}__{utc_stamp()}"
+        start = checkpoint.Resume()
+        store.start(run_id, manifest_for(parts))
+    try:
+        summary = _loop(parts, store, run_id, start, on_eval, progress)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
+            "pruned" if type(exc).__name__ == "TrialPruned" else "failed")
+        store.set_status(run_id, status, error=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc(limit=8) if status == "failed" else None)
+        raise
+    store.finish(run_id, summary)
+    return summary
+
+
+def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: bool) -> dict[str, Any]:
+    from harness import checkpoint
+    from harness.images import save_grid
+
+    cfg, meter, spend = parts.cfg, parts.meter, start.spend
+    base = generate(parts.world.generator, parts.eval_prompts, cfg.eval_seeds, reference=True)
+    pending = sorted(f for f in set(cfg.eval_at) | {1.0} if f > start.evaluated_upto)
+    bar = _progress(parts, spend, progress)
+    metrics, images = {}, None
+    while True:
+        fraction = parts.budget.fraction(spend)
+        if pending and fraction >= pending[0] - 1e-12:
+            metrics, images = evaluate(parts, base)
+            row = {"kind": "eval", "step": spend.updates, "fraction": fraction, **_budget_row(spend), **metrics}
+            store.append(run_id, row)
+            while pending and fraction >= pending[0] - 1e-12:
+                start.evaluated_upto = pending.pop(0)
+            if on_eval is not None:
+                on_eval(fraction, metrics)
+        if parts.budget.done(spend):
+            break
+        logs = update(parts, spend.updates, spend)
+        spend.updates += 1
+        spend.seconds, spend.flops = meter.totals()
+        store.append(run_id, {"kind": "train", "step": spend.updates, **_budget_row(spend),
+                              **{f"train/{k}": v for k, v in logs.items()}})
+        if cfg.checkpoint_every and spend.updates % cfg.checkpoint_every == 0:
+            checkpoint.save(store, run_id, parts, spend, start.evaluated_upto)
+        bar.update(spend, logs)
+    bar.close()
+    run_dir = store.run_dir(run_id)
+    checkpoint.save(store, run_id, parts, spend, start.evaluated_upto)
+    parts.world.generator.save_adapter(run_dir / "adapter")
+    if images is not None:
+        save_grid(images, run_dir / "samples.png", columns=cfg.eval_seeds, limit=8 * cfg.eval_seeds)
+    return {**metrics, **_budget_row(spend), "phases": _per_update(meter, spend.updates), "run_id": run_id}
+
+
+def _budget_row(spend: Spend) -> dict[str, float]:
+    return {f"budget/{k}": v for k, v in spend.as_dict().items()}
+
+
+def _per_update(meter: Meter, updates: int) -> dict[str, dict[str, float]]:
+    """Per-phase seconds, FLOPs and peak memory, averaged over updates."""
+    n = max(updates, 1)
+    return {p: {"seconds": s["seconds"] / n, "flops": s["flops"] / n, "peak_bytes": s["peak_bytes"]}
+            for p, s in meter.snapshot().items()}
+
+
+class _progress:
+    """A tqdm bar over the budget fraction, showing the current reward and an ETA."""
+
+    def __init__(self, parts: Parts, spend: Spend, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.parts = parts
+        self.bar = tqdm(total=1000, disable=not enabled, desc=f"{parts.cfg.method} s{parts.cfg.seed}",
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}", leave=False)
+        self.bar.update(int(1000 * min(parts.budget.fraction(spend), 1.0)))
+
+    def update(self, spend: Spend, logs: dict[str, float]) -> None:
+        done = int(1000 * min(self.parts.budget.fraction(spend), 1.0))
+        self.bar.set_postfix_str(f"upd {spend.updates} reward {logs['reward_mean']:.4g} loss {logs['loss']:.4g}")
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()

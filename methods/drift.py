@@ -1,0 +1,171 @@
+"""The drifting field and its loss (Deng et al., arXiv 2602.04770, Algorithm 2), as DrPO uses it.
+
+This reproduces the official ``drift_loss`` (lambertae/drifting ``drift_loss.py``@accd0cf, with the
+kernel options and ``mask_negative_self`` of UGVly/DrPO ``src/drpo/drift.py``@dd473d8). Where the DrPO
+paper's dipole-energy gradient (an unnormalised sum of kernel gradients) and the official code differ,
+this follows the code: a doubly normalised kernel, one global feature scale, and a per-radius RMS
+normalisation of the force (drpo-method.md sections 1.2 and 2.2).
+
+For each group b the generated points X (B, N, D) drift towards the weighted positives and away from the
+weighted negatives and from the other generated points:
+
+    T   = [sg(X) | negatives | positives],   w_T = [1 | w_neg | w_pos]
+    s   = mean_{b,i,t}(||x_i - T_t|| w_t) / mean(w_t)                   (one scalar per call)
+    A_R = sqrt(softmax_t(l) * softmax_i(l)) * w_T,   l = kernel(x_i, T_t; s, R) - (100/R) [self]
+    F_R = sum_t c_it T_t - (sum_t c_it) x_i,   c = +A S^- on positives, -A S^+ on negatives
+    loss_b = mean_{i,d} (X / s' - sg(X / s' + sum_R F_R / rms(F_R)))^2,   s' = s / sqrt(D)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+KERNELS = ("laplacian", "rbf", "cosine")
+"""Valid kernels; ``"exponential"`` is accepted as an alias of laplacian, as in the official code."""
+
+_SELF_MASK = 100.0
+"""Logit penalty (times 1/R) that removes a point's own copy from its target set."""
+
+
+def canonical_kernel(kernel: str) -> str:
+    """Map a kernel name to one of :data:`KERNELS` (the official code maps exponential to laplacian)."""
+    name = kernel.lower()
+    if name == "exponential":
+        return "laplacian"
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel '{kernel}'; valid kernels: {', '.join(KERNELS)}, exponential")
+    return name
+
+
+def pairwise_distance(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
+    """Unsquared L2 distances (B, N, M) between x (B, N, D) and y (B, M, D); eps inside the sqrt."""
+    sq = (x * x).sum(-1)[:, :, None] + (y * y).sum(-1)[:, None, :] - 2.0 * torch.einsum("bnd,bmd->bnm", x, y)
+    return sq.clamp_min(eps).sqrt()
+
+
+def kernel_logits(x: Tensor, y: Tensor, distance: Tensor, scale: Tensor, radius: float, kernel: str) -> Tensor:
+    """Kernel log-affinities (B, N, M) at bandwidth ``radius``; larger means closer.
+
+    Laplacian: -d/(sR). RBF: -(d/(sR))^2 / 2. Cosine: cos(x, y)/R, which ignores the feature scale.
+    """
+    if kernel == "cosine":
+        xn = torch.nn.functional.normalize(x, dim=-1, eps=1e-8)
+        yn = torch.nn.functional.normalize(y, dim=-1, eps=1e-8)
+        return torch.einsum("bnd,bmd->bnm", xn, yn) / radius
+    z = distance / scale.clamp_min(1e-8) / radius
+    return -z if kernel == "laplacian" else -0.5 * z.square()
+
+
+def drift_loss(
+    generated: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    *,
+    positive_weight: float | Tensor,
+    negative_weight: float | Tensor,
+    radii: Sequence[float],
+    mask_negative_self: bool = False,
+    kernel: str = "laplacian",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Drift ``generated`` towards ``positive`` and away from ``negative``; returns (loss (B,), info).
+
+    Args:
+        generated: (B, N, D) features with grad; the loss's only path to the parameters.
+        positive: (B, P, D) attracting anchors (treated as constants).
+        negative: (B, M, D) repelling anchors (treated as constants).
+        positive_weight, negative_weight: scalar weight of each anchor, or a (B, P) / (B, M) tensor
+            (a 1-D tensor is broadcast over groups). Generated points weigh 1.
+        radii: kernel bandwidths; each adds one unit-RMS force.
+        mask_negative_self: also mask negative i as the self-copy of generated i (requires M == N);
+            DrPO's reference drift repels from the current batch this way.
+        kernel: "laplacian" (default), "exponential" (alias), "rbf" or "cosine".
+
+    ``info`` holds detached diagnostics: ``scale``, the raw (pre-normalisation) RMS of each radius'
+    force (``rms_<R>``), and the mean positive and negative kernel mass per point (``mass_pos``,
+    ``mass_neg``), since the normalised loss itself barely moves during training (drifting issue #3).
+    """
+    kernel = canonical_kernel(kernel)
+    generated, positive, negative = _check_inputs(generated, positive, negative, radii, mask_negative_self)
+    batch, n, dim = generated.shape
+    m = negative.shape[1]
+
+    # 1. Targets and weights: the generated block is its own (weight-1) negative set.
+    old = generated.detach()
+    targets = torch.cat([old, negative.detach(), positive.detach()], dim=1)
+    weights = torch.cat([old.new_ones(batch, n), _weights(negative_weight, batch, m, old),
+                         _weights(positive_weight, batch, positive.shape[1], old)], dim=1)
+
+    # 2. One global scale for the whole call, so the mean distance of the scaled features is ~sqrt(D).
+    distance = pairwise_distance(old, targets)
+    scale = ((distance * weights[:, None, :]).mean() / weights.mean().clamp_min(1e-8)).clamp_min(1e-3)
+    per_dim = (scale / math.sqrt(dim)).clamp_min(1e-3)
+    old_s, targets_s = old / per_dim, targets / per_dim
+    mask = _self_mask(n, m, targets.shape[1], mask_negative_self, old)
+
+    # 3. One unit-RMS force per radius, summed.
+    force = torch.zeros_like(old_s)
+    info: dict[str, Tensor] = {"scale": scale.detach()}
+    mass_pos, mass_neg = old.new_zeros(()), old.new_zeros(())
+    for radius in radii:
+        logits = kernel_logits(old, targets, distance, scale, float(radius), kernel) - (_SELF_MASK / radius) * mask
+        # Geometric mean of the row and column softmax (the "double normalisation").
+        affinity = (logits.softmax(dim=-1) * logits.softmax(dim=-2)).clamp_min(1e-6).sqrt() * weights[:, None, :]
+        repel, attract = affinity[:, :, : n + m], affinity[:, :, n + m:]
+        s_pos, s_neg = attract.sum(-1, keepdim=True), repel.sum(-1, keepdim=True)
+        coeff = torch.cat([-repel * s_pos, attract * s_neg], dim=-1)
+        f = torch.einsum("bnt,btd->bnd", coeff, targets_s) - coeff.sum(-1, keepdim=True) * old_s
+        rms = f.square().mean().clamp_min(1e-8).sqrt()
+        force = force + f / rms
+        info[f"rms_{radius:g}"] = rms.detach()
+        mass_pos, mass_neg = mass_pos + s_pos.mean(), mass_neg + s_neg.mean()
+
+    # 4. Regress the scaled features onto the detached drifted target.
+    goal = (old_s + force).detach()
+    loss = (generated / per_dim - goal).square().mean(dim=(1, 2))
+    info["mass_pos"] = (mass_pos / len(radii)).detach()
+    info["mass_neg"] = (mass_neg / len(radii)).detach()
+    return loss, info
+
+
+def _check_inputs(generated: Tensor, positive: Tensor, negative: Tensor, radii: Sequence[float],
+                  mask_negative_self: bool) -> tuple[Tensor, Tensor, Tensor]:
+    for name, t in (("generated", generated), ("positive", positive), ("negative", negative)):
+        if t.ndim != 3:
+            raise ValueError(f"{name} must be (B, N, D), got shape {tuple(t.shape)}")
+    b, n, d = generated.shape
+    for name, t in (("positive", positive), ("negative", negative)):
+        if t.shape[0] != b or t.shape[2] != d:
+            raise ValueError(f"{name} shape {tuple(t.shape)} does not match generated {tuple(generated.shape)}")
+        if t.shape[1] == 0:
+            raise ValueError(f"{name} has no anchors; the drift needs at least one positive and one negative")
+    if mask_negative_self and negative.shape[1] != n:
+        raise ValueError(f"mask_negative_self needs as many negatives as generated points ({negative.shape[1]} != {n})")
+    if len(radii) == 0 or any(r <= 0 for r in radii):
+        raise ValueError(f"radii must be positive and non-empty, got {tuple(radii)}")
+    # The official code computes in float32 whatever the training dtype.
+    return generated.float(), positive.float(), negative.float()
+
+
+def _weights(value: float | Tensor, batch: int, count: int, like: Tensor) -> Tensor:
+    """Anchor weights (B, count) from a scalar or a (count,) / (B, count) tensor."""
+    if not torch.is_tensor(value):
+        return like.new_full((batch, count), float(value))
+    w = value.to(like)
+    w = w.expand(batch, -1) if w.ndim == 1 else w
+    if tuple(w.shape) != (batch, count):
+        raise ValueError(f"anchor weights must be ({batch}, {count}), got {tuple(w.shape)}")
+    return w
+
+
+def _self_mask(n: int, m: int, total: int, mask_negative: bool, like: Tensor) -> Tensor:
+    """(1, N, T) ones where target t is point i's own copy: the old block, and the negatives if asked."""
+    mask = like.new_zeros(1, n, total)
+    idx = torch.arange(n, device=like.device)
+    mask[0, idx, idx] = 1.0
+    if mask_negative:
+        mask[0, idx, n + idx] = 1.0
+    return mask

@@ -1,0 +1,210 @@
+"""DrPO: Drifting Preference Optimization (Jiang, Wen and Liu, arXiv 2606.02521).
+
+For each prompt, K candidates from the current one-step generator are ranked by the target reward (the
+reward only ranks, so black-box and non-differentiable rewards work). In a frozen feature space phi, the
+features z = phi(G(eps)) drift towards the top-M and away from the bottom-M (the preference field, the
+paper's dipole reward), plus lambda times a reference drift towards the frozen base generator's samples
+on the same noise and away from the current batch (the mean-shift estimate of grad log p_base - grad
+log p_theta). The features regress onto their detached drifted target (paper section 3, V_DrPO =
+V_pref + lambda V_ref, z* = sg(z + eta V_DrPO), L = ||z - z*||^2 / 2K).
+
+This follows the official SD-Turbo trainer (UGVly/DrPO ``src/drpo/training/trainer.py``@61329a4,
+``_compute_prompt_terms``), not the paper's unnormalised dipole gradient: each field is
+:func:`methods.drift.drift_loss`, with its global feature scale and per-radius RMS normalisation; the
+anchor weights eta (3000) enter only through that normalisation, and each feature key is its own drift
+problem over all tokens of all K images of one prompt (the official drifting code instead runs one
+problem per token position). Keys are summed (SD-Turbo; the SDXL trainer averages: ``aggregation``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from harness.api import Context, Needs, Rollout
+from methods.drift import canonical_kernel, drift_loss
+
+NAME = "drpo"
+VERSION = 1
+REWARD_GRADIENT = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """DrPO's hyperparameters; defaults are the official SD-Turbo launch script (drpo.sh@61329a4)."""
+
+    m: int = 8
+    """Positives and negatives per prompt: the top-M and bottom-M of the K candidates (disjoint, K >= 2M)."""
+    eta: float = 3000.0
+    """Anchor weight of the positives, negatives, reference samples and batch negatives (the paper's eta)."""
+    lam: float = 0.2
+    """Weight lambda of the reference term (``drifting_ref_loss_weight``)."""
+    reference: str = "drift"
+    """Reference objective: "drift" (V_ref), "perceptual" (lambda * MSE to the reference features) or "none"."""
+    features: str = "encoder"
+    """Feature space: "encoder" (the profile's frozen latent encoder), "latent" (raw latents) or "pixel"."""
+    aggregation: str = "sum"
+    """How feature keys combine: "sum" (SD-Turbo trainer) or "mean" (SDXL trainer)."""
+    kernel: str = "laplacian"
+    """Drift kernel: laplacian (alias exponential), rbf or cosine."""
+    radii: tuple[float, ...] = (0.02, 0.05, 0.2)
+    """Kernel bandwidths of the preference field."""
+    ref_radii: tuple[float, ...] = (0.02, 0.05, 0.2)
+    """Kernel bandwidths of the reference field."""
+    strict_ties: bool = False
+    """Keep only anchors whose rewards separate strictly (every positive above every negative). The
+    official code breaks ties arbitrarily; with a binary reward, strictness avoids correct samples among
+    the negatives. A prompt whose candidates all tie gets no preference term in either mode."""
+    anchors: str = "online"
+    """"online": rank the on-policy candidates; "offline": take M preferred and M rejected anchors per
+    prompt from the run's fixed preference data set (the paper's initial offline experiments)."""
+    lr: float = 1e-4
+    """AdamW learning rate (constant, no warm-up)."""
+
+
+def space(trial) -> dict:
+    """Optuna search space: kernel and bandwidth, M, lambda, eta and the learning rate.
+
+    K is the run's candidate count (``RunConfig.k``); the study searches it through the run config.
+    """
+    base = trial.suggest_float("radius_scale", 0.25, 4.0, log=True)
+    return {
+        "kernel": trial.suggest_categorical("kernel", ["laplacian", "rbf", "cosine"]),
+        "radii": tuple(round(r * base, 6) for r in (0.02, 0.05, 0.2)),
+        "m": trial.suggest_int("m", 2, 8),
+        "lam": trial.suggest_float("lam", 0.0, 1.0),
+        "eta": trial.suggest_float("eta", 300.0, 10000.0, log=True),
+        "lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True),
+    }
+
+
+def needs(cfg: Config) -> Needs:
+    return Needs(reference=cfg.reference != "none" and cfg.lam > 0, reward_grad=False)
+
+
+def init(cfg: Config, ctx: Context) -> dict:
+    """Check the config against the run before any compute is spent."""
+    canonical_kernel(cfg.kernel)
+    if cfg.m < 1 or ctx.k < 2 * cfg.m:
+        raise ValueError(f"DrPO needs K >= 2M with M >= 1 (disjoint top-M and bottom-M); got K={ctx.k}, M={cfg.m}")
+    if cfg.lam < 0:
+        raise ValueError(f"lambda must be >= 0, got {cfg.lam}")
+    if cfg.eta <= 0:
+        raise ValueError(f"eta must be > 0, got {cfg.eta}")
+    for name, radii in (("radii", cfg.radii), ("ref_radii", cfg.ref_radii)):
+        if not radii or min(radii) <= 0:
+            raise ValueError(f"{name} must be positive, got {tuple(radii)}")
+    _choice("reference", cfg.reference, ("drift", "perceptual", "none"))
+    _choice("aggregation", cfg.aggregation, ("sum", "mean"))
+    _choice("anchors", cfg.anchors, ("online", "offline"))
+    ctx.features(cfg.features)  # raises for an unknown feature space
+    if cfg.anchors == "offline" and ctx.offline is None:
+        raise ValueError("anchors='offline' needs a preference data set; this run's profile provides none")
+    return {}
+
+
+def step(cfg: Config, state: dict, batch: Rollout, ctx: Context) -> tuple[Tensor, dict[str, float]]:
+    """The DrPO loss of one micro-batch (mean over prompts), and diagnostics."""
+    phi = ctx.features(cfg.features)
+    gen = phi(batch.latents)                                         # {key: (P*K, N, D)} with grad
+    ref = None
+    if cfg.reference != "none" and cfg.lam > 0:
+        with torch.no_grad():
+            ref = phi(batch.ref_latents)
+    pos_idx, neg_idx = _anchors(cfg, batch, ctx)
+    offline = _offline_features(cfg, batch, ctx, phi)
+    losses, logs = [], []
+    for p in range(len(batch.prompts)):
+        loss, log = _prompt_loss(cfg, p, batch.k, gen, ref, pos_idx[p], neg_idx[p], offline)
+        losses.append(loss)
+        logs.append(log)
+    out = {k: sum(log[k] for log in logs) / len(logs) for k in logs[0]}
+    return torch.stack(losses).mean(), out
+
+
+def _anchors(cfg: Config, batch: Rollout, ctx: Context) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    """Per prompt, the indices of the top-M and bottom-M candidates (None: all tied, no preference)."""
+    rewards = batch.per_prompt(batch.rewards.detach().float())      # (P, K)
+    pos, neg = [], []
+    for r in rewards:
+        # A random permutation before a stable sort breaks ties without favouring low indices.
+        perm = torch.randperm(r.numel(), generator=ctx.rng)
+        order = perm[torch.sort(r[perm], descending=True, stable=True).indices]
+        top, bottom = order[: cfg.m], order[-cfg.m:]
+        if cfg.strict_ties:
+            top, bottom = top[r[top] > r[bottom].max()], bottom[r[bottom] < r[top].min()]
+        tied = r.max() == r.min() or len(top) == 0 or len(bottom) == 0
+        pos.append(None if tied else top)
+        neg.append(None if tied else bottom)
+    return pos, neg
+
+
+def _offline_features(cfg: Config, batch: Rollout, ctx: Context, phi) -> tuple[dict, dict] | None:
+    """Features of M preferred and M rejected offline anchors per prompt: {key: (P*M, N, D)} each."""
+    if cfg.anchors != "offline":
+        return None
+    pos, neg = ctx.offline.anchors(batch.prompts, cfg.m, ctx.rng)     # (P, M, C, h, w) each
+    with torch.no_grad():
+        return phi(pos.flatten(0, 1)), phi(neg.flatten(0, 1))
+
+
+def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[str, Tensor] | None,
+                 pos_idx: Tensor | None, neg_idx: Tensor | None, offline) -> tuple[Tensor, dict[str, float]]:
+    """Sum (or mean) over feature keys of pref + lambda * ref for prompt p.
+
+    Each key's K images x N tokens form one point set (1, K*N, D), as in the official trainer.
+    """
+    log = {"pref_loss": 0.0, "ref_loss": 0.0, "drift_rms": 0.0, "mass_pos": 0.0, "mass_neg": 0.0,
+           "no_preference": float(pos_idx is None and offline is None)}
+    terms = []
+    for key, feats in gen.items():
+        g = feats[p * k:(p + 1) * k]                                  # (K, N, D)
+        points = g.reshape(1, -1, g.shape[-1])                        # (1, K*N, D)
+        term = points.new_zeros(())
+        anchors = _anchor_sets(cfg, p, key, g, pos_idx, neg_idx, offline)
+        if anchors is not None:
+            pref, info = drift_loss(points, *anchors, positive_weight=cfg.eta, negative_weight=cfg.eta,
+                                    radii=cfg.radii, kernel=cfg.kernel)
+            term = term + pref.mean()
+            log["pref_loss"] += float(pref.detach().mean())
+            # The raw drift RMS and kernel masses move when the normalised loss does not (drifting #3).
+            log["drift_rms"] += sum(float(info[f"rms_{r:g}"]) for r in cfg.radii) / len(cfg.radii)
+            log["mass_pos"] += float(info["mass_pos"])
+            log["mass_neg"] += float(info["mass_neg"])
+        if ref is not None:
+            ref_loss = _reference_term(cfg, points, ref[key][p * k:(p + 1) * k].reshape(1, -1, g.shape[-1]))
+            term = term + cfg.lam * ref_loss
+            log["ref_loss"] += float(ref_loss.detach())
+        terms.append(term)
+    total = torch.stack(terms).sum() if cfg.aggregation == "sum" else torch.stack(terms).mean()
+    return total, log
+
+
+def _anchor_sets(cfg: Config, p: int, key: str, g: Tensor, pos_idx: Tensor | None, neg_idx: Tensor | None,
+                 offline) -> tuple[Tensor, Tensor] | None:
+    """Positive and negative point sets (1, M*N, D) for prompt p, or None when it has no preference."""
+    d = g.shape[-1]
+    if offline is not None:
+        pos, neg = offline[0][key], offline[1][key]                   # (P*M, N, D)
+        return (pos[p * cfg.m:(p + 1) * cfg.m].reshape(1, -1, d), neg[p * cfg.m:(p + 1) * cfg.m].reshape(1, -1, d))
+    if pos_idx is None:
+        return None
+    # Anchors are detached copies of batch members; their self-copies stay unmasked, as in the official code.
+    return g[pos_idx].detach().reshape(1, -1, d), g[neg_idx].detach().reshape(1, -1, d)
+
+
+def _reference_term(cfg: Config, points: Tensor, reference: Tensor) -> Tensor:
+    """V_ref (attract to the base samples, repel from the batch, self masked) or the perceptual MSE."""
+    if cfg.reference == "drift":
+        loss, _ = drift_loss(points, reference, points.detach(), positive_weight=cfg.eta, negative_weight=cfg.eta,
+                             radii=cfg.ref_radii, mask_negative_self=True, kernel=cfg.kernel)
+        return loss.mean()
+    # "perceptual": the official frozen_feature_l2 term, MSE between current and base features.
+    return torch.nn.functional.mse_loss(points.float(), reference.float())
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} '{value}'; valid choices: {', '.join(valid)}")

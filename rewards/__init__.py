@@ -1,0 +1,67 @@
+"""Rewards: ``score(images (B, 3, H, W) in [0, 1], prompts) -> (B,)``, higher is better.
+
+``REWARDS`` maps each public name to a zero-argument factory; parametrised names (``remote:URL``) map a
+prefix to a factory that receives the rest of the name. Heavy packages are imported inside the factories.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from harness.registry import Registry
+
+REWARDS = Registry("reward", {
+    "jpeg": "rewards.jpeg:JpegCompressibility",
+    "colorfulness": "rewards.colorfulness:Colorfulness",
+    "shapes-geneval": "rewards.shapes_geneval:ShapesGenEval",
+    "shapes-geneval-clauses": "rewards.shapes_geneval:clause_fraction",
+    "shapes-pref": "rewards.shapes_pref:load_reward",
+})
+
+
+class RewardError(RuntimeError):
+    """A reward answered something the harness cannot use (wrong length, NaN, wrong type)."""
+
+
+def build(name: str):
+    """Instantiate the reward called ``name`` (``remote:URL`` style names pass their argument)."""
+    target = REWARDS.get(name)
+    if isinstance(target, tuple):
+        factory, argument = target
+        return factory(argument)
+    return target()
+
+
+def check_scores(scores: Tensor | Sequence[float], n: int, name: str) -> Tensor:
+    """Validate a reward's answer for ``n`` images and return it as a float tensor (n,).
+
+    Black-box rewards may return plain Python floats; a tensor keeps its autograd graph.
+    """
+    if not torch.is_tensor(scores):
+        try:
+            values = [float(s) for s in scores]
+        except (TypeError, ValueError) as exc:
+            raise RewardError(f"reward '{name}' returned {type(scores).__name__}, expected {n} numbers ({exc})")
+        scores = torch.tensor(values, dtype=torch.float32)
+    if scores.ndim != 1 or scores.shape[0] != n:
+        raise RewardError(f"reward '{name}' returned shape {tuple(scores.shape)} for {n} images; expected ({n},)")
+    bad = (~torch.isfinite(scores.detach())).nonzero().flatten().tolist()
+    if bad:
+        raise RewardError(f"reward '{name}' returned non-finite scores at indices {bad[:5]} "
+                          f"(e.g. {float(scores.detach()[bad[0]])})")
+    return scores.float()
+
+
+def check_images(images: Tensor, prompts: Sequence[str], name: str) -> None:
+    """The input contract every reward shares: (B, 3, H, W) in [0, 1] with B prompts."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"reward '{name}' expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    if images.shape[0] != len(prompts):
+        raise ValueError(f"reward '{name}' got {images.shape[0]} images but {len(prompts)} prompts")
+    lo, hi = float(images.detach().min()), float(images.detach().max())
+    if lo < -1e-4 or hi > 1 + 1e-4 or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"reward '{name}' expects images in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
