@@ -17,6 +17,8 @@ from torch import Tensor
 
 
 class HeldoutReward:
+    """Held-out mean, standard error and win rate against the base generator, for one reward."""
+
     name = "heldout"
     version = 1
 

@@ -7,6 +7,8 @@ seeds, candidates per prompt, micro-batches and budget. Only the method and its 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,3 +122,10 @@ def from_dict(cls: type, data: dict[str, Any]):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {', '.join(fields)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def run_key(run_cfg: RunConfig, method_cfg: Any) -> str:
+    """A short hash of everything that defines a run except where it is stored and what it is called."""
+    data = {k: v for k, v in config_dict(run_cfg).items() if k not in ("out", "run_id")}
+    blob = json.dumps({"run": data, "method": config_dict(method_cfg)}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -58,7 +58,10 @@ class OneStepGenerator:
         self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)
         self.lora = {"r": lora_rank, "lora_alpha": lora_alpha or lora_rank, "target_modules": list(lora_targets)}
         for module in [unet, vae, *self.text_encoders]:
-            module.to(self.device, dtype).eval().requires_grad_(False)
+            # Casting to float32 explicitly makes diffusers warn; only cast when the dtype changes.
+            module.to(self.device).eval().requires_grad_(False)
+            if dtype != torch.float32:
+                module.to(dtype)
         add_lora(unet, rank=lora_rank, alpha=lora_alpha, targets=lora_targets, seed=seed)
         # Keep the adapter weights in float32 even when the frozen base runs in half precision.
         for p in self.trainable():

@@ -173,10 +173,12 @@ def _mae256(path: str, device: torch.device) -> FeatureMap:
 
 
 def sd_turbo(cfg: RunConfig) -> World:
+    """SD-Turbo (SD 2.1 UNet at t=999, OpenCLIP-H text) from local weights, LoRA r=16, 512 px."""
     return _real(cfg, "sd", "sd-turbo", 512)
 
 
 def sdxl_turbo(cfg: RunConfig) -> World:
+    """SDXL-Turbo (two text encoders, pooled embeddings, time ids) from local weights, LoRA r=16, 512 px."""
     return _real(cfg, "sdxl", "sdxl-turbo", 512)
 
 

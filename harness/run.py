@@ -19,7 +19,7 @@ from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
 from harness.budget import Budget, Meter, Spend
-from harness.config import RunConfig, config_dict
+from harness.config import RunConfig, config_dict, run_key
 from harness.profiles import PROFILES, World
 from harness.store import Store, describe_environment, utc_stamp
 
@@ -57,6 +57,10 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     from methods import METHODS
 
     cfg.validate()
+    # Names first: a typo must fail before any model is built.
+    PROFILES.check(cfg.profile)
+    for name in ([cfg.reward] if cfg.reward else []) + list(cfg.evals):
+        reward_registry.REWARDS.check(name)
     method = METHODS.get(cfg.method)
     method_cfg = method_cfg if method_cfg is not None else method.Config()
     if not isinstance(method_cfg, method.Config):
@@ -214,6 +218,7 @@ def evaluate(parts: Parts, base: tuple[Tensor, list[str]]) -> tuple[dict[str, fl
 def manifest_for(parts: Parts) -> dict[str, Any]:
     cfg, per_update = parts.cfg, parts.cfg.prompts_per_step * parts.cfg.k * parts.cfg.grad_accum
     return {
+        "key": run_key(cfg, parts.method_cfg),
         "run": config_dict(cfg),
         "method_config": config_dict(parts.method_cfg),
         "versions": {"method": parts.method.VERSION, "reward": parts.reward.version,

@@ -134,7 +134,8 @@ class Store:
             if line.strip():
                 row = json.loads(line)
                 latest[(row.get("kind"), row.get("step"))] = row
-        rows = sorted(latest.values(), key=lambda r: (r.get("step", 0), r.get("kind", "")))
+        # At a given step the update's train row precedes the evaluation that follows it.
+        rows = sorted(latest.values(), key=lambda r: (r.get("step", 0), r.get("kind") == "eval"))
         return [r for r in rows if kind is None or r.get("kind") == kind]
 
     def summaries(self, run_ids: Iterable[str] | None = None):

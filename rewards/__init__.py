@@ -18,8 +18,7 @@ REWARDS = Registry("reward", {
     "jpeg": "rewards.jpeg:JpegCompressibility",
     "colorfulness": "rewards.colorfulness:Colorfulness",
     "shapes-geneval": "rewards.shapes_geneval:ShapesGenEval",
-    "shapes-geneval-clauses": "rewards.shapes_geneval:clause_fraction",
-    "shapes-pref": "rewards.shapes_pref:load_reward",
+    "shapes-geneval-clauses": "rewards.shapes_geneval:ShapesGenEvalClauses",
 })
 
 

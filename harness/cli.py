@@ -1,0 +1,127 @@
+"""``driftbench`` (= ``python -m harness``): commands generated from the config dataclasses with tyro.
+
+    driftbench list                                  methods, rewards, evaluators, profiles, presets
+    driftbench train --method drpo --profile tiny --reward jpeg --drpo.m 2 ...
+    driftbench train --preset tiny-jpeg --method drpo --resume RUN_ID
+    driftbench table2 --profile shapes               the main comparison, resumable
+    driftbench pretrain generator|encoder|reward|all the Shapes world's assets
+
+Bad input ends with a one-line error naming the value and the valid choices, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, make_dataclass
+from typing import Callable, Sequence
+
+USAGE = """usage: driftbench COMMAND [OPTIONS]   (driftbench COMMAND --help for a command's options)
+
+commands:
+  list           methods (with their reward-gradient requirement), rewards, evaluators, profiles, presets
+  train          train one method under a run config (--preset, --resume)
+  table2         run or resume the main comparison and write results/table2.md and .csv
+  pretrain       pretrain the Shapes world's generator, encoder and reward assets
+"""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options of the train command itself."""
+
+    preset: str = ""
+    """Start from a named preset (see ``driftbench list``); flags override it."""
+    resume: str = ""
+    """Resume this run id from its checkpoint (the config must match the stored one)."""
+    quiet: bool = False
+    """No progress bar."""
+
+
+def _peek(argv: Sequence[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` or ``--flag=VALUE`` in argv, without parsing anything else."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def train(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness import presets
+    from harness.config import RunConfig
+    from harness.run import run
+    from methods import METHODS
+
+    preset = presets.get(_peek(argv, "--preset")) if _peek(argv, "--preset") else None
+    run_default = preset.run if preset else RunConfig()
+    method = METHODS.check(_peek(argv, "--method") or run_default.method)
+    method_default = preset.method_config(method) if preset else METHODS.get(method).Config()
+    Args = make_dataclass("TrainArgs", [
+        ("command", tyro.conf.OmitArgPrefixes[TrainOptions], field(default=TrainOptions())),
+        ("run", tyro.conf.OmitArgPrefixes[RunConfig], field(default=run_default.replace(method=method))),
+        (method, type(method_default), field(default=method_default)),
+    ], frozen=True)
+    args = tyro.cli(Args, args=list(argv), prog="driftbench train",
+                    description=f"Train '{method}' ({METHODS.get(method).__doc__.strip().splitlines()[0]})")
+    summary = run(args.run, getattr(args, method), resume=args.command.resume, progress=not args.command.quiet)
+    metrics = {k: round(v, 4) for k, v in summary.items() if k.startswith("eval/") and k.endswith(("/mean", "/overall"))}
+    print(f"run {summary['run_id']} complete: {metrics}")
+    return 0
+
+
+def table2(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.reproduce import Table2Config, reproduce
+
+    cfg = tyro.cli(Table2Config, args=list(argv), prog="driftbench table2")
+    path = reproduce(cfg)
+    print(path.read_text())
+    print(f"wrote {path} and {path.with_suffix('.csv')}")
+    return 0
+
+
+def pretrain(argv: Sequence[str]) -> int:
+    from harness.shapes.pretrain import main as pretrain_main
+
+    return pretrain_main(list(argv)) or 0
+
+
+def list_components(argv: Sequence[str]) -> int:
+    from harness.inventory import describe
+
+    print(describe())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "list": list_components,
+    "train": train,
+    "table2": table2,
+    "pretrain": pretrain,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from harness.registry import unknown
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command not in COMMANDS:
+            raise unknown("command", command, list(COMMANDS))
+        return COMMANDS[command](rest)
+    except KeyboardInterrupt:
+        print("driftbench: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError, KeyError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"driftbench: error: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, KeyError)) else 1
