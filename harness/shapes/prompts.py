@@ -1,0 +1,300 @@
+"""Shapes-world prompts in GenEval's wording, their GenEval-format metadata, splits, parsing and validation.
+
+Vocabulary: three shapes and four colours. The colours are the prototype's measured set (red, green, blue,
+yellow, all from GenEval's colour list): each is far from the others and from the background, so a
+nearest-palette segmentation separates them, anti-aliased edges included. Keeping the prototype's vocabulary
+keeps its 126-prompt set and its measured pretraining numbers comparable.
+
+Prompt set (126): single_object 3, two_object 6 (ordered, distinct shapes), counting 9 (2-4 of a shape),
+colors 12, position 24 (ordered distinct shapes x 4 relations), color_attr 72 (ordered distinct shapes x ordered
+distinct colours). color_attr requires distinct shapes because GenEval's rule cannot be satisfied otherwise:
+"a red circle and a blue circle" has two clauses that both take the single most confident circle, which has
+one colour.
+
+Splits: per tag, a seeded 25% of the prompts is held out and never appears in training. single_object has only
+three prompts, so it is not split: its prompts are in both splits (``SHARED_TAGS``), and held-out figures for
+that tag measure training prompts. Metadata dicts stay byte-compatible with GenEval's files, so the flag lives in
+``SHARED_TAGS`` / ``is_shared`` rather than in the dicts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 40),
+}
+BACKGROUND = (215, 215, 215)
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+RELATIONS = ("left of", "right of", "above", "below")
+NUMBERS = {"two": 2, "three": 3, "four": 4}
+PLURALS = {s: s + "s" for s in SHAPES}
+SPLITS = ("train", "heldout")
+SHARED_TAGS = ("single_object",)
+HELDOUT_FRACTION = 0.25
+
+_WORDS = {n: w for w, n in NUMBERS.items()}
+_CLAUSE_KEYS = {"class", "count", "color", "position"}
+_META_KEYS = {"tag", "include", "exclude", "prompt"}
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _obj(shape: str, color: str | None = None) -> str:
+    """'a circle' / 'a red circle'."""
+    head = f"{color} {shape}" if color else shape
+    return f"{_article(head)} {head}"
+
+
+def _meta(tag: str, include: list[dict], prompt: str, exclude: list[dict] | None = None) -> dict:
+    """A metadata dict with GenEval's key order: tag, include, [exclude], prompt."""
+    meta: dict[str, Any] = {"tag": tag, "include": include}
+    if exclude:
+        meta["exclude"] = exclude
+    meta["prompt"] = prompt
+    return meta
+
+
+def make_prompt(tag: str, shapes: tuple[str, ...], colors: tuple[str, ...] = (), *, count: int = 1,
+                relation: str | None = None) -> dict:
+    """Metadata for one composition. ``shapes`` has 1 entry (single_object, counting, colors) or 2 (two_object,
+    position, color_attr, first-named first); ``colors`` matches ``shapes`` for colors/color_attr."""
+    if tag == "single_object":
+        return _meta(tag, [{"class": shapes[0], "count": 1}], f"a photo of {_obj(shapes[0])}")
+    if tag == "two_object":
+        a, b = shapes
+        return _meta(tag, [{"class": a, "count": 1}, {"class": b, "count": 1}],
+                     f"a photo of {_obj(a)} and {_obj(b)}")
+    if tag == "counting":
+        s = shapes[0]
+        return _meta(tag, [{"class": s, "count": count}], f"a photo of {_WORDS[count]} {PLURALS[s]}",
+                     exclude=[{"class": s, "count": count + 1}])
+    if tag == "colors":
+        return _meta(tag, [{"class": shapes[0], "count": 1, "color": colors[0]}],
+                     f"a photo of {_obj(shapes[0], colors[0])}")
+    if tag == "position":
+        # GenEval: the second-named object is group 0; the first-named must stand in `relation` to it.
+        a, b = shapes
+        return _meta(tag, [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [relation, 0]}],
+                     f"a photo of {_obj(a)} {relation} {_obj(b)}")
+    if tag == "color_attr":
+        (a, b), (ca, cb) = shapes, colors
+        return _meta(tag, [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
+                     f"a photo of {_obj(a, ca)} and {_obj(b, cb)}")
+    raise ValueError(f"unknown tag '{tag}'; valid tags: {', '.join(TAGS)}")
+
+
+def all_prompts() -> list[dict]:
+    """Every prompt's metadata, grouped by tag in ``TAGS`` order (126 dicts); a fresh list on each call."""
+    pairs = list(itertools.permutations(SHAPES, 2))
+    color_pairs = list(itertools.permutations(COLORS, 2))
+    out = [make_prompt("single_object", (s,)) for s in SHAPES]
+    out += [make_prompt("two_object", p) for p in pairs]
+    out += [make_prompt("counting", (s,), count=n) for s in SHAPES for n in sorted(_WORDS)]
+    out += [make_prompt("colors", (s,), (c,)) for s in SHAPES for c in COLORS]
+    out += [make_prompt("position", p, relation=r) for p in pairs for r in RELATIONS]
+    out += [make_prompt("color_attr", p, c) for p in pairs for c in color_pairs]
+    return out
+
+
+def is_shared(meta: dict) -> bool:
+    """True for prompts that sit in both splits (their tag has too few compositions to hold any out)."""
+    return meta["tag"] in SHARED_TAGS
+
+
+def split(name: str, seed: int = 0) -> list[dict]:
+    """The "train" or "heldout" prompts, in ``all_prompts`` order.
+
+    Per tag, a seeded round(25%) of the prompts is held out; the two splits are disjoint except for
+    ``SHARED_TAGS`` (single_object), whose prompts are in both. Deterministic given ``seed``.
+    """
+    if name not in SPLITS:
+        raise ValueError(f"unknown split '{name}'; valid splits: {', '.join(SPLITS)}")
+    prompts = all_prompts()
+    held: set[str] = set()
+    for t, tag in enumerate(TAGS):
+        if tag in SHARED_TAGS:
+            continue
+        group = [m["prompt"] for m in prompts if m["tag"] == tag]
+        n = int(len(group) * HELDOUT_FRACTION + 0.5)
+        # Seed per tag so adding a tag never reshuffles another tag's hold-out.
+        order = np.random.default_rng([seed, t]).permutation(len(group))
+        held.update(group[i] for i in order[:n])
+    if name == "heldout":
+        return [m for m in prompts if m["prompt"] in held or is_shared(m)]
+    return [m for m in prompts if m["prompt"] not in held]
+
+
+# -- parsing ----------------------------------------------------------------------------------------------
+
+
+class _Tokens:
+    """A cursor over a prompt's words, raising one-line errors that name the bad token and the choices."""
+
+    def __init__(self, text: str):
+        self.text, self.words, self.i = text, text.lower().split(), 0
+
+    def peek(self) -> str | None:
+        return self.words[self.i] if self.i < len(self.words) else None
+
+    def take(self, choices: Iterable[str], what: str) -> str:
+        choices = list(choices)
+        word = self.peek()
+        if word not in choices:
+            got = f"unknown token '{word}'" if word is not None else "prompt ends early"
+            raise ValueError(f"{got} in prompt '{self.text}'; expected {what}: {', '.join(choices)}")
+        self.i += 1
+        return word
+
+    def relation(self) -> str | None:
+        """Consume a relation if one starts here ("left of" is two words)."""
+        for rel in RELATIONS:
+            parts = rel.split()
+            if self.words[self.i:self.i + len(parts)] == parts:
+                self.i += len(parts)
+                return rel
+        return None
+
+
+def _parse_obj(tok: _Tokens) -> tuple[str, str | None]:
+    """'a [colour] shape' -> (shape, colour or None)."""
+    tok.take(("a", "an"), "an article")
+    word = tok.take([*COLORS, *SHAPES], "a colour or a shape")
+    if word in COLORS:
+        return tok.take(SHAPES, "a shape"), word
+    return word, None
+
+
+def parse_prompt(text: str) -> dict:
+    """The metadata of a Shapes prompt (the inverse of ``make_prompt``); raises ValueError on text outside the
+    grammar, naming the bad token and the valid choices."""
+    tok = _Tokens(text)
+    for word in ("a", "photo", "of"):
+        tok.take((word,), "the opening 'a photo of'")
+    if tok.peek() not in ("a", "an", *NUMBERS):
+        tok.take(("a", "an", *NUMBERS), "an article or a number")
+    if tok.peek() in NUMBERS:
+        count = NUMBERS[tok.take(NUMBERS, "a number")]
+        plural = tok.take(PLURALS.values(), "a plural shape")
+        meta = make_prompt("counting", (plural[:-1],), count=count)
+    else:
+        shape, color = _parse_obj(tok)
+        rel = tok.relation()
+        if rel is None and tok.peek() is None:
+            meta = make_prompt("colors", (shape,), (color,)) if color else make_prompt("single_object", (shape,))
+        else:
+            if rel is None:
+                tok.take(("and", *RELATIONS), "'and' or a relation")
+            other, other_color = _parse_obj(tok)
+            if (color is None) != (other_color is None):
+                raise ValueError(f"prompt '{text}' colours one object but not the other; colour both or neither")
+            if rel is not None:
+                if color:
+                    raise ValueError(f"prompt '{text}' colours a position prompt; position prompts name no colours")
+                meta = make_prompt("position", (shape, other), relation=rel)
+            elif color:
+                meta = make_prompt("color_attr", (shape, other), (color, other_color))
+            else:
+                meta = make_prompt("two_object", (shape, other))
+    if tok.peek() is not None:
+        raise ValueError(f"unexpected token '{tok.peek()}' after the end of prompt '{text}'")
+    return validate_metadata(meta)
+
+
+# -- metadata validation and JSONL --------------------------------------------------------------------------
+
+
+def _check_choice(value: Any, valid: Iterable[str], what: str) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid {what}s: {', '.join(valid)}")
+
+
+def _check_clause(clause: Any, where: str, index: int, *, include: bool) -> None:
+    """One include/exclude clause: keys, class, count, colour and a position that points at an earlier group."""
+    if not isinstance(clause, dict):
+        raise TypeError(f"{where} must be an object, got {type(clause).__name__}")
+    allowed = _CLAUSE_KEYS if include else {"class", "count"}
+    for key in ("class", "count"):
+        if key not in clause:
+            raise ValueError(f"{where} is missing key '{key}'; required keys: class, count")
+    extra = sorted(set(clause) - allowed)
+    if extra:
+        raise ValueError(f"{where} has unknown key '{extra[0]}'; valid keys: {', '.join(sorted(allowed))}")
+    _check_choice(clause["class"], SHAPES, "shape")
+    count = clause["count"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"{where} has count {count!r}; counts are integers >= 1")
+    if "color" in clause:
+        _check_choice(clause["color"], COLORS, "colour")
+    if "position" in clause:
+        pos = clause["position"]
+        if not (isinstance(pos, (list, tuple)) and len(pos) == 2):
+            raise ValueError(f"{where} has position {pos!r}; expected [relation, group_index]")
+        _check_choice(pos[0], RELATIONS, "relation")
+        group = pos[1]
+        if not isinstance(group, int) or isinstance(group, bool) or not 0 <= group < index:
+            raise ValueError(f"{where} position points at group {group!r}, which is not an earlier include "
+                             f"group; valid groups: 0..{index - 1}" if index else
+                             f"{where} has a position but no earlier include group to be relative to")
+
+
+def validate_metadata(meta: Any) -> dict:
+    """Check one GenEval-format metadata dict against the Shapes vocabulary and return it unchanged.
+
+    Raises a one-line ValueError for a missing or unknown key, an unknown tag/shape/colour/relation, a bad count,
+    or a position clause pointing at a missing or later group; TypeError where a value has the wrong JSON type.
+    """
+    if not isinstance(meta, dict):
+        raise TypeError(f"metadata must be a JSON object, got {type(meta).__name__}")
+    for key in ("tag", "include", "prompt"):
+        if key not in meta:
+            raise ValueError(f"metadata is missing key '{key}'; required keys: tag, include, prompt")
+    extra = sorted(set(meta) - _META_KEYS)
+    if extra:
+        raise ValueError(f"metadata has unknown key '{extra[0]}'; valid keys: {', '.join(sorted(_META_KEYS))}")
+    _check_choice(meta["tag"], TAGS, "tag")
+    if not isinstance(meta["prompt"], str):
+        raise TypeError(f"metadata prompt must be a string, got {type(meta['prompt']).__name__}")
+    for part in ("include", "exclude"):
+        clauses = meta.get(part, [])
+        if not isinstance(clauses, list) or (part == "include" and not clauses):
+            raise ValueError(f"metadata '{part}' must be a {'non-empty ' if part == 'include' else ''}list")
+        for i, clause in enumerate(clauses):
+            _check_clause(clause, f"{part}[{i}]", i, include=part == "include")
+    return meta
+
+
+def load_metadata_jsonl(path: str | Path) -> list[dict]:
+    """Read a GenEval ``evaluation_metadata.jsonl``-style file (one JSON object per line, blank lines skipped)
+    and validate each line; errors name the file and line number."""
+    metas = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                metas.append(validate_metadata(json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{path}:{lineno}: {err}") from None
+    return metas
+
+
+def write_metadata_jsonl(path: str | Path, metas: Iterable[dict]) -> None:
+    """Write metadata dicts one per line, as GenEval's file does, after validating every one."""
+    lines = [json.dumps(validate_metadata(m)) for m in metas]
+    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")

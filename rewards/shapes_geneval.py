@@ -1,0 +1,113 @@
+"""GenEval on the Shapes world: the template detector feeding GenEval's rule scorer, as a reward.
+
+Each prompt is parsed back into its GenEval metadata (``parse_prompt``), each image goes through the Shapes
+detector, and ``evals.geneval`` filters the detections with the prompt's tag and applies GenEval's rules. The
+binary score is GenEval's per-image ``correct``; ``fraction=True`` gives the fraction of satisfied clauses instead,
+a denser signal for training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from evals.geneval import clause_results, filter_detections
+from harness.shapes.detect import detect_batch
+from harness.shapes.prompts import parse_prompt
+from rewards import check_images
+
+
+@lru_cache(maxsize=4096)
+def _metadata(prompt: str) -> dict:
+    # Cached: training repeats a few hundred prompts millions of times. Callers never mutate the dict.
+    return parse_prompt(prompt)
+
+
+def _check_images(images: Tensor, n: int) -> Tensor:
+    """Validate images (B, 3, H, W) in [0, 1] against ``n`` prompts (the contract every reward shares); returns
+    them detached on the CPU, clamped to [0, 1] (the shared check tolerates 1e-4 of rounding)."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"reward '{ShapesGenEval.name}' expects a torch.Tensor (B, 3, H, W), "
+                         f"got {type(images).__name__}")
+    check_images(images, range(n), ShapesGenEval.name)
+    return images.detach().float().cpu().clamp(0.0, 1.0)
+
+
+def verify_shapes(images: Tensor, metadatas: Sequence[Mapping]) -> list[dict]:
+    """GenEval verdicts for images (B, 3, H, W) in [0, 1] against B metadata dicts: one row per image with
+    ``prompt``, ``tag``, ``correct`` (bool), ``reason`` (empty when correct) and ``fraction`` (clauses passed)."""
+    x = _check_images(images, len(metadatas))
+    rows = []
+    for meta, raw in zip(metadatas, detect_batch(x)):
+        results = clause_results(meta, filter_detections(raw, meta["tag"]))
+        passed = [ok for ok, _ in results]
+        rows.append({
+            "prompt": meta["prompt"],
+            "tag": meta["tag"],
+            "correct": all(passed),
+            "reason": "; ".join(reason for ok, reason in results if not ok),
+            "fraction": sum(passed) / len(passed),
+        })
+    return rows
+
+
+def score_shapes(images: Tensor, metadatas: Sequence[Mapping], *, fraction: bool = False) -> Tensor:
+    """Scores (B,) float32 for images (B, 3, H, W) in [0, 1]: 1.0/0.0 GenEval correctness, or with
+    ``fraction=True`` the fraction of satisfied clauses."""
+    rows = verify_shapes(images, metadatas)
+    key = "fraction" if fraction else "correct"
+    return torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)
+
+
+class ShapesGenEval:
+    """The Shapes-world GenEval reward (``harness.api.Reward``): not differentiable, higher is better.
+
+    ``fraction=False`` scores GenEval's all-or-nothing correctness; ``fraction=True`` the fraction of satisfied
+    clauses (a partial-credit signal; still 1.0 exactly when correct).
+    """
+
+    name = "shapes-geneval"
+    version = 1
+    differentiable = False
+    resolution = None
+    requires = "main environment; no local files (the Shapes world's template detector)"
+
+    def __init__(self, fraction: bool = False):
+        self.fraction = fraction
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        """Scores (B,) float32 for images (B, 3, H, W) in [0, 1] and B Shapes prompts."""
+        return score_shapes(images, self._metadatas(prompts), fraction=self.fraction)
+
+    def verify(self, images: Tensor, prompts: Sequence[str]) -> list[dict]:
+        """Per-image rows (``prompt``, ``tag``, ``correct``, ``reason``, ``fraction``) for evaluators; ``prompt``
+        is the caller's string."""
+        rows = verify_shapes(images, self._metadatas(prompts))
+        for row, prompt in zip(rows, prompts):
+            row["prompt"] = prompt
+        return rows
+
+    def breakdown(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        """GenEval's summary of the images: per-tag accuracy and ``overall`` (the unweighted tag mean)."""
+        from evals.geneval import summarize
+
+        summary = summarize(verify_shapes(images, self._metadatas(prompts)))
+        return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+
+    @staticmethod
+    def _metadatas(prompts: Sequence[str]) -> list[dict]:
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, one per image, not a single string")
+        return [_metadata(p) for p in prompts]
+
+
+class ShapesGenEvalClauses(ShapesGenEval):
+    """The same verifier with partial credit: the fraction of the prompt's clauses that hold."""
+
+    name = "shapes-geneval-clauses"
+
+    def __init__(self):
+        super().__init__(fraction=True)
