@@ -101,6 +101,27 @@ class _Count:
     backward: float
 
 
+@dataclass
+class TraceEntry:
+    """One metered component call of an update: what ran, on how many items, and whether its backward ran.
+
+    The trace is the method's computation pattern; ``harness.compute`` replays it on full-size models.
+    """
+
+    phase: str
+    component: str
+    items: int
+    """Leading batch size of the first argument (images, latents or prompts)."""
+    grad: bool
+    """Autograd was recording (the call builds a graph)."""
+    trainable: bool
+    """The call used trainable weights (the generator's adapters)."""
+    backward: str | None = None
+    """The phase its backward pass is charged to, if one was requested."""
+    backward_ran: bool = False
+    """The backward pass actually reached this call during the update."""
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -125,6 +146,8 @@ class Meter:
         self._mark = 0.0
         self._paused = 0.0
         self._pending_generator: list[float] = []
+        self.trace: list[TraceEntry] = []
+        """Every metered call since the last ``reset_trace()``."""
 
     # -- clock --------------------------------------------------------------------------------
     def _now(self) -> float:
@@ -188,23 +211,34 @@ class Meter:
         with self.phase(phase):
             out = fn(*args)
         self.stats[phase].flops += counted.forward
+        first = args[0] if args else None
+        items = first.shape[0] if isinstance(first, Tensor) and first.ndim else len(first) if isinstance(first, (list, tuple)) else 1
+        entry = TraceEntry(phase, key or phase, int(items), torch.is_grad_enabled(), bool(params))
+        self.trace.append(entry)
         if backward is not None and torch.is_grad_enabled():
-            self._hook(out, args, backward, counted.backward, bool(params))
+            entry.backward = backward
+            self._hook(out, args, backward, counted.backward, entry)
         return out
 
-    def _hook(self, out: Any, args: Sequence[Any], backward: str, flops: float, producer: bool) -> None:
-        if producer:
+    def _hook(self, out: Any, args: Sequence[Any], backward: str, flops: float, entry: TraceEntry) -> None:
+        if entry.trainable:
             if isinstance(out, Tensor) and out.requires_grad:
                 # Gradient reached the generator's output: its own backward will run in this backward pass.
-                out.register_hook(lambda g: self._mark_generator(flops))
+                out.register_hook(lambda g: self._mark_generator(flops, entry))
             return
         inputs = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
         for i, t in enumerate(inputs):
             # The gradient for our input is complete once this component's backward has run.
-            t.register_hook(lambda g, f=(flops if i == 0 else 0.0): self._split(backward, f) if self._stack else None)
+            t.register_hook(lambda g, f=(flops if i == 0 else 0.0): self._backward_done(backward, f, entry))
 
-    def _mark_generator(self, flops: float) -> None:
+    def _backward_done(self, phase: str, flops: float, entry: TraceEntry) -> None:
+        entry.backward_ran = True
+        if self._stack:
+            self._split(phase, flops)
+
+    def _mark_generator(self, flops: float, entry: TraceEntry) -> None:
         if self._stack and self._stack[-1] == "generator_backward":
+            entry.backward_ran = True
             self._pending_generator.append(flops)
 
     def _count(self, name: str, fn: Callable[..., Any], args: Sequence[Any],

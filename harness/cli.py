@@ -11,7 +11,7 @@ Bad input ends with a one-line error naming the value and the valid choices, and
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field, make_dataclass
 from typing import Callable, Sequence
@@ -109,6 +109,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     from harness.registry import unknown
 
+    # transformers warns on every import that torchvision (deliberately absent) is missing.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

@@ -58,10 +58,10 @@ PAPER_HPSV3_TIMING = Preset(
 
 TINY_JPEG = Preset(
     description="Tiny profile, JPEG compressibility: DrPO against the base generator (foundation check)",
-    run=RunConfig(profile="tiny", reward="jpeg", evals=("jpeg", "colorfulness"), k=8, prompts_per_step=2,
-                  updates=12, eval_at=(0.0, 1.0), eval_seeds=2, eval_prompt_limit=12, tag="tiny-jpeg"),
-    methods={"drpo": {"m": 2, "lr": 1e-2}},
-    notes={"drpo": "tiny random-weight profile: M=2 of K=8 and a larger learning rate for a 12-update budget"},
+    run=RunConfig(profile="tiny", reward="jpeg", evals=("jpeg", "colorfulness"), k=16, prompts_per_step=2,
+                  updates=40, eval_at=(0.0, 1.0), eval_seeds=4, eval_prompt_limit=12, tag="tiny-jpeg"),
+    methods={"drpo": {"m": 4, "lr": 5e-2}},
+    notes={"drpo": "tiny random-weight profile: M=4 of K=16 and a larger learning rate for a 40-update budget"},
 )
 
 PRESETS: dict[str, Preset] = {

@@ -127,7 +127,8 @@ def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[l
         summary = json.loads((store.run_dir(run_id) / "summary.json").read_text())
         summaries.append({**summary, "method": store.manifest(run_id)["run"]["method"]})
     manifest = store.manifest(run_ids[0])
-    rewards = list(manifest["versions"]["evals"])
+    # The training reward first: its gain over the base is the column the claim rests on.
+    rewards = [manifest["reward"]] + sorted(r for r in manifest["versions"]["evals"] if r != manifest["reward"])
     per_method = method_rows(summaries, rewards)
     header = ["method", "steps", "reward grad.", *rewards, f"gain ({rewards[0]})", "updates", "images",
               "reward calls", "seeds"]
@@ -139,7 +140,7 @@ def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[l
     records = [{"section": section.title, "method": "base", **{r: first[f"{r}/base"][0] for r in rewards}}]
     for method, row in per_method.items():
         grad = "Yes" if METHODS.get(method).REWARD_GRADIENT else "No"
-        cells = [method, "1", grad, *[fmt(*row[r]) for r in rewards], fmt(*row[f"{rewards[0]}/gain"]),
+        cells = [method, "1", grad, *[fmt(*row[r]) for r in rewards], fmt(*row[f"{rewards[0]}/gain"], digits=4),
                  f"{row['updates']:.0f}", f"{row['images']:.0f}", f"{row['reward_calls']:.0f}", str(row["seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
         rec = {"section": section.title, "method": method, "seeds": row["seeds"]}

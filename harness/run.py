@@ -153,6 +153,7 @@ def update(parts: Parts, step: int, spend: Spend) -> dict[str, float]:
     """One optimizer update over ``grad_accum`` micro-batches; returns the averaged logs."""
     cfg, meter, gen = parts.cfg, parts.meter, parts.world.generator
     parts.optimizer.zero_grad(set_to_none=True)
+    meter.trace.clear()  # keep only the latest update's computation pattern
     logs: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
         prompts, seeds = micro_batch(parts, step, micro)
