@@ -35,6 +35,8 @@ class RunConfig:
     """Training prompts: a split of the profile ("train", "heldout") or a text file with one prompt per line."""
     eval_prompts: str = "heldout"
     """Evaluation prompts: a split of the profile or a text file."""
+    split_seed: int = 0
+    """Seed of the profile's train/held-out split (a different seed resamples which prompts are held out)."""
     k: int = 16
     """Candidates sampled per prompt (the paper's K)."""
     prompts_per_step: int = 2

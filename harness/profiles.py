@@ -111,15 +111,17 @@ TINY_COLORS = ("red", "green", "blue", "yellow", "white", "black")
 TINY_OBJECTS = ("cat", "dog", "car", "tree", "house", "flower", "bird", "boat", "cup", "chair")
 
 
-def tiny_prompts() -> dict[str, list[str]]:
-    """60 "a photo of a <colour> <object>" prompts; every fifth composition is held out."""
+def tiny_prompts(split_seed: int = 0) -> dict[str, list[str]]:
+    """60 "a photo of a <colour> <object>" prompts; a seeded fifth of the compositions is held out."""
     prompts = [f"a photo of a {c} {o}" for c in TINY_COLORS for o in TINY_OBJECTS]
-    return {"train": [p for i, p in enumerate(prompts) if i % 5], "heldout": prompts[::5]}
+    held = set(np.random.default_rng(split_seed).permutation(len(prompts))[: len(prompts) // 5].tolist())
+    return {"train": [p for i, p in enumerate(prompts) if i not in held],
+            "heldout": [p for i, p in enumerate(prompts) if i in held]}
 
 
-def _tiny_world(name: str, generator: Generator, seed: int) -> World:
+def _tiny_world(name: str, generator: Generator, seed: int, split_seed: int) -> World:
     keys = ("layer3_mean", "layer3_std", "layer3_mean_2", "layer3_std_2")
-    return World(name=name, generator=generator, splits=tiny_prompts(), default_reward="jpeg",
+    return World(name=name, generator=generator, splits=tiny_prompts(split_seed), default_reward="jpeg",
                  default_evals=("jpeg", "colorfulness"),
                  feature_factories={"encoder": _random_encoder(seed, generator.latent_shape[0], keys),
                                     "latent": raw_latent_features, "pixel": pixel_features},
@@ -132,7 +134,7 @@ def tiny(cfg: RunConfig) -> World:
     from harness.generator import tiny_sd
 
     gen = tiny_sd(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg))
-    return _tiny_world("tiny", gen, seed=0)
+    return _tiny_world("tiny", gen, seed=0, split_seed=cfg.split_seed)
 
 
 def tiny_xl(cfg: RunConfig) -> World:
@@ -140,7 +142,7 @@ def tiny_xl(cfg: RunConfig) -> World:
     from harness.generator import tiny_sdxl
 
     gen = tiny_sdxl(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg))
-    return _tiny_world("tiny-xl", gen, seed=0)
+    return _tiny_world("tiny-xl", gen, seed=0, split_seed=cfg.split_seed)
 
 
 def _real(cfg: RunConfig, family: str, name: str, resolution: int) -> World:

@@ -205,7 +205,9 @@ def evaluate(parts: Parts, base: tuple[Tensor, list[str]]) -> tuple[dict[str, fl
     from evals.heldout import HeldoutReward
 
     images, prompts = generate(parts.world.generator, parts.eval_prompts, parts.cfg.eval_seeds)
-    out = {}
+    # How far the generator moved from its base on the same noise (RMS pixel difference, 0 = unchanged);
+    # with the held-out reward it shows reward hacking on a Pareto front.
+    out = {"eval/drift/pixel_rms": float((images - base[0]).square().mean().sqrt())}
     for name, reward in parts.eval_rewards.items():
         for metric, value in HeldoutReward(reward).evaluate(images, base[0], prompts).items():
             out[f"eval/{name}/{metric}"] = value
