@@ -6,4 +6,9 @@ from harness.registry import Registry
 
 METHODS = Registry("method", {
     "drpo": "methods.drpo",
+    "dpo1": "methods.dpo1",
+    "pso": "methods.pso",
+    "ngrpo": "methods.ngrpo",
+    "draft": "methods.draft",
+    "vggflow": "methods.vggflow",
 })

@@ -1,0 +1,114 @@
+"""VGG-Flow, one-step adaptation (Liu et al., NeurIPS 2025, arXiv 2512.05116).
+
+VGG-Flow (value-gradient guided flow matching) fine-tunes a flow towards the reward-tilted distribution
+by matching its velocity to the reference velocity plus a scaled, clipped reward gradient (the value
+gradient, learned by a value network over the trajectory). A one-step generator has one transition, so
+DrPO's baseline regresses the clean latent onto the reference plus the reward gradient taken at the
+current output:
+
+    g_k = clip(grad_{x0} r(D(x0_k)), thr),   x0*_k = sg(x0_ref,k + eta s g_k),
+    L = mean_k mean_d (x0_k - x0*_k)^2,
+
+where clip rescales each sample's gradient to norm <= thr, and thr is a running threshold: after each
+batch it becomes the 0.8-quantile of that batch's unclipped gradient norms (it starts at 1.0).
+
+Source: UGVly/DrPO ``baselines/vggflow/train_lora.py`` and ``baselines/vggflow/reward_gradient.py``@61329a4,
+launch script ``scripts/train/vggflow.sh`` (s 1000, eta constant 1, thr0 1.0, quantile 0.8, lr 1e-4).
+Following the code rather than the paper: the value-network/HJB consistency branch is omitted; a batch is
+clipped with the threshold of the previous batch and then sets the next one (so ``thr`` lives in the state
+dict and checkpoints restore it); the unused options stay off (reward mask, gradient jitter, the
+``unet_reg`` MSE, all 0 in the script). The code updates thr once per optimizer update from the last
+micro-batch's norms gathered over its 4 GPUs; here it is updated after every micro-batch from that
+micro-batch's P*K norms (the same when grad_accum = 1).
+
+Batch size: the official script generates 8 images per prompt where every other baseline generates 24
+(``--batchsize_gen 8``). driftbench gives every method the same K, so VGG-Flow uses the shared K: it does
+not rank candidates, so K is just its batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from harness.api import Context, Needs, Rollout
+
+NAME = "vggflow"
+VERSION = 1
+REWARD_GRADIENT = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """VGG-Flow's hyperparameters; defaults are the official SD-Turbo launch script (vggflow.sh@61329a4)."""
+
+    scale: float = 1000.0
+    """Reward scale s multiplying the clipped reward gradient in the target (``--reward_scale``)."""
+    eta: float = 1.0
+    """Step eta on the scaled gradient; the code's "constant" eta mode (``eta_mode constant``)."""
+    quantile: float = 0.8
+    """After each batch the clip threshold becomes this quantile of the batch's gradient norms, in (0, 1]."""
+    initial_threshold: float = 1.0
+    """Clip threshold of the first batch (``--rgrad_clip_threshold``)."""
+    lr: float = 1e-4
+    """AdamW learning rate (constant, no warm-up)."""
+
+
+def space(trial) -> dict:
+    """Optuna search space: the reward scale, the clip quantile and the learning rate."""
+    return {
+        "scale": trial.suggest_float("scale", 100.0, 10000.0, log=True),
+        "quantile": trial.suggest_float("quantile", 0.5, 1.0),
+        "lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True),
+    }
+
+
+def needs(cfg: Config) -> Needs:
+    return Needs(reference=True, reward_grad=True)
+
+
+def init(cfg: Config, ctx: Context) -> dict:
+    """Check the config and start the running clip threshold."""
+    if not 0 < cfg.quantile <= 1:
+        raise ValueError(f"quantile must lie in (0, 1], got {cfg.quantile}")
+    for name in ("scale", "eta", "initial_threshold"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    return {"threshold": float(cfg.initial_threshold)}
+
+
+def step(cfg: Config, state: dict, batch: Rollout, ctx: Context) -> tuple[Tensor, dict[str, float]]:
+    """The VGG-Flow loss of one micro-batch, and diagnostics; updates ``state["threshold"]``."""
+    # Only the decoder and reward lie between the latents and the scores, so this is grad_{x0} r(D(x0))
+    # and leaves the generator's graph intact for the harness's backward pass.
+    (gradient,) = torch.autograd.grad(batch.rewards.sum(), batch.latents)
+    threshold = state["threshold"]
+    # The official order: clip with the previous batch's threshold, then let this batch set the next one.
+    clipped, next_threshold, norms = clip_reward_gradient(gradient, threshold, cfg.quantile)
+    state["threshold"] = next_threshold
+    loss = vggflow_loss(batch.latents, batch.ref_latents, clipped, cfg.eta, cfg.scale)
+    return loss, {"reward_grad_norm": float(norms.mean()), "clip_threshold": threshold,
+                  "clip_fraction": float((norms > threshold).float().mean())}
+
+
+def clip_reward_gradient(gradient: Tensor, threshold: float, quantile: float) -> tuple[Tensor, float, Tensor]:
+    """Each sample of gradient (B, ...) rescaled to norm <= threshold, the next threshold, and the norms (B,).
+
+    The next threshold is the ``quantile`` of the unclipped norms, so roughly the largest 1 - quantile
+    of the next batch's gradients get clipped.
+    """
+    norms = gradient.detach().float().flatten(1).norm(dim=1)
+    factor = norms.clamp(max=threshold) / norms.clamp_min(1e-8)
+    clipped = gradient.detach() * factor.view(-1, *[1] * (gradient.ndim - 1)).to(gradient.dtype)
+    return clipped, float(torch.quantile(norms, quantile)), norms
+
+
+def vggflow_loss(latents: Tensor, ref_latents: Tensor, gradient: Tensor, eta: float, scale: float) -> Tensor:
+    """mean_k mean_d (x0_k - sg(x0_ref,k + eta scale g_k))^2.
+
+    latents (B, ...) with grad; ref_latents and gradient (B, ...), both treated as constants.
+    """
+    target = (ref_latents.detach().float() + eta * scale * gradient.detach().float())
+    return (latents.float() - target).square().flatten(1).mean(1).mean()
