@@ -31,6 +31,8 @@ class RunConfig:
     """Training reward; empty means the profile's default."""
     evals: tuple[str, ...] = ()
     """Held-out evaluation rewards; empty means the profile's defaults (always includes the training reward)."""
+    reward_options: tuple[str, ...] = ()
+    """Reward constructor options as REWARD.KEY=VALUE, e.g. pickscore.model=/data/PickScore_v1 (local paths)."""
     prompts: str = "train"
     """Training prompts: a split of the profile ("train", "heldout") or a text file with one prompt per line."""
     eval_prompts: str = "heldout"

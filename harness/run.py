@@ -65,14 +65,15 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     method_cfg = method_cfg if method_cfg is not None else method.Config()
     if not isinstance(method_cfg, method.Config):
         raise TypeError(f"method config for '{cfg.method}' must be {method.__name__}.Config")
+    options = reward_registry.parse_options(cfg.reward_options)
     world = PROFILES.get(cfg.profile)(cfg)
     reward_name = cfg.reward or world.default_reward
-    reward = reward_registry.build(reward_name)
+    reward = reward_registry.build(reward_name, options.get(reward_name))
     if method.REWARD_GRADIENT and not reward.differentiable:
         raise CapabilityError(f"method '{cfg.method}' backpropagates through the reward, but reward "
                               f"'{reward_name}' is not differentiable; use a reward-gradient-free method")
     eval_names = list(dict.fromkeys([reward_name, *(cfg.evals or world.default_evals)]))
-    eval_rewards = {n: reward if n == reward_name else reward_registry.build(n) for n in eval_names}
+    eval_rewards = {n: reward if n == reward_name else reward_registry.build(n, options.get(n)) for n in eval_names}
     eval_prompts = world.prompts(cfg.eval_prompts)
     meter = Meter(world.generator.device, count_flops=cfg.count_flops)
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),

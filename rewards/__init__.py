@@ -26,13 +26,34 @@ class RewardError(RuntimeError):
     """A reward answered something the harness cannot use (wrong length, NaN, wrong type)."""
 
 
-def build(name: str):
-    """Instantiate the reward called ``name`` (``remote:URL`` style names pass their argument)."""
+def build(name: str, options: dict[str, str] | None = None):
+    """Instantiate the reward called ``name`` with keyword ``options`` (e.g. ``model=/local/dir``).
+
+    ``remote:URL`` style names pass their argument first.
+    """
     target = REWARDS.get(name)
-    if isinstance(target, tuple):
-        factory, argument = target
-        return factory(argument)
-    return target()
+    options = dict(options or {})
+    try:
+        if isinstance(target, tuple):
+            factory, argument = target
+            return factory(argument, **options)
+        return target(**options)
+    except TypeError as exc:
+        if options and "unexpected keyword" in str(exc):
+            raise ValueError(f"reward '{name}' does not take option(s) {sorted(options)} ({exc})") from exc
+        raise
+
+
+def parse_options(entries: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``("pickscore.model=/data/ps", ...)`` -> {"pickscore": {"model": "/data/ps"}}."""
+    out: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        name, dot, rest = entry.partition(".")
+        key, eq, value = rest.partition("=")
+        if not (dot and eq and name and key):
+            raise ValueError(f"bad reward option '{entry}'; expected REWARD.KEY=VALUE, e.g. pickscore.model=/data/ps")
+        out.setdefault(name, {})[key] = value
+    return out
 
 
 def check_scores(scores: Tensor | Sequence[float], n: int, name: str) -> Tensor:
