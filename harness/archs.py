@@ -1,0 +1,592 @@
+"""Full-size architectures on the meta device: per-image FLOPs and parameter counts, with no weights.
+
+Each released component the benchmark talks about (the SD-Turbo and SDXL-Turbo generators, their VAEs
+and text encoders, the HPSv3 and PickScore rewards, the DrPO feature encoders) has a JSON file in
+``harness/configs/`` with the exact architecture hyperparameters of the released model and a ``source``
+field saying where they come from. This module validates those files, builds the models on
+``torch.device("meta")`` (no weights, no memory, well under a second each) and counts their FLOPs with
+:func:`harness.budget.count_flops`, the same counter the meter uses (math SDPA forced, never inside
+``inference_mode``).
+
+Names. ``name`` is an architecture (``"sd-vae"``) or an architecture and one of its parts
+(``"sd-vae:encoder"``, ``"hpsv3:vision"``). Each kind's first part is the default:
+
+======================  ==========================================================================
+kind (files)            parts
+======================  ==========================================================================
+unet (sd-turbo-unet,    ``unet``: the denoiser at ``inputs.latent_size`` with ``text_tokens`` of
+sdxl-turbo-unet)        context (and SDXL's pooled text + time ids)
+vae (sd-vae, sdxl-vae)  ``decoder`` (latents -> pixels, what a generator step runs), ``encoder``
+clip-text               ``text``
+sdxl-text               ``both`` (= ``text_encoder`` + ``text_encoder_2``), ``text_encoder``,
+                        ``text_encoder_2``
+qwen2-vl-reward         ``full`` (= ``vision`` + ``lm`` + ``head``), ``vision`` (the ViT on
+(hpsv3)                 ``image_size`` px), ``lm`` (the Qwen2 decoder on L tokens), ``head`` (rm_head
+                        on every token)
+clip (pickscore)        ``full`` (= ``image`` + ``text``), ``image``, ``text``
+resnet-encoder          ``encoder`` (harness.features.ResNetEncoder, all stages)
+vit-mae                 ``encoder`` (ViTMAEModel, no masking)
+======================  ==========================================================================
+
+Modes (:data:`MODES`), all per image:
+
+* ``forward``: no-grad forward.
+* ``forward_grad`` / ``backward_params``: forward with grad enabled and the backward pass that computes
+  the gradient w.r.t. every weight (full fine-tuning; the input carries no grad).
+* ``forward_lora`` / ``backward_lora`` (generators only): peft LoRA injected on the meta model
+  (``lora.rank`` on ``lora.targets`` of the config; frozen base), the forward with the adapters and the
+  backward computing only the adapters' weight gradients (which still backpropagates activations through
+  every layer down to the first adapter).
+* ``backward_input``: frozen component, gradient w.r.t. its differentiable input only (the decoder and
+  the reward in reward backprop, the feature encoder in DrPO). Text towers have no differentiable input
+  (token ids): for them this mode is an error, and for ``pickscore`` it is the image tower's.
+
+HPSv3 is counted by parts, because the full multimodal forward fails on meta (``grid_thw.tolist()`` in
+the position-id code): the vision tower with a CPU ``grid_thw`` and precomputed position ids, the
+language model on meta ``inputs_embeds`` with explicit (3, B, L) M-RoPE position ids, and the rm_head on
+all L tokens (HPSv3 applies it to every position and reads the score at ``<|Reward|>``; ``lm_head`` is
+never run). The sum omits only the image-embedding scatter, which does no multiply-adds.
+
+FLOPs come from ``FlopCounterMode``: matmuls, convolutions and attention, 2 FLOPs per multiply-add;
+norms, activations and softmax count as zero.
+
+API: :func:`load_config` (validated dict; :func:`validate` for a dict in hand), :func:`build_meta`,
+:func:`param_count`, :func:`component_flops`, :func:`modes` (the modes a component accepts),
+:func:`seq_len` (HPSv3's L), :func:`table` (every component and mode), :func:`clear_cache`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from harness.registry import unknown
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+NAMES = ("sd-turbo-unet", "sd-vae", "openclip-h-text", "sdxl-turbo-unet", "sdxl-vae", "sdxl-text-encoders",
+         "hpsv3", "pickscore", "mae-latent-256", "vit-mae-base")
+"""Every architecture with a config file in ``harness/configs/``."""
+
+MODES = ("forward", "forward_grad", "backward_params", "forward_lora", "backward_lora", "backward_input")
+"""What :func:`component_flops` can count; see the module docstring."""
+
+PARTS = {
+    "unet": ("unet",),
+    "vae": ("decoder", "encoder"),
+    "clip-text": ("text",),
+    "sdxl-text": ("both", "text_encoder", "text_encoder_2"),
+    "qwen2-vl-reward": ("full", "vision", "lm", "head"),
+    "clip": ("full", "image", "text"),
+    "resnet-encoder": ("encoder",),
+    "vit-mae": ("encoder",),
+}
+"""The parts of each kind of architecture; the first is the default."""
+
+_COMPOSITE = {("sdxl-text", "both"): ("text_encoder", "text_encoder_2"),
+              ("qwen2-vl-reward", "full"): ("vision", "lm", "head"),
+              ("clip", "full"): ("image", "text")}
+_NO_INPUT_GRAD = {("clip-text", "text"), ("sdxl-text", "text_encoder"), ("sdxl-text", "text_encoder_2"),
+                  ("clip", "text")}
+"""Parts whose input is token ids: nothing to differentiate for ``backward_input``."""
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Type:
+    desc: str
+    check: Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+INT = _Type("an int", _is_int)
+POS = _Type("a positive int", lambda v: _is_int(v) and v > 0)
+NUM = _Type("a number", lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v))
+FRAC = _Type("a number in [0, 1)", lambda v: NUM.check(v) and 0 <= v < 1)
+STR = _Type("a string", lambda v: isinstance(v, str) and bool(v))
+BOOL = _Type("a bool", lambda v: isinstance(v, bool))
+DICT = _Type("an object", lambda v: isinstance(v, dict))
+INTS = _Type("a non-empty list of positive ints", lambda v: isinstance(v, list) and bool(v)
+             and all(POS.check(x) for x in v))
+STRS = _Type("a non-empty list of strings", lambda v: isinstance(v, list) and bool(v)
+             and all(STR.check(x) for x in v))
+
+_CLIP_TEXT = {"vocab_size": POS, "hidden_size": POS, "intermediate_size": POS, "num_hidden_layers": POS,
+              "num_attention_heads": POS, "max_position_embeddings": POS, "hidden_act": STR}
+_CLIP_VISION = {"hidden_size": POS, "intermediate_size": POS, "num_hidden_layers": POS,
+                "num_attention_heads": POS, "image_size": POS, "patch_size": POS, "hidden_act": STR}
+
+_SCHEMA: dict[str, dict[str, dict[str, _Type]]] = {
+    "unet": {
+        "config": {"sample_size": POS, "in_channels": POS, "out_channels": POS, "down_block_types": STRS,
+                   "up_block_types": STRS, "block_out_channels": INTS, "layers_per_block": POS,
+                   "attention_head_dim": INTS, "cross_attention_dim": POS, "use_linear_projection": BOOL,
+                   "norm_num_groups": POS},
+        "inputs": {"latent_channels": POS, "latent_size": POS, "text_tokens": POS, "timestep": INT},
+        "lora": {"rank": POS, "targets": STRS},
+    },
+    "vae": {
+        "config": {"in_channels": POS, "out_channels": POS, "down_block_types": STRS, "up_block_types": STRS,
+                   "block_out_channels": INTS, "layers_per_block": POS, "latent_channels": POS,
+                   "norm_num_groups": POS, "sample_size": POS, "scaling_factor": NUM},
+        "inputs": {"latent_size": POS},
+    },
+    "clip-text": {"config": _CLIP_TEXT, "inputs": {"tokens": POS}},
+    "sdxl-text": {"config": {"text_encoder": DICT, "text_encoder_2": DICT}, "inputs": {"tokens": POS},
+                  "config.text_encoder": _CLIP_TEXT,
+                  "config.text_encoder_2": {**_CLIP_TEXT, "projection_dim": POS}},
+    "qwen2-vl-reward": {
+        "config": {"text_config": DICT, "vision_config": DICT, "rm_head": INTS},
+        "config.text_config": {"vocab_size": POS, "hidden_size": POS, "intermediate_size": POS,
+                               "num_hidden_layers": POS, "num_attention_heads": POS, "num_key_value_heads": POS,
+                               "rope_parameters": DICT},
+        "config.vision_config": {"depth": POS, "embed_dim": POS, "hidden_size": POS, "num_heads": POS,
+                                 "mlp_ratio": POS, "patch_size": POS, "spatial_merge_size": POS,
+                                 "temporal_patch_size": POS, "in_channels": POS},
+        "inputs": {"image_size": POS, "instruction_tokens": INT, "template_tokens": INT, "prompt_tokens": INT},
+    },
+    "clip": {"config": {"projection_dim": POS, "text_config": DICT, "vision_config": DICT},
+             "config.text_config": {**_CLIP_TEXT, "projection_dim": POS},
+             "config.vision_config": {**_CLIP_VISION, "projection_dim": POS},
+             "inputs": {"image_size": POS, "text_tokens": POS}},
+    "resnet-encoder": {"config": {"in_channels": POS, "base_width": POS, "layers": INTS},
+                       "inputs": {"latent_size": POS}},
+    "vit-mae": {"config": {"hidden_size": POS, "num_hidden_layers": POS, "num_attention_heads": POS,
+                           "intermediate_size": POS, "image_size": POS, "patch_size": POS, "num_channels": POS},
+                "inputs": {"image_size": POS, "mask_ratio": FRAC}},
+}
+_OPTIONAL_INPUTS = {"unet": {"pooled_text_dim": POS, "time_ids": POS}, "qwen2-vl-reward": {"seq_len": POS}}
+_TOP = {"kind": STR, "description": STR, "source": STR, "config": DICT, "inputs": DICT}
+
+
+def _fail(where: str, msg: str) -> ValueError:
+    return ValueError(f"architecture config {where}: {msg}")
+
+
+def _lookup(data: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+def validate(data: Any, where: str = "<config>") -> dict:
+    """Check one config's structure and types; raise a one-line ``ValueError`` naming ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise _fail(where, f"top level must be an object, got {type(data).__name__}")
+    for key, typ in _TOP.items():
+        if key not in data:
+            raise _fail(where, f"missing required key '{key}'")
+        if not typ.check(data[key]):
+            raise _fail(where, f"key '{key}' must be {typ.desc}, got {_show(data[key])}")
+    kind = data["kind"]
+    if kind not in _SCHEMA:
+        raise _fail(where, f"key 'kind' must be one of {', '.join(_SCHEMA)}, got '{kind}'")
+    if "notes" in data and not STR.check(data["notes"]):
+        raise _fail(where, f"key 'notes' must be {STR.desc}, got {_show(data['notes'])}")
+    for section, keys in _SCHEMA[kind].items():
+        if section not in data and "." not in section:  # a missing nested section is caught one level up
+            raise _fail(where, f"missing required key '{section}'")
+        block = _lookup(data, section)
+        if not isinstance(block, dict):
+            raise _fail(where, f"key '{section}' must be an object, got {_show(block)}")
+        for key, typ in keys.items():
+            if key not in block:
+                raise _fail(where, f"missing required key '{section}.{key}'")
+            if not typ.check(block[key]):
+                raise _fail(where, f"key '{section}.{key}' must be {typ.desc}, got {_show(block[key])}")
+    for key, typ in _OPTIONAL_INPUTS.get(kind, {}).items():
+        if key in data["inputs"] and not typ.check(data["inputs"][key]):
+            raise _fail(where, f"key 'inputs.{key}' must be {typ.desc}, got {_show(data['inputs'][key])}")
+    _cross_check(data, where)
+    return data
+
+
+def _cross_check(data: dict, where: str) -> None:
+    kind, cfg, inputs = data["kind"], data["config"], data["inputs"]
+    if kind == "unet":
+        n = len(cfg["block_out_channels"])
+        for key in ("down_block_types", "up_block_types", "attention_head_dim", "transformer_layers_per_block"):
+            if key in cfg and isinstance(cfg[key], list) and len(cfg[key]) != n:
+                raise _fail(where, f"key 'config.{key}' has {len(cfg[key])} entries but block_out_channels has {n}")
+        if cfg.get("addition_embed_type") == "text_time":
+            for key in ("pooled_text_dim", "time_ids"):
+                if key not in inputs:
+                    raise _fail(where, f"missing required key 'inputs.{key}' (addition_embed_type text_time)")
+    elif kind == "vae" and len(cfg["down_block_types"]) != len(cfg["block_out_channels"]):
+        raise _fail(where, "key 'config.down_block_types' must have one entry per block_out_channels")
+    elif kind == "qwen2-vl-reward":
+        text, vision = cfg["text_config"], cfg["vision_config"]
+        if cfg["rm_head"][0] != text["hidden_size"]:
+            raise _fail(where, f"key 'config.rm_head' must start at text hidden_size {text['hidden_size']}, "
+                               f"got {cfg['rm_head'][0]}")
+        if vision["hidden_size"] != text["hidden_size"]:
+            raise _fail(where, "key 'config.vision_config.hidden_size' must equal text_config.hidden_size")
+        if inputs["image_size"] % (vision["patch_size"] * vision["spatial_merge_size"]):
+            raise _fail(where, "key 'inputs.image_size' must be a multiple of patch_size * spatial_merge_size")
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return f"{type(v).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    base, _, part = name.partition(":")
+    return base, (part or None)
+
+
+def load_config(name: str | Path) -> dict:
+    """The validated config of architecture ``name`` (a name in :data:`NAMES`, or a path to a JSON file).
+
+    A name with a part (``"sd-vae:encoder"``) loads the architecture's file. Unknown names raise the
+    registry's error (valid names and the nearest match); a malformed file raises a one-line ``ValueError``
+    naming the file and the offending key.
+    """
+    return copy.deepcopy(_load(name))
+
+
+def _load(name: str | Path) -> dict:
+    path = Path(name) if str(name).endswith(".json") else None
+    if path is None:
+        base, _ = _split(str(name))
+        if base not in NAMES:
+            raise unknown("architecture", base, list(NAMES))
+        path = CONFIG_DIR / f"{base}.json"
+    return _load_path(str(path))
+
+
+@functools.cache
+def _load_path(path: str) -> dict:
+    where = Path(path).name
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise _fail(where, f"cannot be read ({e.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _fail(where, f"is not valid JSON: {e.msg} at line {e.lineno}") from None
+    return validate(data, where)
+
+
+def _resolve(name: str) -> tuple[str, dict, str]:
+    """(architecture name, config, part) for ``name`` or ``name:part``."""
+    base, part = _split(name)
+    cfg = _load(base)
+    parts = PARTS[cfg["kind"]]
+    if part is None:
+        part = parts[0]
+    elif part not in parts:
+        raise unknown(f"{base} part", part, list(parts))
+    return base, cfg, part
+
+
+# -- building on meta ----------------------------------------------------------------------------
+
+def _public(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def _build(cfg: dict) -> nn.Module:
+    kind, c = cfg["kind"], _public(cfg["config"])
+    if kind == "unet":
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel(**c)
+    if kind == "vae":
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL(**c)
+    if kind == "clip-text":
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        return CLIPTextModel(CLIPTextConfig(**c))
+    if kind == "sdxl-text":
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        return nn.ModuleDict({"text_encoder": CLIPTextModel(CLIPTextConfig(**c["text_encoder"])),
+                              "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**c["text_encoder_2"]))})
+    if kind == "qwen2-vl-reward":
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+        # Every size is passed: Qwen2VLConfig() defaults are 72B-sized.
+        model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=dict(c["text_config"]),
+                                                              vision_config=dict(c["vision_config"])))
+        dims = c["rm_head"]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(dims)):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers += [nn.ReLU()] + ([nn.Dropout(0.05)] if i == 0 else [])
+        model.rm_head = nn.Sequential(*layers)  # HPSv3's Linear-ReLU-Dropout-Linear-ReLU-Linear
+        return model
+    if kind == "clip":
+        from transformers import CLIPConfig, CLIPModel
+
+        return CLIPModel(CLIPConfig(**c))
+    if kind == "resnet-encoder":
+        from harness.features import ResNetEncoder
+
+        return ResNetEncoder(c["in_channels"], c["base_width"], tuple(c["layers"]))
+    if kind == "vit-mae":
+        from transformers import ViTMAEConfig, ViTMAEModel
+
+        return ViTMAEModel(ViTMAEConfig(**{**c, "mask_ratio": cfg["inputs"]["mask_ratio"]}))
+    raise AssertionError(kind)  # validate() admits only the kinds above
+
+
+def build_meta(name: str) -> nn.Module:
+    """A fresh full-size model for architecture ``name`` on ``torch.device("meta")`` (no weights).
+
+    ``hpsv3`` is a ``Qwen2VLForConditionalGeneration`` with HPSv3's ``rm_head`` attached; ``sdxl-text-encoders``
+    is a ``ModuleDict`` of ``text_encoder`` and ``text_encoder_2``. A part suffix is ignored (the whole
+    architecture is built).
+    """
+    _, cfg, _ = _resolve(name)
+    with torch.device("meta"):
+        model = _build(cfg)
+    return model.eval()
+
+
+_MODELS: dict[str, nn.Module] = {}
+
+
+def _model(base: str) -> nn.Module:
+    if base not in _MODELS:
+        _MODELS[base] = build_meta(base)
+    return _MODELS[base]
+
+
+def _part_modules(kind: str, model: nn.Module, part: str) -> list[nn.Module]:
+    if (kind, part) in _COMPOSITE:
+        return [m for sub in _COMPOSITE[kind, part] for m in _part_modules(kind, model, sub)]
+    if kind == "vae":
+        return [model.decoder, model.post_quant_conv] if part == "decoder" else [model.encoder, model.quant_conv]
+    if kind == "sdxl-text":
+        return [model[part]]
+    if kind == "qwen2-vl-reward":
+        return {"vision": [model.model.visual], "lm": [model.model.language_model], "head": [model.rm_head]}[part]
+    if kind == "clip":
+        if part == "image":
+            return [model.vision_model, model.visual_projection]
+        return [model.text_model, model.text_projection]
+    return [model]
+
+
+def param_count(name: str) -> int:
+    """Parameters of architecture ``name`` (the whole model), or of one part (``"sd-vae:decoder"``).
+
+    ``hpsv3`` counts Qwen2-VL-7B with its (unused by HPSv3) ``lm_head`` plus the rm_head; ``pickscore``
+    includes ``logit_scale``.
+    """
+    base, cfg, part = _resolve(name)
+    model = _model(base)
+    if ":" not in name:
+        return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for m in _part_modules(cfg["kind"], model, part) for p in m.parameters())
+
+
+# -- per-part inputs and callables ---------------------------------------------------------------
+
+def seq_len(name: str = "hpsv3", inputs: dict | None = None) -> int:
+    """Tokens the HPSv3 language model runs on: merged image tokens + template + instruction + prompt."""
+    _, cfg, _ = _resolve(name)
+    if cfg["kind"] != "qwen2-vl-reward":
+        raise ValueError(f"seq_len applies to qwen2-vl-reward architectures, not '{name}' ({cfg['kind']})")
+    return _seq_len(cfg, {**cfg["inputs"], **(inputs or {})})
+
+
+def _seq_len(cfg: dict, inp: dict) -> int:
+    if "seq_len" in inp:
+        return int(inp["seq_len"])
+    v = cfg["config"]["vision_config"]
+    side = inp["image_size"] // v["patch_size"] // v["spatial_merge_size"]
+    return side * side + inp["template_tokens"] + inp["instruction_tokens"] + inp["prompt_tokens"]
+
+
+def _runner(kind: str, cfg: dict, model: nn.Module, part: str, batch: int, inputs: dict,
+            input_grad: bool) -> tuple[Callable[..., Any], list[Tensor]]:
+    """``(fn, args)``: the part's forward and its meta inputs; ``args[0]`` is the differentiable input."""
+    meta = torch.device("meta")
+    c = cfg["config"]
+
+    def x(*shape: int) -> Tensor:
+        return torch.empty(*shape, device=meta).requires_grad_(input_grad)
+
+    def ids(n: int) -> Tensor:
+        return torch.zeros(batch, n, dtype=torch.long, device=meta)
+
+    if kind == "unet":
+        s, n = inputs["latent_size"], inputs["text_tokens"]
+        t = torch.full((batch,), inputs["timestep"], device=meta)
+        ctx = torch.empty(batch, n, c["cross_attention_dim"], device=meta)
+        added = None
+        if c.get("addition_embed_type") == "text_time":
+            added = {"text_embeds": torch.empty(batch, inputs["pooled_text_dim"], device=meta),
+                     "time_ids": torch.empty(batch, inputs["time_ids"], device=meta)}
+        return (lambda z: model(z, t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample,
+                [x(batch, inputs["latent_channels"], s, s)])
+    if kind == "vae":
+        s, f = inputs["latent_size"], 2 ** (len(c["block_out_channels"]) - 1)
+        if part == "decoder":
+            return (lambda z: model.decode(z).sample), [x(batch, c["latent_channels"], s, s)]
+        return (lambda im: model.encode(im).latent_dist.mean), [x(batch, c["in_channels"], s * f, s * f)]
+    if kind == "clip-text":
+        return (lambda i: model(input_ids=i).last_hidden_state), [ids(inputs["tokens"])]
+    if kind == "sdxl-text":
+        enc = model[part]
+        if part == "text_encoder":
+            return (lambda i: enc(input_ids=i).last_hidden_state), [ids(inputs["tokens"])]
+        return (lambda i: enc(input_ids=i).text_embeds), [ids(inputs["tokens"])]
+    if kind == "qwen2-vl-reward":
+        v, hidden = c["vision_config"], c["text_config"]["hidden_size"]
+        if part == "vision":
+            from transformers.vision_utils import get_vision_position_ids
+
+            side = inputs["image_size"] // v["patch_size"]
+            grid = torch.tensor([[1, side, side]] * batch)  # on CPU: the vision code reads its values
+            pos = get_vision_position_ids(grid, v["spatial_merge_size"]).to(meta)
+            patch = v["in_channels"] * v["temporal_patch_size"] * v["patch_size"] ** 2
+            vis = model.model.visual
+            return (lambda p: vis(p, grid_thw=grid, position_ids=pos).pooler_output,
+                    [x(batch * side * side, patch)])
+        n = _seq_len(cfg, inputs)
+        if part == "lm":
+            lm = model.model.language_model
+            pos = torch.arange(n, device=meta).view(1, 1, n).expand(3, batch, n)  # M-RoPE (t, h, w)
+            return (lambda e: lm(inputs_embeds=e, position_ids=pos, use_cache=False).last_hidden_state,
+                    [x(batch, n, hidden)])
+        return model.rm_head, [x(batch, n, hidden)]
+    if kind == "clip":
+        if part == "image":
+            size = inputs["image_size"]
+            return (lambda im: model.visual_projection(model.vision_model(pixel_values=im).pooler_output),
+                    [x(batch, c["vision_config"].get("num_channels", 3), size, size)])
+        return (lambda i: model.text_projection(model.text_model(input_ids=i).pooler_output),
+                [ids(inputs["text_tokens"])])
+    if kind == "resnet-encoder":
+        s = inputs["latent_size"]
+        return model, [x(batch, c["in_channels"], s, s)]
+    if kind == "vit-mae":
+        s = inputs["image_size"]
+        return (lambda im: model(pixel_values=im).last_hidden_state), [x(batch, c["num_channels"], s, s)]
+    raise AssertionError(kind)
+
+
+
+# -- counting ------------------------------------------------------------------------------------
+
+_SETTING = {"forward": ("nograd", "forward"), "forward_grad": ("params", "forward"),
+            "backward_params": ("params", "backward"), "forward_lora": ("lora", "forward"),
+            "backward_lora": ("lora", "backward"), "backward_input": ("input", "backward")}
+_COUNTS: dict[tuple, Any] = {}  # key -> harness.budget._Count (forward, backward)
+
+
+def _not_applicable(kind: str, part: str, mode: str) -> str | None:
+    """Why ``mode`` cannot be counted for this part, or None."""
+    if mode in ("forward_lora", "backward_lora") and kind != "unet":
+        return f"LoRA modes apply to generators (unet configs), not {kind}"
+    if mode == "backward_input":
+        subs = _COMPOSITE.get((kind, part), (part,))
+        if all((kind, s) in _NO_INPUT_GRAD for s in subs):
+            return "its input is token ids (nothing to differentiate)"
+    return None
+
+
+def modes(name: str) -> tuple[str, ...]:
+    """The modes :func:`component_flops` accepts for ``name``."""
+    _, cfg, part = _resolve(name)
+    return tuple(m for m in MODES if _not_applicable(cfg["kind"], part, m) is None)
+
+
+def component_flops(name: str, *, batch: int = 1, mode: str, inputs: dict | None = None) -> float:
+    """FLOPs per image of component ``name`` (``arch`` or ``arch:part``) in ``mode``, counted on meta.
+
+    The count runs at batch ``batch`` and is divided by it. ``inputs`` overrides the config's ``inputs``
+    (``{"latent_size": 128}``, ``{"prompt_tokens": 77}``, ``{"seq_len": 361}``). Each (component, part,
+    counting pass, batch, inputs) is counted once per process; ``forward_grad`` and ``backward_params``
+    (and ``forward_lora`` and ``backward_lora``) share one pass.
+    """
+    if mode not in MODES:
+        raise unknown("mode", mode, list(MODES))
+    if not (_is_int(batch) and batch > 0):
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    base, cfg, part = _resolve(name)
+    kind = cfg["kind"]
+    setting, which = _SETTING[mode]
+    why = _not_applicable(kind, part, mode)
+    if why:
+        raise ValueError(f"mode '{mode}' does not apply to '{name}': {why}")
+    if inputs:
+        valid = sorted(set(cfg["inputs"]) | set(_OPTIONAL_INPUTS.get(kind, {})))
+        for key in inputs:
+            if key not in valid:
+                raise unknown(f"{base} input", key, valid)
+        validate({**cfg, "inputs": {**cfg["inputs"], **inputs}}, f"{base}.json with inputs {inputs}")
+    if (kind, part) in _COMPOSITE:
+        subs = _COMPOSITE[kind, part]
+        if setting == "input":  # text towers carry no gradient back to the image
+            subs = tuple(s for s in subs if (kind, s) not in _NO_INPUT_GRAD)
+        return sum(component_flops(f"{base}:{s}", batch=batch, mode=mode, inputs=inputs) for s in subs)
+    merged = {**cfg["inputs"], **(inputs or {})}
+    key = (base, part, setting, batch, tuple(sorted(merged.items())))
+    if key not in _COUNTS:
+        _COUNTS[key] = _count(base, cfg, part, setting, batch, merged)
+    return getattr(_COUNTS[key], which) / batch
+
+
+def _count(base: str, cfg: dict, part: str, setting: str, batch: int, inputs: dict):
+    from harness.budget import count_flops
+
+    kind = cfg["kind"]
+    if setting == "lora":
+        from harness.lora import add_lora
+
+        model = build_meta(base)  # a fresh copy: injection mutates the model
+        with torch.device("meta"):
+            add_lora(model, rank=cfg["lora"]["rank"], targets=cfg["lora"]["targets"])
+        params = [p for p in model.parameters() if p.requires_grad]
+    else:
+        model = _model(base)
+        model.requires_grad_(setting == "params")
+        params = list(model.parameters()) if setting == "params" else []
+    fn, args = _runner(kind, cfg, model, part, batch, inputs, input_grad=setting == "input")
+    try:
+        with torch.no_grad() if setting == "nograd" else torch.enable_grad():
+            return count_flops(fn, args, params)
+    finally:
+        if setting != "lora":
+            model.requires_grad_(True)
+
+
+def clear_cache() -> None:
+    """Forget counted FLOPs and built models (tests; after editing a config file in place)."""
+    _COUNTS.clear()
+    _MODELS.clear()
+    _load_path.cache_clear()
+
+
+def table(names: tuple[str, ...] | None = None, batch: int = 1) -> list[tuple[str, str, float]]:
+    """(component, mode, GFLOPs per image) for every applicable mode of ``names`` (default: all parts)."""
+    rows = []
+    for base in names or NAMES:
+        kind = _load(base)["kind"]
+        for part in PARTS[kind]:
+            comp = base if part == PARTS[kind][0] else f"{base}:{part}"
+            for mode in modes(comp):
+                rows.append((comp, mode, component_flops(comp, batch=batch, mode=mode) / 1e9))
+    return rows
