@@ -23,6 +23,7 @@ commands:
   train          train one method under a run config (--preset, --resume)
   table2         run or resume the main comparison and write results/table2.md and .csv
   pretrain       pretrain the Shapes world's generator, encoder and reward assets
+  compute        FLOPs per update and per phase of every method at full size (meta device, no weights)
 """
 
 
@@ -91,6 +92,18 @@ def pretrain(argv: Sequence[str]) -> int:
     return pretrain_main(list(argv)) or 0
 
 
+def compute(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.compute import ComputeConfig, compute as run_compute
+
+    cfg = tyro.cli(ComputeConfig, args=list(argv), prog="driftbench compute")
+    _, path = run_compute(cfg)
+    print(path.read_text())
+    print(f"wrote {path} and {path.with_suffix('.csv')}")
+    return 0
+
+
 def list_components(argv: Sequence[str]) -> int:
     from harness.inventory import describe
 
@@ -103,6 +116,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train,
     "table2": table2,
     "pretrain": pretrain,
+    "compute": compute,
 }
 
 

@@ -131,17 +131,18 @@ def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[l
     rewards = [manifest["reward"]] + sorted(r for r in manifest["versions"]["evals"] if r != manifest["reward"])
     per_method = method_rows(summaries, rewards)
     header = ["method", "steps", "reward grad.", *rewards, f"gain ({rewards[0]})", "updates", "images",
-              "reward calls", "seeds"]
+              "reward calls", "GFLOP/update", "s/update", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     first = next(iter(per_method.values()))
     base = [fmt(*first[f"{r}/base"]) for r in rewards]
     lines.append("| " + " | ".join([f"base ({manifest['versions']['profile']})", "1", "–", *base,
-                                    "–", "0", "0", "0", "–"]) + " |")
+                                    "–", "0", "0", "0", "–", "–", "–"]) + " |")
     records = [{"section": section.title, "method": "base", **{r: first[f"{r}/base"][0] for r in rewards}}]
     for method, row in per_method.items():
         grad = "Yes" if METHODS.get(method).REWARD_GRADIENT else "No"
         cells = [method, "1", grad, *[fmt(*row[r]) for r in rewards], fmt(*row[f"{rewards[0]}/gain"], digits=4),
-                 f"{row['updates']:.0f}", f"{row['images']:.0f}", f"{row['reward_calls']:.0f}", str(row["seeds"])]
+                 f"{row['updates']:.0f}", f"{row['images']:.0f}", f"{row['reward_calls']:.0f}",
+                 f"{row['flops'] / row['updates'] / 1e9:.1f}", f"{row['seconds'] / row['updates']:.2f}", str(row["seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
         rec = {"section": section.title, "method": method, "seeds": row["seeds"]}
         for r in rewards:
@@ -149,7 +150,19 @@ def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[l
                         f"{r}_gain_ci": row[f"{r}/gain"][1]})
         rec.update({k: row[k] for k in ("updates", "images", "reward_calls", "seconds", "flops")})
         records.append(rec)
+    lines += cost_ratios(per_method)
     return lines, records
+
+
+def cost_ratios(per_method: dict[str, dict[str, Any]], numerator: str = "draft", denominator: str = "drpo") -> list[str]:
+    """The reward-backprop cost claim, measured: DRaFT's FLOPs and metered seconds per update over DrPO's."""
+    if numerator not in per_method or denominator not in per_method:
+        return []
+    a, b = per_method[numerator], per_method[denominator]
+    flops = (a["flops"] / a["updates"]) / (b["flops"] / b["updates"])
+    seconds = (a["seconds"] / a["updates"]) / (b["seconds"] / b["updates"])
+    return ["", f"{numerator} / {denominator} per update: FLOP ratio {flops:.2f}x, wall-clock ratio {seconds:.2f}x "
+                f"(metered training seconds, mean over seeds; evaluation excluded)."]
 
 
 def gain_excludes_zero(mean: float, half: float) -> bool:
