@@ -362,6 +362,16 @@ def build_meta(name: str) -> nn.Module:
     return model.eval()
 
 
+def build_random(name: str, *, device: str | torch.device = "cpu", seed: int = 0) -> nn.Module:
+    """A full-size model for ``name`` with random weights on ``device``, for timing runs (timing does not
+    depend on weight values). Needs the memory of the real model."""
+    _, cfg, _ = _resolve(name)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = _build(cfg)
+    return model.eval()
+
+
 _MODELS: dict[str, nn.Module] = {}
 
 

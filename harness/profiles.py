@@ -24,6 +24,8 @@ PROFILES = Registry("profile", {
     "tiny-xl": "harness.profiles:tiny_xl",
     "sd-turbo": "harness.profiles:sd_turbo",
     "sdxl-turbo": "harness.profiles:sdxl_turbo",
+    "sd-turbo-random": "harness.profiles:sd_turbo_random",
+    "sdxl-turbo-random": "harness.profiles:sdxl_turbo_random",
 })
 
 FeatureMap = Callable[[Tensor], dict[str, Tensor]]
@@ -189,3 +191,46 @@ def shapes(cfg: RunConfig) -> World:
     from harness.shapes.profile import build
 
     return build(cfg)
+
+
+def _random_full_size(cfg: RunConfig, family: str) -> World:
+    """A full-size generator with random weights built from ``harness/configs`` (no download), for
+    ``driftbench profile-step`` timing on a GPU: timing does not depend on weight values."""
+    from harness import archs
+    from harness.generator import OneStepGenerator, word_tokenizer
+
+    device = device_for(cfg)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    prefix = "sd" if family == "sd" else "sdxl"
+    unet = archs.build_random(f"{prefix}-turbo-unet", device=device)
+    vae = archs.build_random(f"{prefix}-vae", device=device)
+    if family == "sd":
+        encoders = [archs.build_random("openclip-h-text", device=device)]
+    else:
+        both = archs.build_random("sdxl-text-encoders", device=device)
+        encoders = [both["text_encoder"], both["text_encoder_2"]]
+    tokenizers = [word_tokenizer(max_length=77) for _ in encoders]
+    gen = OneStepGenerator(name=f"{prefix}-turbo-random", family=family, unet=unet, vae=vae, text_encoders=encoders,
+                           tokenizers=tokenizers, resolution=512, lora_rank=cfg.lora_rank or 16, device=device,
+                           dtype=dtype)
+    features = {"encoder": lambda: _random_mae(device), "latent": raw_latent_features, "pixel": pixel_features}
+    return World(name=gen.name, generator=gen, splits=tiny_prompts(cfg.split_seed), default_reward="pickscore",
+                 default_evals=("pickscore",), feature_factories=features)
+
+
+def _random_mae(device: torch.device) -> FeatureMap:
+    from harness import archs
+    from harness.features import LatentFeatures
+
+    keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
+    return LatentFeatures(archs.build_random("mae-latent-256", device=device), keys).to(device)
+
+
+def sd_turbo_random(cfg: RunConfig) -> World:
+    """SD-Turbo at full size with random weights (timing only; prompts are the tiny set)."""
+    return _random_full_size(cfg, "sd")
+
+
+def sdxl_turbo_random(cfg: RunConfig) -> World:
+    """SDXL-Turbo at full size with random weights (timing only; prompts are the tiny set)."""
+    return _random_full_size(cfg, "sdxl")
