@@ -48,6 +48,8 @@ class Table2Config:
     """Results root: runs in <out>/runs, the table in <out>/table2.md and .csv."""
     progress: bool = True
     """Show progress bars."""
+    plots: bool = True
+    """Redraw the figures from the stored results at the end."""
 
 
 def _find(store: Store, key: str) -> tuple[str | None, str | None]:
@@ -96,7 +98,12 @@ def reproduce(cfg: Table2Config) -> Path:
     store = Store(cfg.out)
     started = time.time()
     sections = [(s, run_section(s, cfg, store)) for s in SECTIONS[cfg.profile]]
-    return write_table(sections, store, Path(cfg.out), elapsed=time.time() - started)
+    path = write_table(sections, store, Path(cfg.out), elapsed=time.time() - started)
+    if cfg.plots:
+        from harness.plots import PlotsConfig, plots
+
+        plots(PlotsConfig(out=cfg.out, tags=tuple(get_preset(s.preset).run.tag for s in SECTIONS[cfg.profile])))
+    return path
 
 
 def write_table(sections: Sequence[tuple[Section, list[str]]], store: Store, out: Path, elapsed: float) -> Path:

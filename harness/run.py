@@ -267,7 +267,7 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
 
 def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: bool) -> dict[str, Any]:
     from harness import checkpoint
-    from harness.images import save_grid
+    from harness.images import save_samples
 
     cfg, meter, spend = parts.cfg, parts.meter, start.spend
     base = generate(parts.world.generator, parts.eval_prompts, cfg.eval_seeds, reference=True)
@@ -299,7 +299,7 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
     checkpoint.save(store, run_id, parts, spend, start.evaluated_upto)
     parts.world.generator.save_adapter(run_dir / "adapter")
     if images is not None:
-        save_grid(images, run_dir / "samples.png", columns=cfg.eval_seeds, limit=8 * cfg.eval_seeds)
+        save_samples(run_dir, images, base, cfg.eval_seeds)
     return {**metrics, **_budget_row(spend), "phases": _per_update(meter, spend.updates), "run_id": run_id}
 
 

@@ -1,0 +1,256 @@
+"""Paper-style figures, regenerated from stored results only (``driftbench plots``, ``nox -s plots``).
+
+One style for every figure: the Okabe-Ito colour-blind-safe palette, labelled axes with units, PNG and
+PDF side by side, file names that say what they show, and an index (``<out>/plots/README.md``) with one
+line per figure. A figure whose data are not in the store is skipped and the index says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from harness.store import Store, read_json
+from harness.tables import headline, t_interval
+
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+"""Okabe-Ito, colour-blind safe; methods keep their colour across figures."""
+
+METHOD_ORDER = ("base", "drpo", "dpo1", "pso", "ngrpo", "draft", "vggflow")
+X_AXES = {"updates": ("budget/updates", "optimizer updates"), "flops": ("budget/flops", "training compute (TFLOP)"),
+          "seconds": ("budget/seconds", "metered training time (s)")}
+
+
+@dataclass(frozen=True)
+class PlotsConfig:
+    """``driftbench plots``."""
+
+    out: str = "results"
+    """Results root; figures go to <out>/plots."""
+    tags: tuple[str, ...] = ()
+    """Run tags to plot (default: every tag with complete runs)."""
+
+
+def color(method: str) -> str:
+    order = list(METHOD_ORDER)
+    return PALETTE[order.index(method) % len(PALETTE)] if method in order else PALETTE[-1]
+
+
+def _style():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 120, "savefig.dpi": 150, "font.size": 9, "axes.grid": True,
+                         "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def save(fig, directory: Path, stem: str) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{stem}.png", directory / f"{stem}.pdf"]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+# -- data from the store ------------------------------------------------------------------------
+
+def runs_by_tag(store: Store) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for run_id in store.run_ids():
+        tag = store.manifest(run_id)["run"].get("tag") or "untagged"
+        out.setdefault(tag, []).append(run_id)
+    return out
+
+
+def curves(store: Store, run_ids: Sequence[str], reward: str) -> dict[str, list[list[tuple[float, ...]]]]:
+    """Per method, per run: [(updates, flops, seconds, value), ...] at every evaluation."""
+    out: dict[str, list[list[tuple[float, ...]]]] = {}
+    for run_id in run_ids:
+        method = store.manifest(run_id)["run"]["method"]
+        points = [(r["budget/updates"], r["budget/flops"], r["budget/seconds"], headline(r, reward))
+                  for r in store.rows(run_id, "eval") if headline(r, reward) is not None]
+        out.setdefault(method, []).append(points)
+    return out
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+def reward_curves(store: Store, tag: str, run_ids: Sequence[str], directory: Path) -> list[tuple[str, str]]:
+    """Held-out reward against updates, FLOPs and seconds, mean with a 95% band over seeds."""
+    plt = _style()
+    manifest = store.manifest(run_ids[0])
+    rewards = [manifest["reward"]] + sorted(r for r in manifest["versions"]["evals"] if r != manifest["reward"])
+    made = []
+    for reward in rewards:
+        data = curves(store, run_ids, reward)
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
+        for ax, (axis, (_, label)) in zip(axes, X_AXES.items()):
+            col = list(X_AXES).index(axis)
+            for method in sorted(data, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+                runs = [r for r in data[method] if r]
+                n = min(len(r) for r in runs)
+                xs = np.array([[p[col] for p in r[:n]] for r in runs]).mean(0) / (1e12 if axis == "flops" else 1)
+                ys = np.array([[p[3] for p in r[:n]] for r in runs])
+                stats = [t_interval(ys[:, j]) for j in range(n)]
+                mean, half = np.array([s[0] for s in stats]), np.nan_to_num(np.array([s[1] for s in stats]))
+                ax.plot(xs, mean, marker="o", ms=3, color=color(method), label=f"{method} (n={len(runs)})")
+                ax.fill_between(xs, mean - half, mean + half, color=color(method), alpha=0.18, lw=0)
+            ax.set_xlabel(label)
+        axes[0].set_ylabel(f"held-out {reward} ({'GenEval overall' if 'geneval' in reward else 'mean score'})")
+        axes[-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{tag}: held-out {reward} during training (band: 95% t-interval over seeds)")
+        stem = f"{_slug(tag)}__{_slug(reward)}__vs_updates_flops_seconds"
+        save(fig, directory, stem)
+        made.append((stem, f"{tag}: held-out {reward} against updates, training FLOPs and metered seconds, "
+                           "mean and 95% band over seeds, one line per method."))
+    return made
+
+
+def sample_grid(store: Store, tag: str, run_ids: Sequence[str], directory: Path, prompts: int = 4) -> list[tuple[str, str]]:
+    """The same prompts and noise for every method (seed-0 runs), with the base generator's row first."""
+    plt = _style()
+    by_method: dict[str, Path] = {}
+    for run_id in run_ids:
+        manifest = store.manifest(run_id)
+        path = store.run_dir(run_id) / "samples.npz"
+        if path.is_file() and manifest["run"]["seed"] == min(store.manifest(r)["run"]["seed"] for r in run_ids):
+            by_method.setdefault(manifest["run"]["method"], path)
+    if not by_method:
+        return []
+    methods = sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+    first = np.load(by_method[methods[0]])
+    seeds = int(first["seeds"])
+    cols = min(prompts, len(first["prompts"]) // seeds) * min(seeds, 2)
+    rows = [("base", first["base"])] + [(m, np.load(by_method[m])["images"]) for m in methods]
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.1 * cols, 1.2 * len(rows)), squeeze=False)
+    picks = [p * seeds + s for p in range(cols // min(seeds, 2)) for s in range(min(seeds, 2))]
+    for i, (name, images) in enumerate(rows):
+        for j, idx in enumerate(picks):
+            ax = axes[i, j]
+            ax.imshow(images[idx])
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if i == 0:
+                ax.set_title(_wrap(str(first["prompts"][idx])), fontsize=6)
+    fig.suptitle(f"{tag}: same prompt and noise for every method", fontsize=9)
+    stem = f"{_slug(tag)}__samples_same_noise"
+    save(fig, directory, stem)
+    return [(stem, f"{tag}: samples of each method (rows) on the same held-out prompts and noise (columns); "
+                   "first row is the base generator.")]
+
+
+def ablation_bars(store: Store, tag: str, run_ids: Sequence[str], directory: Path) -> list[tuple[str, str]]:
+    """DrPO ablations: one bar per variant (its tag's value), mean ± 95% interval over seeds."""
+    plt = _style()
+    groups: dict[str, list[float]] = {}
+    reward = store.manifest(run_ids[0])["reward"]
+    for run_id in run_ids:
+        variant = store.manifest(run_id)["run"].get("tag", "").split("=", 1)[-1]
+        summary = read_json(store.run_dir(run_id) / "summary.json")
+        groups.setdefault(variant, []).append(headline(summary, reward) - headline(summary, reward, base=True))
+    names = list(groups)
+    stats = [t_interval(groups[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.9 * len(names)), 3.0))
+    ax.bar(names, [m for m, _ in stats], yerr=[0 if np.isnan(h) else h for _, h in stats], color=PALETTE[0],
+           capsize=3)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel(f"held-out {reward} gain over base")
+    ax.set_xlabel(tag.split(":", 1)[-1].split("=")[0])
+    ax.set_title(f"DrPO ablation: {tag} (mean ± 95% interval over seeds)", fontsize=8)
+    stem = f"{_slug(tag)}__ablation_bars"
+    save(fig, directory, stem)
+    return [(stem, f"DrPO ablation over {tag}: held-out {reward} gain over the base per variant, 95% interval over seeds.")]
+
+
+def compute_breakdown(root: Path, directory: Path) -> list[tuple[str, str]]:
+    """Per-phase stacked bars for every method, from ``driftbench compute`` and ``profile-step`` tables."""
+    import pandas as pd
+
+    from harness.budget import PHASES
+
+    plt = _style()
+    made = []
+    for csv in sorted((root / "compute").glob("*.csv")):
+        frame = pd.read_csv(csv)
+        measured = csv.name.startswith("profile__")
+        cols = [f"{p}/seconds" if measured else p for p in PHASES]
+        cols = [c for c in cols if c in frame and frame[c].sum() > 0]
+        scale = 1.0 if measured else 1e12
+        fig, ax = plt.subplots(figsize=(6.5, 3.2))
+        bottom = np.zeros(len(frame))
+        for i, col in enumerate(cols):
+            values = frame[col].to_numpy() / scale
+            ax.bar(frame["method"], values, bottom=bottom, color=PALETTE[i % len(PALETTE)],
+                   hatch="//" if i >= len(PALETTE) else None, label=col.split("/")[0])
+            bottom += values
+        ax.set_ylabel("measured seconds per update" if measured else "TFLOP per update")
+        ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+        kind = "measured seconds" if measured else "counted FLOPs"
+        ax.set_title(f"{csv.stem}: {kind} per update by phase", fontsize=8)
+        stem = f"compute__{csv.stem}__phases_stacked"
+        save(fig, directory, stem)
+        made.append((stem, f"{kind.capitalize()} per update split by phase for every method ({csv.name})."))
+    return made
+
+
+def study_figures(root: Path) -> list[tuple[str, str]]:
+    """Figures that ``driftbench study-report`` wrote, listed in the index (they live beside their study)."""
+    made = []
+    for png in sorted((root / "studies").glob("*/*.png")):
+        made.append((f"../studies/{png.parent.name}/{png.stem}", f"Study {png.parent.name}: {png.stem.replace('_', ' ')} "
+                                                                  "(written by driftbench study-report)."))
+    return made
+
+
+def plots(cfg: PlotsConfig) -> Path:
+    """Draw every figure the store has data for and write the index; returns the index path."""
+    root = Path(cfg.out)
+    store, directory = Store(root), root / "plots"
+    entries: list[tuple[str, str]] = []
+    for tag, run_ids in runs_by_tag(store).items():
+        if cfg.tags and tag not in cfg.tags:
+            continue
+        if tag.startswith("ablation:"):
+            entries += ablation_bars(store, tag, run_ids, directory)
+            continue
+        entries += reward_curves(store, tag, run_ids, directory)
+        entries += sample_grid(store, tag, run_ids, directory)
+    entries += compute_breakdown(root, directory)
+    entries += study_figures(root)
+    lines = ["# Figures", "", "Regenerated from stored results by `driftbench plots` (or `nox -s plots`). "
+             "Each figure exists as PNG and PDF.", ""]
+    lines += [f"- [`{stem}.png`]({stem}.png): {text}" for stem, text in entries]
+    if not entries:
+        lines.append("No stored results to plot yet: run `nox -s reproduce_table2` first.")
+    directory.mkdir(parents=True, exist_ok=True)
+    index = directory / "README.md"
+    index.write_text("\n".join(lines) + "\n")
+    return index
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-")
+
+
+def _wrap(text: str, width: int = 22) -> str:
+    words, lines, line = text.replace("a photo of ", "").split(), [], ""
+    for w in words:
+        if len(line) + len(w) + 1 > width and line:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    return "\n".join(lines + [line])
