@@ -24,6 +24,11 @@ commands:
   table2         run or resume the main comparison and write results/table2.md and .csv
   pretrain       pretrain the Shapes world's generator, encoder and reward assets
   compute        FLOPs per update and per phase of every method at full size (meta device, no weights)
+  profile-step   time real updates per phase (GPU: full-size random weights; CPU: the tiny profile)
+  plots          redraw every figure from stored results (index in results/plots/README.md)
+  study          run or resume an Optuna study of a method's hyperparameters (--name, --n-workers, --space)
+  study-report   importances, slice/contour/Pareto plots, best.json and a robustness re-run of a study
+  serve-reward   serve a registered reward over HTTP for remote:URL (NAME --port N --token T --option K=V)
 """
 
 
@@ -104,6 +109,52 @@ def compute(argv: Sequence[str]) -> int:
     return 0
 
 
+def study(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.study import StudyConfig, study as run_study
+
+    run_study(tyro.cli(StudyConfig, args=list(argv), prog="driftbench study"))
+    return 0
+
+
+def study_report(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.study_report import StudyReportConfig, report
+
+    report(tyro.cli(StudyReportConfig, args=list(argv), prog="driftbench study-report"))
+    return 0
+
+
+def profile_step(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.profile_step import ProfileConfig, profile_step as run_profile
+
+    cfg = tyro.cli(ProfileConfig, args=list(argv), prog="driftbench profile-step")
+    _, path = run_profile(cfg)
+    print(path.read_text())
+    print(f"wrote {path} and {path.with_suffix('.csv')}")
+    return 0
+
+
+def serve_reward(argv: Sequence[str]) -> int:
+    from harness.serve import main as serve_main
+
+    return serve_main(list(argv))
+
+
+def plots(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.plots import PlotsConfig, plots as draw
+
+    index = draw(tyro.cli(PlotsConfig, args=list(argv), prog="driftbench plots"))
+    print(index.read_text())
+    return 0
+
+
 def list_components(argv: Sequence[str]) -> int:
     from harness.inventory import describe
 
@@ -117,6 +168,11 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "table2": table2,
     "pretrain": pretrain,
     "compute": compute,
+    "study": study,
+    "study-report": study_report,
+    "profile-step": profile_step,
+    "plots": plots,
+    "serve-reward": serve_reward,
 }
 
 

@@ -1,0 +1,704 @@
+"""Hyperparameter studies: Optuna in-process over ``run()`` (house style 3.9).
+
+The search space is the method's own ``space(trial)``; ``StudyConfig.space`` overrides single parameters
+through :class:`SpaceTrial`, a proxy whose ``suggest_*`` consult the overrides, so method files stay as
+they are. A trial builds the method Config, runs every seed of the study with :func:`harness.run.run`
+and returns the mean held-out objective over seeds, read back from the stored run summaries (the value
+Optuna sees is the number in the store). Intermediate values are reported at fixed fractions of the
+trial's total spend, so the pruner compares trials at equal spend (optuna #2441).
+
+Storage is a journal file under ``<out>/studies/`` by default (SQLite locks under parallel workers,
+optuna #820); ``--n-workers N`` starts N spawned processes on it that split the remaining trials, so a
+study completes exactly ``trials`` trials. Re-running the same command resumes: complete, pruned and
+failed trials are kept, and a trial left RUNNING by a stopped worker is marked FAIL and enqueued again
+with its parameters. RDB URLs (postgresql://, mysql://) get heartbeats and ``RetryHeartbeatStaleTrialCallback``
+(the successor of ``RetryFailedTrialCallback``) instead, for workers spread over several machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import socket
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.config import RunConfig, config_dict, run_key
+from harness.registry import unknown
+
+if TYPE_CHECKING:
+    import optuna
+
+PRUNERS = ("median", "hyperband", "none")
+HEARTBEAT_SECONDS = 60
+"""RDB storages: a worker's heartbeat interval; a trial silent for three intervals is failed and retried."""
+DRIFT_KEY = "eval/drift/pixel_rms"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """``driftbench study``: an Optuna study of one method's hyperparameters over ``run()``."""
+
+    name: str
+    """Study name; the journal file is ``<out>/studies/<name>.journal`` and runs are tagged ``study:<name>``."""
+    method: str = "drpo"
+    """Method whose ``space(trial)`` is searched."""
+    preset: str = "tiny-jpeg"
+    """Preset giving the base RunConfig and the method's base Config (see ``driftbench list``)."""
+    trials: int = 20
+    """Total trials the study should hold when the command ends (complete, pruned or failed)."""
+    seeds: tuple[int, ...] = (0, 1)
+    """Training seeds every trial runs; the objective is their mean (Optuna does not repeat seeds, #433)."""
+    objective: str = ""
+    """Reward whose held-out headline (``overall``, else ``mean``) is maximised; empty: the training reward."""
+    multi_objective: bool = False
+    """Maximise the held-out objective and minimise ``eval/drift/pixel_rms`` (a Pareto front shows reward
+    hacking: reward bought by moving far from the base generator). No pruning in this mode."""
+    pruner: str = "median"
+    """Pruner: "median", "hyperband" or "none"."""
+    storage: str = ""
+    """Empty: a journal file under ``<out>/studies/``; a path: that journal file; an Optuna RDB URL
+    (postgresql://..., mysql://...): heartbeats and automatic retries, for workers on several machines."""
+    n_workers: int = 1
+    """Worker processes on this machine sharing the storage; they split the remaining trials."""
+    space: tuple[str, ...] = ()
+    """Overrides of the method's search space, NAME=LOW:HIGH[:log], NAME=A,B,... or NAME=VALUE (fixed),
+    e.g. "lr=1e-5:1e-3:log" "kernel=laplacian,rbf" "m=2:6"; "k=8:24" searches the run's K as well."""
+    k: int = 0
+    """Fixed candidates per prompt K for every trial (0: the preset's); search it with a "k=..." space entry."""
+    updates: int = 0
+    """Per-run budget in optimizer updates (0: the preset's)."""
+    sampler_seed: int = 0
+    """Seed of the TPE sampler (each worker derives its own from it)."""
+    out: str = "results"
+    """Results root: runs in ``<out>/runs``, the study in ``<out>/studies``."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Search space: overrides and the proxy trial
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Override:
+    """One parameter's replacement distribution: numeric range (low, high, log) or categorical choices."""
+
+    name: str
+    integer: bool = False
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def suggest(self, trial: Any) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+    def text(self) -> str:
+        if self.choices is not None:
+            return f"{self.name}={','.join(str(c) for c in self.choices)}"
+        return f"{self.name}={self.low}:{self.high}" + (":log" if self.log else "")
+
+
+class SpaceTrial:
+    """An Optuna trial whose ``suggest_*`` take a parameter's distribution from the overrides when there
+    is one; everything else passes through to the wrapped trial."""
+
+    def __init__(self, trial: Any, overrides: Sequence[Override] = ()):
+        self._trial = trial
+        self._overrides = {o.name: o for o in overrides}
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> Any:
+        if name in self._overrides:
+            return self._overrides[name].suggest(self._trial)
+        return self._trial.suggest_float(name, low, high, step=step, log=log)
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Any:
+        if name in self._overrides:
+            return self._overrides[name].suggest(self._trial)
+        return self._trial.suggest_int(name, low, high, step=step, log=log)
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if name in self._overrides:
+            return self._overrides[name].suggest(self._trial)
+        return self._trial.suggest_categorical(name, choices)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+
+class _Recorder:
+    """A stand-in trial that records what ``space(trial)`` asks for: {name: ("float"|"int", low, high, log)
+    or ("categorical", choices)}. Returns the low end or first choice, so the space runs once cheaply."""
+
+    def __init__(self):
+        self.params: dict[str, tuple] = {}
+
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        self.params[name] = ("float", low, high, log)
+        return low
+
+    def suggest_int(self, name, low, high, *, step=1, log=False):
+        self.params[name] = ("int", low, high, log)
+        return low
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = ("categorical", tuple(choices))
+        return choices[0]
+
+
+def method_space(method: Any) -> dict[str, tuple]:
+    """The parameters a method's ``space(trial)`` suggests, plus the run's ``k``."""
+    recorder = _Recorder()
+    method.space(recorder)
+    return {**recorder.params, "k": ("int", 2, 64, False)}
+
+
+def parse_space(entries: Sequence[str], method: Any) -> tuple[Override, ...]:
+    """Validate ``NAME=LOW:HIGH[:log]`` / ``NAME=A,B,...`` / ``NAME=VALUE`` entries against the method's
+    space; raises a one-line ``ValueError`` naming the entry and the valid names."""
+    known = method_space(method)
+    out: dict[str, Override] = {}
+    for entry in entries:
+        name, sep, spec = entry.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name:
+            raise ValueError(f"space entry '{entry}' must be NAME=LOW:HIGH[:log], NAME=A,B,... or NAME=VALUE; "
+                             f"valid names: {', '.join(known)}")
+        if name not in known:
+            raise unknown("search-space parameter", name, list(known))
+        if name in out:
+            raise ValueError(f"space entry '{entry}': parameter '{name}' is given twice")
+        if not spec:
+            raise ValueError(f"space entry '{entry}' has an empty range; give LOW:HIGH[:log], A,B,... or VALUE")
+        out[name] = _parse_one(entry, name, spec, known[name])
+    return tuple(out.values())
+
+
+def _parse_one(entry: str, name: str, spec: str, original: tuple) -> Override:
+    kind = original[0]
+    if ":" in spec:
+        if kind == "categorical":
+            raise ValueError(f"space entry '{entry}': '{name}' is categorical; give choices, e.g. "
+                             f"{name}={','.join(str(c) for c in original[1])}")
+        parts = spec.split(":")
+        log = parts[-1].strip().lower() == "log"
+        bounds = parts[:-1] if log else parts
+        if len(bounds) != 2 or not all(b.strip() for b in bounds):
+            raise ValueError(f"space entry '{entry}' must be {name}=LOW:HIGH or {name}=LOW:HIGH:log")
+        low, high = (_number(entry, b, kind == "int") for b in bounds)
+        if low == high:
+            raise ValueError(f"space entry '{entry}' is an empty range ({low} to {high}); "
+                             f"use {name}={low} to fix the parameter")
+        if low > high:
+            raise ValueError(f"space entry '{entry}' is an inverted range: low {low} > high {high}")
+        if log and low <= 0:
+            raise ValueError(f"space entry '{entry}' is a bad log range: a log scale needs low > 0, got {low}")
+        return Override(name, integer=kind == "int", low=low, high=high, log=log)
+    items = [s.strip() for s in spec.split(",")]
+    if not all(items):
+        raise ValueError(f"space entry '{entry}' has an empty choice")
+    if kind == "categorical":
+        by_text = {str(c): c for c in original[1]}
+        for item in items:
+            if item not in by_text:
+                raise ValueError(f"space entry '{entry}': unknown {name} '{item}'; "
+                                 f"valid values: {', '.join(by_text)}")
+        choices = [by_text[i] for i in items]
+    else:
+        choices = [_number(entry, i, kind == "int") for i in items]
+    return Override(name, integer=kind == "int", choices=tuple(dict.fromkeys(choices)))
+
+
+def _number(entry: str, text: str, integer: bool) -> float | int:
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"space entry '{entry}': '{text}' is not {kind}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolution: everything a worker needs, validated before any storage or compute is touched
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setup:
+    """A resolved study: base configs, overrides and the fingerprint stored with the study."""
+
+    base_run: RunConfig
+    base_method: Any
+    overrides: tuple[Override, ...]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(cfg: StudyConfig) -> Setup:
+    """Check ``cfg`` and build the base configs; raises a one-line ``ValueError`` on bad input."""
+    from harness import presets
+    from methods import METHODS
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name or ""):
+        raise ValueError(f"study name '{cfg.name}' must be letters, digits, '.', '_' or '-' (it names files)")
+    for label, value, least in (("trials", cfg.trials, 1), ("n_workers", cfg.n_workers, 1), ("k", cfg.k, 0),
+                                ("updates", cfg.updates, 0)):
+        if value < least:
+            raise ValueError(f"{label} must be >= {least}, got {value}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {tuple(cfg.seeds)}")
+    if cfg.pruner not in PRUNERS:
+        raise unknown("pruner", cfg.pruner, list(PRUNERS))
+    method = METHODS.get(cfg.method)
+    if not hasattr(method, "space"):
+        raise ValueError(f"method '{cfg.method}' defines no search space (space(trial))")
+    preset = presets.get(cfg.preset)
+    changes = {"k": cfg.k} if cfg.k else {}
+    changes |= {"updates": cfg.updates} if cfg.updates else {}
+    base_run = preset.run.replace(method=cfg.method, out=cfg.out, run_id="", tag=f"study:{cfg.name}", **changes)
+    base_run.validate()
+    overrides = parse_space(cfg.space, method)
+    if cfg.k and any(o.name == "k" for o in overrides):
+        raise ValueError(f"k is given both fixed (--k {cfg.k}) and searched (space 'k=...'); give one")
+    _check_objective(cfg.objective, base_run)
+    base_method = preset.method_config(cfg.method)
+    fingerprint = {"method": cfg.method, "preset": cfg.preset, "space": sorted(o.text() for o in overrides),
+                   "objective": cfg.objective, "multi_objective": cfg.multi_objective, "k": cfg.k,
+                   "updates": cfg.updates, "seeds": list(cfg.seeds), "base": run_key(base_run, base_method)}
+    return Setup(base_run=base_run, base_method=base_method, overrides=overrides, fingerprint=fingerprint)
+
+
+def _check_objective(objective: str, run_cfg: RunConfig) -> None:
+    import rewards
+
+    if not objective:
+        return
+    rewards.REWARDS.check(objective)
+    if run_cfg.evals:  # with the profile's default evaluations the check waits for the first run
+        evaluated = list(dict.fromkeys(([run_cfg.reward] if run_cfg.reward else []) + list(run_cfg.evals)))
+        if objective not in evaluated:
+            raise ValueError(f"objective '{objective}' is not evaluated by these runs; evaluated rewards: "
+                             f"{', '.join(evaluated)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------------
+
+def journal_path(out: str, name: str) -> Path:
+    return Path(out) / "studies" / f"{name}.journal"
+
+
+def is_rdb(spec: str) -> bool:
+    return "://" in spec
+
+
+def open_storage(spec: str, out: str, name: str) -> Any:
+    """The study's storage: a journal file (default or a path) or an RDB URL with heartbeats."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if not is_rdb(spec):
+        path = Path(spec) if spec else journal_path(out, name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise ValueError(f"cannot open journal storage '{path}': {exc}") from None
+    try:
+        with warnings.catch_warnings():  # heartbeats are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+            return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=3 * HEARTBEAT_SECONDS,
+                                              heartbeat_stale_trial_callback=retry)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many types (dialect, driver, connection)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"cannot open storage '{_hide_password(spec)}': {type(exc).__name__}: {reason}") from None
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def storage_label(cfg: StudyConfig) -> str:
+    return _hide_password(cfg.storage) if cfg.storage else str(journal_path(cfg.out, cfg.name))
+
+
+def _directions(multi: bool) -> list[str]:
+    return ["maximize", "minimize"] if multi else ["maximize"]
+
+
+def create_or_load(cfg: StudyConfig, setup: Setup, storage: Any) -> optuna.Study:
+    """Create the study with its fingerprint, or load it and check the fingerprint matches."""
+    import optuna
+
+    try:
+        study = optuna.create_study(storage=storage, study_name=cfg.name,
+                                    directions=_directions(cfg.multi_objective))
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        stored = study.user_attrs.get("fingerprint")
+        if stored != setup.fingerprint:
+            if stored is None:
+                raise ValueError(f"study '{cfg.name}' in {storage_label(cfg)} was not created by "
+                                 "driftbench study; use another --name") from None
+            diff = "; ".join(f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in setup.fingerprint.items()
+                             if stored.get(k) != v)
+            raise ValueError(f"study '{cfg.name}' already exists in {storage_label(cfg)} with a different search "
+                             f"space or setup ({diff}); use another --name or the original settings") from None
+        return study
+    study.set_user_attr("fingerprint", setup.fingerprint)
+    study.set_user_attr("setup", {"study": config_dict(cfg), "run": config_dict(setup.base_run),
+                                  "method_config": config_dict(setup.base_method),
+                                  "overrides": [o.text() for o in setup.overrides]})
+    return study
+
+
+# ---------------------------------------------------------------------------------------------------
+# Counting and resume
+# ---------------------------------------------------------------------------------------------------
+
+def counted(trials: Sequence[Any]) -> list[Any]:
+    """Trials that count towards ``StudyConfig.trials``: complete, pruned and failed, except failures that
+    were enqueued again (a stopped worker's trial, or a stale RDB trial retried by its callback)."""
+    from optuna.trial import TrialState
+
+    # RetryHeartbeatStaleTrialCallback marks a retry with the failed trial's number ("failed_trial").
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and not t.user_attrs.get("requeued") and t.number not in retried)]
+
+
+def _alive(worker: str | None) -> bool:
+    """Whether the worker that owns a RUNNING trial ("host:pid") is a live process on this machine."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()  # this process runs no trial while it resumes
+
+
+def requeue_stopped(study: optuna.Study, rdb: bool, out: str = "results") -> list[int]:
+    """Mark trials left RUNNING by a stopped worker (journal storages) or interrupted by Ctrl-C as FAIL and
+    enqueue their parameters again; returns the numbers requeued. RDB storages find stale RUNNING trials
+    by heartbeat instead (Optuna fails and retries them when a worker next asks for a trial)."""
+    from optuna.trial import TrialState
+
+    from harness.store import Store
+
+    storage, requeued, store = study._storage, [], Store(out)
+    for t in study.get_trials(deepcopy=False):
+        stopped = t.state == TrialState.RUNNING and not rdb and not _alive(t.user_attrs.get("worker"))
+        interrupted = (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+                       and not t.user_attrs.get("requeued"))
+        if not (stopped or interrupted):
+            continue
+        storage.set_trial_user_attr(t._trial_id, "requeued", True)
+        if stopped:
+            storage.set_trial_user_attr(t._trial_id, "error", "worker stopped while the trial was running")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            for run_id in t.user_attrs.get("run_ids", []):  # its run directory still says "running"
+                if store.run_dir(run_id).is_dir() and store.manifest(run_id).get("status") == "running":
+                    store.set_status(run_id, "interrupted", error="the study worker running it stopped")
+        study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        requeued.append(t.number)
+    return requeued
+
+
+# ---------------------------------------------------------------------------------------------------
+# The objective
+# ---------------------------------------------------------------------------------------------------
+
+def objective_value(summary: dict[str, Any], reward: str) -> float:
+    """The held-out headline of ``reward`` in a run summary (``overall`` when present, else ``mean``)."""
+    from harness.tables import headline
+
+    value = headline(summary, reward)
+    if value is None:
+        evaluated = sorted({k.split("/")[1] for k in summary if k.startswith("eval/") and k != DRIFT_KEY})
+        raise ValueError(f"objective '{reward}' is not evaluated by the run; "
+                         f"evaluated rewards: {', '.join(evaluated)}")
+    return float(value)
+
+
+def _run_id(store: Any, name: str, number: int, seed: int) -> str:
+    from harness.store import utc_stamp
+
+    run_id = f"study-{name}__t{number:04d}__s{seed}"
+    return run_id if not store.run_dir(run_id).exists() else f"{run_id}__{utc_stamp()}"
+
+
+class _Reporter:
+    """``on_eval`` for seed i of S: reports at step round(100 (i + f) / S) and prunes there."""
+
+    def __init__(self, trial: Any, index: int, n_seeds: int, store: Any, run_id: str, objective: str,
+                 reported: set[int]):
+        self.trial, self.index, self.n_seeds = trial, index, n_seeds
+        self.store, self.run_id, self.objective, self.reported = store, run_id, objective, reported
+
+    def __call__(self, fraction: float, metrics: dict[str, float]) -> None:
+        import optuna
+
+        # An evaluation before any update says nothing about the configuration (and for i > 0 it would
+        # land on the previous seed's last step).
+        if fraction <= 0:
+            return
+        reward = self.objective or self.store.manifest(self.run_id)["reward"]
+        step = round(100 * (self.index + min(fraction, 1.0)) / self.n_seeds)
+        if step in self.reported:
+            return
+        self.reported.add(step)
+        self.trial.report(objective_value(metrics, reward), step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at {step}% of the trial's spend")
+
+
+def make_objective(cfg: StudyConfig, setup: Setup) -> Callable[[Any], Any]:
+    """The Optuna objective: mean held-out objective over ``cfg.seeds`` (and mean pixel drift when
+    multi-objective); failures are recorded in the trial's ``error`` user attribute."""
+    import optuna
+
+    def objective(trial: optuna.Trial) -> Any:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            return _evaluate(trial, cfg, setup)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("error", "KeyboardInterrupt")
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            trial.set_user_attr("error", f"{type(exc).__name__}: {text}")
+            raise
+    return objective
+
+
+def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
+    import numpy as np
+
+    from harness.run import run
+    from harness.store import Store, read_json
+    from methods import METHODS
+
+    store = Store(cfg.out)
+    proxy = SpaceTrial(trial, setup.overrides)
+    params = METHODS.get(cfg.method).space(proxy)
+    k = proxy.suggest_int("k", 2, 64) if any(o.name == "k" for o in setup.overrides) else setup.base_run.k
+    method_cfg = dataclasses.replace(setup.base_method, **params)
+    trial.set_user_attr("method_config", config_dict(method_cfg))
+    trial.set_user_attr("k", k)
+    values, drifts, run_ids, reported = [], [], [], set()
+    for i, seed in enumerate(cfg.seeds):
+        run_cfg = setup.base_run.replace(seed=seed, k=k, run_id=_run_id(store, cfg.name, trial.number, seed))
+        report = None if cfg.multi_objective else _Reporter(trial, i, len(cfg.seeds), store, run_cfg.run_id,
+                                                            cfg.objective, reported)
+        run_ids.append(run_cfg.run_id)
+        trial.set_user_attr("run_ids", run_ids)
+        run(run_cfg, method_cfg, store=store, on_eval=report, progress=False)
+        summary = read_json(store.run_dir(run_cfg.run_id) / "summary.json")  # the number in the store
+        reward = cfg.objective or store.manifest(run_cfg.run_id)["reward"]
+        values.append(objective_value(summary, reward))
+        drifts.append(float(summary[DRIFT_KEY]))
+        trial.set_user_attr("objective", reward)
+        trial.set_user_attr("seed_values", values)
+        trial.set_user_attr("seed_drift", drifts)
+    mean = float(np.mean(values))
+    return (mean, float(np.mean(drifts))) if cfg.multi_objective else mean
+
+
+# ---------------------------------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------------------------------
+
+def _sampler(cfg: StudyConfig, index: int, existing: int) -> Any:
+    """TPE seeded per worker and per resume, so parallel or resumed workers do not replay each other's
+    random start-up suggestions."""
+    import numpy as np
+    import optuna
+
+    seed = int(np.random.SeedSequence([cfg.sampler_seed, index, existing]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(cfg: StudyConfig, setup: Setup) -> Any:
+    import optuna
+
+    if cfg.multi_objective or cfg.pruner == "none":  # Optuna cannot prune multi-objective trials
+        return optuna.pruners.NopPruner()
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    first = min([f for f in setup.base_run.eval_at if f > 0] + [1.0])
+    return optuna.pruners.HyperbandPruner(min_resource=max(1, round(100 * first / len(cfg.seeds))),
+                                          max_resource=100, reduction_factor=3)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _line(trial: Any, prefix: str) -> str:
+    value = ("-" if trial.values is None else
+             ", ".join(f"{v:.5g}" for v in trial.values))
+    seconds = trial.duration.total_seconds() if trial.duration else float("nan")
+    params = _params_text(trial.params)
+    error = f" ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
+    state = trial.state.name.lower()
+    return f"{prefix}trial {trial.number} {state} value {value} [{params}] {seconds:.1f} s{error}"
+
+
+def optimize(cfg: StudyConfig, setup: Setup, n_trials: int, index: int = 0,
+             log: Callable[[str], None] = print) -> int:
+    """Run up to ``n_trials`` trials in this process (stopping early once the study holds ``cfg.trials``);
+    returns how many it ran."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = open_storage(cfg.storage, cfg.out, cfg.name)
+    existing = len(storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False))
+    study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=_sampler(cfg, index, existing),
+                              pruner=_pruner(cfg, setup))
+    objective = make_objective(cfg, setup)
+    prefix = f"[worker {index}] " if cfg.n_workers > 1 else ""
+
+    def progress(_study: Any, trial: Any) -> None:
+        log(_line(trial, prefix))
+    done = 0
+    for _ in range(n_trials):
+        _fail_stale(study)
+        trials = study.get_trials(deepcopy=False)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if len(counted(trials)) + running >= cfg.trials:  # another command on the same study got there
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress], gc_after_trial=False)
+        done += 1
+    return done
+
+
+def _fail_stale(study: Any) -> None:
+    """RDB storages: fail (and, through the callback, retry) trials whose worker stopped beating."""
+    import optuna
+
+    with warnings.catch_warnings():  # a no-op without heartbeats
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _worker(cfg: StudyConfig, setup: Setup, n_trials: int, index: int) -> None:
+    """Entry point of a spawned worker process."""
+    import optuna
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // cfg.n_workers))  # N workers share the machine's cores
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    optimize(cfg, setup, n_trials, index, log=lambda s: print(s, flush=True))
+
+
+def _split(n: int, parts: int) -> list[int]:
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+def study(cfg: StudyConfig, log: Callable[[str], None] = print) -> optuna.Study:
+    """Create or resume the study and run it until it holds ``cfg.trials`` trials; returns the study."""
+    import multiprocessing
+
+    import optuna
+
+    setup = resolve(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(cfg.storage, cfg.out, cfg.name)
+    the_study = create_or_load(cfg, setup, storage)
+    _fail_stale(the_study)
+    requeued = requeue_stopped(the_study, rdb=is_rdb(cfg.storage), out=cfg.out)
+    remaining = cfg.trials - len(counted(the_study.get_trials(deepcopy=False)))
+    log(f"study '{cfg.name}' in {storage_label(cfg)}: {cfg.trials - max(remaining, 0)} of {cfg.trials} trials done"
+        + (f", re-enqueued trial(s) {requeued} left by a stopped worker" if requeued else "")
+        + (f"; running {remaining} on {min(cfg.n_workers, remaining)} worker(s)" if remaining > 0 else ""))
+    if remaining <= 0:
+        return the_study
+    started = time.perf_counter()
+    shares = [s for s in _split(remaining, cfg.n_workers) if s > 0]
+    if len(shares) == 1:
+        optimize(cfg, setup, shares[0], log=log)
+    else:
+        context = multiprocessing.get_context("spawn")
+        procs = [context.Process(target=_worker, args=(cfg, setup, n, i), name=f"study-{cfg.name}-{i}")
+                 for i, n in enumerate(shares)]
+        for p in procs:
+            p.start()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:
+            for p in procs:  # the workers got the same SIGINT; give them time to record their trials
+                p.join(timeout=30)
+            raise
+        failed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"study workers failed: {', '.join(failed)}; completed trials are kept, "
+                               "rerun the same command to resume")
+    _log_best(the_study, cfg, time.perf_counter() - started, log)
+    return the_study
+
+
+def _log_best(the_study: Any, cfg: StudyConfig, seconds: float, log: Callable[[str], None]) -> None:
+    n = len(counted(the_study.get_trials(deepcopy=False)))
+    try:
+        if cfg.multi_objective:
+            best = f"{len(the_study.best_trials)} Pareto-optimal trial(s)"
+        else:
+            t = the_study.best_trial
+            best = f"best trial {t.number} value {t.value:.5g} [{_params_text(t.params)}]"
+    except ValueError:
+        best = "no complete trial"
+    log(f"study '{cfg.name}': {n} of {cfg.trials} trials in {seconds:.0f} s; {best}")
+
+
+def load_study(name: str, out: str = "results", storage: str = "") -> optuna.Study:
+    """Open an existing study (for reports); a clear error when there is none of that name."""
+    import optuna
+
+    if not storage and not journal_path(out, name).is_file():  # do not leave an empty journal behind
+        raise ValueError(f"no study '{name}' in {journal_path(out, name)}")
+    backend = open_storage(storage, out, name)
+    names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+    if name not in names:
+        where = _hide_password(storage) if storage else str(journal_path(out, name))
+        others = f"; studies there: {', '.join(names)}" if names else ""
+        raise ValueError(f"no study '{name}' in {where}{others}")
+    return optuna.load_study(study_name=name, storage=backend)
+
+
+def json_safe(value: Any) -> Any:
+    """Floats that JSON can hold (nan and inf become None)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(json_safe(value), indent=2, sort_keys=True, default=str)

@@ -1,0 +1,239 @@
+"""Optuna studies over ``run()``: parallel workers on one journal, resume after a killed worker, space
+overrides, setup and storage errors, failing trials, and the report, on the tiny profile at a toy budget."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from harness.config import RunConfig
+from harness.presets import PRESETS, Preset
+from harness.store import Store, read_json
+from harness.study import (
+    StudyConfig,
+    _Reporter,
+    create_or_load,
+    load_study,
+    open_storage,
+    parse_space,
+    resolve,
+    study,
+)
+
+pytestmark = pytest.mark.slow
+
+PRESET = "test-study"
+TINY = Preset("tests: tiny profile, 2 updates, K=4, one held-out prompt",
+              RunConfig(method="drpo", profile="tiny", reward="jpeg", evals=("jpeg",), k=4,
+                        prompts_per_step=1, updates=2, eval_at=(0.0, 1.0), eval_seeds=1, eval_prompt_limit=1,
+                        count_flops=False),
+              methods={"drpo": {"m": 2}})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: toy models on a shared machine run several times faster than with two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_preset():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(PRESETS, PRESET, TINY)
+        yield PRESET
+
+
+def config(out, name, **changes) -> StudyConfig:
+    """K=4 allows M <= 2, so every study here narrows the method's M range."""
+    return StudyConfig(**{"name": name, "preset": PRESET, "trials": 3, "seeds": (0,), "space": ("m=1:2",),
+                          "out": str(out), **changes})
+
+
+@pytest.fixture(scope="module")
+def parallel(tiny_preset, tmp_path_factory):
+    """A 4-trial study run by 2 worker processes on one journal file (shared by the report test)."""
+    out = tmp_path_factory.mktemp("parallel")
+    cfg = config(out, "par", trials=4, n_workers=2)
+    study(cfg, log=lambda s: None)
+    return cfg
+
+
+def test_two_workers_complete_exactly_the_requested_trials(parallel):
+    from optuna.trial import TrialState
+
+    from harness.tables import headline
+
+    trials = load_study("par", parallel.out).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # The workers split the trials 2 + 2 and each trial ran its one seed exactly once.
+    assert sorted(Counter(t.user_attrs["worker"] for t in trials).values()) == [2, 2]
+    store = Store(parallel.out)
+    runs = [r for r in store.run_ids(status=None) if store.manifest(r)["run"]["tag"] == "study:par"]
+    assert sorted(runs) == [f"study-par__t{n:04d}__s0" for n in range(4)]
+    for t in trials:  # the value Optuna holds is the number in the store
+        summary = read_json(store.run_dir(t.user_attrs["run_ids"][0]) / "summary.json")
+        assert t.value == pytest.approx(headline(summary, "jpeg"))
+        assert list(t.intermediate_values) == [100]
+    # Running the same command again finds the study complete and runs nothing.
+    study(parallel, log=lambda s: None)
+    assert len(load_study("par", parallel.out).get_trials()) == 4
+
+
+def test_killed_worker_is_resumed_and_completed_trials_are_kept(tiny_preset, tmp_path):
+    from optuna.trial import TrialState
+
+    study(config(tmp_path, "resume", trials=2), log=lambda s: None)
+    before = {t.number: t.value for t in load_study("resume", str(tmp_path)).get_trials()}
+    # A worker killed mid-trial leaves it RUNNING with the parameters it had drawn.
+    stale = load_study("resume", str(tmp_path)).ask()
+    stale.suggest_int("m", 1, 2)
+    Store(tmp_path).start("study-resume__t0002__s0", {})  # its run, cut short
+    stale.set_user_attr("run_ids", ["study-resume__t0002__s0"])
+    lines = []
+    resumed = study(config(tmp_path, "resume", trials=3), log=lines.append)
+    assert f"re-enqueued trial(s) [{stale.number}]" in lines[0]
+    trials = resumed.get_trials()
+    killed = trials[stale.number]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["requeued"]
+    assert "stopped" in killed.user_attrs["error"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == stale.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params["m"] == stale.params["m"]
+    assert Store(tmp_path).manifest("study-resume__t0002__s0")["status"] == "interrupted"
+    assert {t.number: t.value for t in trials if t.number in before} == before
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_failing_trial_is_recorded_and_the_study_continues(tiny_preset, tmp_path):
+    from optuna.trial import TrialState
+
+    cfg = config(tmp_path, "fails", space=("m=1:3",))
+    created = create_or_load(cfg, resolve(cfg), open_storage("", cfg.out, cfg.name))
+    for m in (3, 1, 2):  # M=3 needs K >= 6: the first trial raises
+        created.enqueue_trial({"m": m})
+    study(cfg, log=lambda s: None)
+    trials = load_study("fails", cfg.out).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    error = trials[0].user_attrs["error"]
+    assert error.startswith("ValueError") and "K >= 2M" in error
+
+
+@pytest.mark.parametrize("entry,match", [
+    ("lrr=1e-5:1e-3:log", "unknown search-space parameter 'lrr'; did you mean 'lr'.*valid"),
+    ("m=", "empty range"),
+    ("lr=1e-3:1e-3", "empty range"),
+    ("m=6:2", "inverted range: low 6 > high 2"),
+    ("lr=0:1e-3:log", "bad log range"),
+    ("kernel=laplacian,gauss", "unknown kernel 'gauss'; valid values: laplacian, rbf, cosine"),
+    ("kernel=1:2", "categorical"),
+    ("m=2.5:4", "not an integer"),
+    ("lr", "must be NAME=LOW:HIGH"),
+])
+def test_space_override_errors(entry, match):
+    from methods import drpo
+
+    with pytest.raises(ValueError, match=match):
+        parse_space([entry], drpo)
+
+
+def test_space_overrides_replace_the_method_distributions():
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from harness.study import SpaceTrial
+    from methods import drpo
+
+    overrides = parse_space(["lr=1e-5:1e-3:log", "kernel=laplacian,rbf", "m=2:6", "eta=500", "k=8:24"], drpo)
+    trial = optuna.create_study().ask()
+    params = drpo.space(SpaceTrial(trial, overrides))
+    assert trial.distributions["lr"] == FloatDistribution(1e-5, 1e-3, log=True)
+    assert trial.distributions["kernel"] == CategoricalDistribution(["laplacian", "rbf"])
+    assert trial.distributions["m"] == IntDistribution(2, 6)
+    assert params["eta"] == 500.0 and trial.distributions["lam"] == FloatDistribution(0.0, 1.0)  # untouched
+
+
+def test_cli_reports_bad_overrides_in_one_line(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["study", "--name", "x", "--space", "m=6:2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("driftbench: error: space entry 'm=6:2' is an inverted range") and "\n" not in err
+    assert not (tmp_path / "studies").exists()  # validation happens before the storage is touched
+    assert main(["study", "--name", "x", "--k", "8", "--space", "k=8:24", "--out", str(tmp_path)]) == 2
+
+
+def test_existing_study_with_a_different_space_raises(tiny_preset, tmp_path):
+    cfg = config(tmp_path, "same")
+    create_or_load(cfg, resolve(cfg), open_storage("", cfg.out, cfg.name))
+    with pytest.raises(ValueError, match=r"already exists .* different search space .*stored \['m=1:2'\]"):
+        study(config(tmp_path, "same", space=("m=1:2", "lr=1e-4:1e-2:log")))
+    with pytest.raises(ValueError, match="different search space .*multi_objective: stored False, now True"):
+        study(config(tmp_path, "same", multi_objective=True))
+
+
+@pytest.mark.parametrize("url", ["nosuchdb://nowhere/db", "sqlite:////no/such/dir/study.db",
+                                 "postgresql://user:secret@127.0.0.1:1/db"])
+def test_bad_storage_url_raises(tiny_preset, tmp_path, url):
+    with pytest.raises(ValueError, match="cannot open storage") as info:
+        study(config(tmp_path, "db", storage=url))
+    assert "secret" not in str(info.value)
+
+
+def test_reports_land_at_fixed_fractions_of_the_trial_spend():
+    import optuna
+
+    class FakeTrial:
+        def __init__(self, prune_at=None):
+            self.steps, self.prune_at = {}, prune_at
+
+        def report(self, value, step):
+            self.steps[step] = value
+
+        def should_prune(self):
+            return self.prune_at in self.steps
+
+    class FakeStore:
+        def manifest(self, run_id):
+            return {"reward": "jpeg"}
+
+    trial, reported = FakeTrial(), set()
+    for i in range(3):
+        reporter = _Reporter(trial, i, 3, FakeStore(), "r", "", reported)
+        for fraction in (0.0, 0.5, 1.0):
+            reporter(fraction, {"eval/jpeg/mean": float(i) + fraction})
+    assert trial.steps == {17: 0.5, 33: 1.0, 50: 1.5, 67: 2.0, 83: 2.5, 100: 3.0}
+    with pytest.raises(optuna.TrialPruned):
+        _Reporter(FakeTrial(prune_at=50), 0, 2, FakeStore(), "r", "", set())(1.0, {"eval/jpeg/mean": 1.0})
+
+
+def test_study_report_writes_importances_slices_best_and_robustness(parallel):
+    import pandas as pd
+
+    from harness.study_report import StudyReportConfig, report
+
+    out = report(StudyReportConfig(name="par", out=parallel.out, fresh_seeds=1), log=lambda s: None)
+    for stem in ("importances", "slices"):
+        assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.pdf").stat().st_size > 0
+    importances = pd.read_csv(out / "importances.csv")
+    assert set(importances["param"]) == {"radius_scale", "kernel", "m", "lam", "eta", "lr"}
+    best = json.loads((out / "best.json").read_text())
+    the_study = load_study("par", parallel.out)
+    assert best["trial"] == the_study.best_trial.number and best["value"] == the_study.best_value
+    table = pd.read_csv(out / "robustness.csv")
+    assert list(zip(table["condition"], table["split_seed"], table["configuration"])) == [
+        ("fresh seeds", 0, "default"), ("fresh seeds", 0, "best"),
+        ("resampled prompts", 1, "default"), ("resampled prompts", 1, "best")]
+    assert "Does the gain survive" in (out / "robustness.md").read_text()
+    store = Store(parallel.out)
+    robust = [r for r in store.run_ids() if store.manifest(r)["run"]["tag"] == "study:par:robustness"]
+    assert len(robust) == 4
+    assert {store.manifest(r)["run"]["seed"] for r in robust} == {1}  # a seed the study did not use
+    # A second report reuses the stored re-runs.
+    report(StudyReportConfig(name="par", out=parallel.out, fresh_seeds=1), log=lambda s: None)
+    assert len(store.run_ids(status=None)) == 4 + 4
