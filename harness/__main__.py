@@ -2,4 +2,5 @@ import sys
 
 from harness.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # worker processes (spawn) re-import this module
+    sys.exit(main())
