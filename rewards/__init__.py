@@ -19,6 +19,15 @@ REWARDS = Registry("reward", {
     "colorfulness": "rewards.colorfulness:Colorfulness",
     "shapes-geneval": "rewards.shapes_geneval:ShapesGenEval",
     "shapes-geneval-clauses": "rewards.shapes_geneval:ShapesGenEvalClauses",
+    "pickscore": "rewards.clip_rewards:PickScore",
+    "clip-score": "rewards.clip_rewards:ClipScore",
+    "aesthetic": "rewards.clip_rewards:Aesthetic",
+    "hpsv3": "rewards.hpsv3:HPSv3",
+    "imagereward": "rewards.imagereward:ImageReward",
+    "hpsv2": "rewards.hpsv2:HPSv2",
+}, patterns={
+    "remote:": "rewards.remote:RemoteReward",
+    "cmd:": "rewards.command:CommandReward",
 })
 
 
@@ -45,11 +54,15 @@ def build(name: str, options: dict[str, str] | None = None):
 
 
 def parse_options(entries: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``("pickscore.model=/data/ps", ...)`` -> {"pickscore": {"model": "/data/ps"}}."""
+    """``("pickscore.model=/data/ps", ...)`` -> {"pickscore": {"model": "/data/ps"}}.
+
+    The key is the last dot-separated word before the first ``=``, so reward names may contain dots
+    (``remote:http://127.0.0.1:8000.token=T``) and values may contain anything.
+    """
     out: dict[str, dict[str, str]] = {}
     for entry in entries:
-        name, dot, rest = entry.partition(".")
-        key, eq, value = rest.partition("=")
+        head, eq, value = entry.partition("=")
+        name, dot, key = head.rpartition(".")
         if not (dot and eq and name and key):
             raise ValueError(f"bad reward option '{entry}'; expected REWARD.KEY=VALUE, e.g. pickscore.model=/data/ps")
         out.setdefault(name, {})[key] = value

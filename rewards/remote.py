@@ -1,0 +1,192 @@
+"""``remote:URL``: a reward served by ``driftbench serve-reward`` (possibly in another environment).
+
+    driftbench serve-reward hpsv3 --port 8000 --option checkpoint=/data/HPSv3.safetensors   # its own env
+    driftbench train --reward remote:http://127.0.0.1:8000 ...                               # main env
+
+The client reads ``GET /health`` once on construction (the served reward's name and version become this
+reward's ``name`` and ``version``, so a run records the same reward whether scored in-process or remotely),
+then sends images as raw uint8 arrays in batches of at most the server's ``max_batch`` and ``max_bytes``.
+Images are rounded to uint8 first, so scores equal the in-process reward's on the same uint8 images.
+
+Connection errors, timeouts and 5xx answers are retried ``retries`` times with exponential backoff
+(``backoff * 2**attempt`` seconds); 4xx answers and malformed replies (not JSON, wrong number of scores,
+non-numbers, NaN) raise :class:`RuntimeError` at once, naming the URL. A remote reward is never
+differentiable. Options (``remote:URL.KEY=VALUE`` in ``reward_options``): ``token`` (default
+$DRIFTBENCH_REWARD_TOKEN), ``timeout`` seconds per request (600), ``retries`` (3), ``batch`` (the most
+images per request; default the server's max-batch), ``backoff`` seconds (0.5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from torch import Tensor
+
+from rewards import check_images
+
+
+class RemoteReward:
+    name = "remote"
+    """Replaced by the served reward's name on construction."""
+    version = 0
+    """Replaced by the served reward's version on construction."""
+    differentiable = False
+    resolution = None
+    """Replaced by the served reward's input size on construction."""
+    requires = "a running `driftbench serve-reward NAME` (e.g. in the reward's own environment); no local files"
+
+    def __init__(self, url: str, token: str | None = None, timeout: float | str = 600, retries: int | str = 3,
+                 batch: int | str = 0, backoff: float | str = 0.5):
+        from harness.serve import TOKEN_ENV
+
+        if "://" not in url:
+            url = "http://" + url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"remote reward URL must look like http://HOST:PORT, got '{url}'")
+        self.url = url.rstrip("/")
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.requested_batch = int(batch)
+        if self.timeout <= 0 or self.retries < 0 or self.requested_batch < 0 or self.backoff < 0:
+            raise ValueError(f"remote reward options must be positive: timeout={timeout} retries={retries} "
+                             f"batch={batch} backoff={backoff}")
+        self._opener = _opener(parts.hostname)
+        info = self._json(self._request("GET", "/health"), "/health")
+        if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+            raise RuntimeError(f"reward server {self.url} answered /health without a reward name: {str(info)[:200]}")
+        self.health = info
+        self.name = info["name"]
+        self.version = info.get("version", 0)
+        self.resolution = info.get("resolution")
+        self.max_batch = int(info.get("max_batch") or 64)
+        self.max_bytes = int(info.get("max_bytes") or 2 ** 62)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        last = ""
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+            try:
+                with self._opener.open(request, timeout=self.timeout) as response:
+                    return response.read()
+            except urllib.error.HTTPError as exc:
+                message = _error_message(exc)
+                if exc.code >= 500:
+                    last = f"HTTP {exc.code}: {message}"
+                    continue
+                hint = {401: " (pass the server's token: option token=... or $DRIFTBENCH_REWARD_TOKEN)",
+                        413: " (lower the remote reward's batch option)"}.get(exc.code, "")
+                raise RuntimeError(f"reward server {self.url}{path} refused the request: HTTP {exc.code}: "
+                                   f"{message}{hint}") from None
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                last = f"{type(reason).__name__}: {reason}"
+                continue
+        raise RuntimeError(f"reward server {self.url} failed after {attempts} attempt(s) ({last}); is "
+                           f"`driftbench serve-reward` running there?")
+
+    def _json(self, raw: bytes, path: str) -> Any:
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise RuntimeError(f"reward server {self.url}{path} answered something that is not JSON: "
+                               f"{raw[:120]!r}") from None
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def batch_size(self, height: int, width: int, prompts: Sequence[str]) -> int:
+        """Images per request: the requested batch, capped by the server's max-batch and max-bytes."""
+        from harness.serve import request_bytes
+
+        n = min(self.requested_batch or self.max_batch, self.max_batch)
+        longest = max((len(p.encode("utf-8")) for p in prompts), default=0) * 2 + 8
+        per_image = request_bytes(height, width) - 1024 + longest
+        fits = (self.max_bytes - 1024) // per_image
+        if fits < 1:
+            raise RuntimeError(f"reward server {self.url} accepts at most {self.max_bytes} bytes per request, "
+                               f"too few for one {height}x{width} image; restart it with a larger --max-bytes")
+        return max(1, min(n, fits))
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> list[float]:
+        """images (B, 3, H, W) in [0, 1] -> B floats from the server, in batches."""
+        from harness.serve import encode_request
+
+        check_images(images, prompts, self.name)
+        prompts = list(prompts)
+        step = self.batch_size(images.shape[2], images.shape[3], prompts)
+        out: list[float] = []
+        for i in range(0, len(prompts), step):
+            chunk = prompts[i:i + step]
+            answer = self._json(self._request("POST", "/score", encode_request(images[i:i + step], chunk)), "/score")
+            out += self._check(answer, len(chunk))
+        return out
+
+    def _check(self, answer: Any, n: int) -> list[float]:
+        scores = answer.get("scores") if isinstance(answer, dict) else None
+        if not isinstance(scores, list):
+            raise RuntimeError(f"reward server {self.url}/score answered without a 'scores' list: {str(answer)[:200]}")
+        if len(scores) != n:
+            raise RuntimeError(f"reward server {self.url}/score answered {len(scores)} scores for {n} images")
+        bad = [s for s in scores if isinstance(s, bool) or not isinstance(s, (int, float))]
+        if bad:
+            raise RuntimeError(f"reward server {self.url}/score answered non-numbers, e.g. {bad[0]!r}")
+        values = [float(s) for s in scores]
+        if not all(math.isfinite(v) for v in values):
+            raise RuntimeError(f"reward server {self.url}/score answered non-finite scores: "
+                               f"{[v for v in values if not math.isfinite(v)][:3]}")
+        return values
+
+    def __repr__(self) -> str:
+        return f"RemoteReward({self.name!r} v{self.version} at {self.url})"
+
+
+def _opener(host: str):
+    """urllib's opener; proxies from the environment are ignored for loopback hosts."""
+    import urllib.request
+
+    from harness.serve import LOOPBACK
+
+    if host in LOOPBACK:
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener()
+
+
+def _error_message(exc) -> str:
+    try:
+        body = exc.read()
+        message = json.loads(body).get("error")
+        return str(message) if message else body[:200].decode("utf-8", "replace")
+    except Exception:
+        return str(exc.reason)
+
+
+def isolated_env_error(reward: str, package: str, session: str, options: str, exc: BaseException) -> RuntimeError:
+    """The error a reward that lives in its own environment raises when built elsewhere.
+
+    It says which environment provides the reward and how to serve it for ``remote:URL``.
+    """
+    return RuntimeError(
+        f"reward '{reward}' needs the '{package}' package, which pins its own dependencies and lives in its own environment (nox session "
+        f"'{session}'), not this one ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+        f"Start its server there: `nox -s {session} -- --port 8000 {options}` (= `driftbench serve-reward {reward} "
+        f"--port 8000 {options}` inside that environment), then use the reward 'remote:http://127.0.0.1:8000'")
