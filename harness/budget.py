@@ -201,13 +201,16 @@ class Meter:
 
     # -- metered component calls --------------------------------------------------------------
     def call(self, phase: str, fn: Callable[..., Any], *args: Any, backward: str | None = None,
-             params: Sequence[torch.nn.Parameter] = (), key: str | None = None) -> Any:
+             params: Sequence[torch.nn.Parameter] = (), key: str | None = None,
+             count: Callable[..., Any] | None = None) -> Any:
         """Run ``fn(*args)`` in ``phase``; count its FLOPs once per shape; meter its backward pass.
 
         ``backward`` names the phase its backward pass is charged to; ``params`` are trainable weights
         it uses (the generator's adapters), whose backward is charged when ``generator_backward`` runs.
+        ``count`` is the same computation without ``inference_mode``, when ``fn`` uses it (FLOPs inside
+        inference mode count as zero).
         """
-        counted = self._count(key or phase, fn, args, params)
+        counted = self._count(key or phase, count or fn, args, params)
         with self.phase(phase):
             out = fn(*args)
         self.stats[phase].flops += counted.forward

@@ -26,9 +26,11 @@ commands:
   compute        FLOPs per update and per phase of every method at full size (meta device, no weights)
   profile-step   time real updates per phase (GPU: full-size random weights; CPU: the tiny profile)
   plots          redraw every figure from stored results (index in results/plots/README.md)
+  rank-agreement how well the cheap reward economies (bf16, small decoder) keep the exact reward's ranking
   study          run or resume an Optuna study of a method's hyperparameters (--name, --n-workers, --space)
   study-report   importances, slice/contour/Pareto plots, best.json and a robustness re-run of a study
   serve-reward   serve a registered reward over HTTP for remote:URL (NAME --port N --token T --option K=V)
+  evaluate       a benchmark on a stored run: geneval, hpdv3, pickapic-parti (NAME --run RUN_ID [--base])
 """
 
 
@@ -145,6 +147,12 @@ def serve_reward(argv: Sequence[str]) -> int:
     return serve_main(list(argv))
 
 
+def evaluate(argv: Sequence[str]) -> int:
+    from evals.bench import main as evaluate_main
+
+    return evaluate_main(list(argv))
+
+
 def plots(argv: Sequence[str]) -> int:
     import tyro
 
@@ -152,6 +160,16 @@ def plots(argv: Sequence[str]) -> int:
 
     index = draw(tyro.cli(PlotsConfig, args=list(argv), prog="driftbench plots"))
     print(index.read_text())
+    return 0
+
+
+def rank_agreement(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.economy import AgreementConfig, rank_agreement as measure
+
+    path = measure(tyro.cli(AgreementConfig, args=list(argv), prog="driftbench rank-agreement"))
+    print(path.read_text())
     return 0
 
 
@@ -172,7 +190,9 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "study-report": study_report,
     "profile-step": profile_step,
     "plots": plots,
+    "rank-agreement": rank_agreement,
     "serve-reward": serve_reward,
+    "evaluate": evaluate,
 }
 
 

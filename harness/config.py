@@ -31,6 +31,10 @@ class RunConfig:
     """Training reward; empty means the profile's default."""
     evals: tuple[str, ...] = ()
     """Held-out evaluation rewards; empty means the profile's defaults (always includes the training reward)."""
+    reward_economy: str = "exact"
+    """How the training reward is computed for ranking: exact, bf16 (autocast + inference mode),
+    small-decoder, bf16+small-decoder. Gradient-free methods only; every run using an economy records its
+    rank agreement with the exact path (see ``driftbench rank-agreement``)."""
     reward_options: tuple[str, ...] = ()
     """Reward constructor options as REWARD.KEY=VALUE, e.g. pickscore.model=/data/PickScore_v1 (local paths)."""
     prompts: str = "train"

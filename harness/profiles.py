@@ -50,6 +50,8 @@ class World:
     offline: object | None = None
     """An offline preference data set with ``anchors(prompts, m, rng)`` (offline DrPO), if any."""
     lora_rank: int = 16
+    small_decoder: Callable[[Tensor], Tensor] | None = None
+    """A cheaper decoder (latents -> images in [0, 1]) for the small-decoder reward economy, if any."""
     _features: dict[str, FeatureMap] = field(default_factory=dict)
 
     def features(self, space: str) -> FeatureMap:

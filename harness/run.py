@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness import economy
 from harness.api import Context, Needs, Rollout
 from harness.budget import Budget, Meter, Spend
 from harness.config import RunConfig, config_dict, run_key
@@ -72,6 +73,10 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     if method.REWARD_GRADIENT and not reward.differentiable:
         raise CapabilityError(f"method '{cfg.method}' backpropagates through the reward, but reward "
                               f"'{reward_name}' is not differentiable; use a reward-gradient-free method")
+    if method.REWARD_GRADIENT and economy.check(cfg.reward_economy) != "exact":
+        raise CapabilityError(f"method '{cfg.method}' backpropagates through the reward; reward economy "
+                              f"'{cfg.reward_economy}' only serves ranking (use exact)")
+    economy.decoder(world, economy.check(cfg.reward_economy))  # the profile must offer it
     eval_names = list(dict.fromkeys([reward_name, *(cfg.evals or world.default_evals)]))
     eval_rewards = {n: reward if n == reward_name else reward_registry.build(n, options.get(n)) for n in eval_names}
     eval_prompts = world.prompts(cfg.eval_prompts)
@@ -137,11 +142,15 @@ def sample(parts: Parts, prompts: list[str], seeds: list[int]) -> Rollout:
             ref = meter.call("reference", gen.latents, noise, cond)
     scored = method.act(parts.method_cfg, latents.detach(), noise) if hasattr(method, "act") else latents
     prompts_k = [p for p in prompts for _ in range(k)]
-    grad = contextlib.nullcontext() if parts.needs.reward_grad else torch.no_grad()
-    with grad:
-        images = meter.call("decode", gen.decode, scored if parts.needs.reward_grad else scored.detach(),
-                            backward="decode_backward")
+    if parts.needs.reward_grad:
+        images = meter.call("decode", gen.decode, scored, backward="decode_backward")
         scores = meter.call("reward", parts.reward.score, images, prompts_k, backward="reward_backward")
+    else:
+        cheap = parts.cfg.reward_economy
+        call, count = economy.scorer(parts.reward, cheap, gen.device)
+        with torch.no_grad():
+            images = meter.call("decode", economy.decoder(parts.world, cheap), scored.detach(), key=f"decode:{cheap}")
+            scores = meter.call("reward", call, images, prompts_k, count=count)
     from rewards import check_scores
 
     rewards = check_scores(scores, len(prompts_k), parts.reward.name).to(latents.device)
@@ -160,6 +169,8 @@ def update(parts: Parts, step: int, spend: Spend) -> dict[str, float]:
         prompts, seeds = micro_batch(parts, step, micro)
         parts.ctx.rng.manual_seed(int(np.random.SeedSequence([cfg.seed, step, micro, 7]).generate_state(1)[0]))
         batch = sample(parts, prompts, seeds)
+        if step == 0 and micro == 0 and cfg.reward_economy != "exact":
+            logs.update({f"agreement_{k}": v for k, v in _agreement(parts, batch).items()})
         with meter.phase("loss"):
             loss, method_logs = parts.method.step(parts.method_cfg, parts.state, batch, parts.ctx)
         if not torch.isfinite(loss.detach()).all():
@@ -180,6 +191,18 @@ def update(parts: Parts, step: int, spend: Spend) -> dict[str, float]:
         parts.optimizer.step()
     logs["grad_norm"] = float(norm)
     return logs
+
+
+def _agreement(parts: Parts, batch: Rollout) -> dict[str, float]:
+    """Rank agreement of the run's reward economy with the exact path on its first micro-batch (not metered)."""
+    from rewards import check_scores
+
+    prompts_k = [p for p in batch.prompts for _ in range(batch.k)]
+    with torch.no_grad():
+        exact = parts.reward.score(parts.world.generator.decode(batch.scored_latents), prompts_k)
+    exact = check_scores(exact, len(prompts_k), parts.reward.name)
+    m = getattr(parts.method_cfg, "m", max(1, batch.k // 4))
+    return economy.agreement(exact, batch.rewards, batch.k, m)
 
 
 # ---------------------------------------------------------------------------------------------------
