@@ -76,8 +76,11 @@ def curves(store: Store, run_ids: Sequence[str], reward: str) -> dict[str, list[
     out: dict[str, list[list[tuple[float, ...]]]] = {}
     for run_id in run_ids:
         method = store.manifest(run_id)["run"]["method"]
-        points = [(r["budget/updates"], r["budget/flops"], r["budget/seconds"], headline(r, reward))
-                  for r in store.rows(run_id, "eval") if headline(r, reward) is not None]
+        rows = [r for r in store.rows(run_id, "eval") if headline(r, reward) is not None]
+        points = [(r["budget/updates"], r["budget/flops"], r["budget/seconds"], headline(r, reward)) for r in rows]
+        if rows and rows[0]["budget/updates"] > 0:
+            # Runs that skip the evaluation at 0 still know the base generator's value on the same images.
+            points.insert(0, (0.0, 0.0, 0.0, headline(rows[0], reward, base=True)))
         out.setdefault(method, []).append(points)
     return out
 
