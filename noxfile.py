@@ -3,6 +3,8 @@
     nox -s tests                  the whole test suite on CPU (unit, smoke, slow tiers)
     nox -s reproduce_table2       the main comparison on the embedded default; `-- --profile tiny` for the toy table
     nox -s lint                   ruff
+    nox -s reward_env-hpsv3       an isolated env per reward package (hpsv3, geneval, imagereward, hpsv2) that runs
+                                  `driftbench serve-reward` for remote:URL; see the section at the end of this file
 """
 
 import os
@@ -42,3 +44,149 @@ def reproduce_table2(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "harness", "methods", "rewards", "evals", "tests", "noxfile.py")
+
+
+# -- Reward environments ------------------------------------------------------------------------------------
+# Each reward package below pins dependencies the main environment cannot take (transformers 4.45.2, timm 0.6.13,
+# torchvision, mmcv-full 1.7 with CUDA ops), so each gets its own virtualenv here: the package with its working
+# pins, driftbench itself with --no-deps plus the few packages `driftbench serve-reward` imports, and then the
+# server, with the session's arguments passed through (host, port, token, --option KEY=VALUE):
+#
+#     nox -s reward_env-hpsv3 -- --port 8001 --option checkpoint=/data/HPSv3.safetensors --option qwen=/data/Qwen2-VL-7B-Instruct
+#     nox -s reward_env-geneval -- --mmdet-src /src/mmdetection-2.x --port 8002 \
+#         --option checkpoint=/data/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth --option clip=/data/clip \
+#         --option object_names=/src/geneval/evaluation/object_names.txt
+#
+# and the main environment scores with the reward `remote:http://127.0.0.1:8001`. Every session checks its
+# required local files before installing anything. The main environment never installs these packages.
+# DRIFTBENCH_<ENV>_PYTHON (e.g. DRIFTBENCH_GENEVAL_PYTHON=3.10) picks the interpreter (default: nox's own; driftbench
+# needs Python >= 3.10); DRIFTBENCH_GENEVAL_TORCH overrides GenEval's torch pair (default torch 2.1.2 + cu121 wheels).
+
+SERVER_PACKAGES = ("tyro", "pillow", "numpy")
+"""What `driftbench serve-reward` imports besides torch and numpy (driftbench is installed with --no-deps)."""
+
+REWARD_ENVS = {
+    "hpsv3": {
+        "reward": "hpsv3",
+        # hpsv3 1.0.0 pins transformers 4.45.2 and imports torchvision at import time: the CPU-usable pair is torch
+        # 2.14.1 + torchvision 0.29.1; diffusers > 0.36 breaks with transformers 4.45.2; matplotlib and tensorboard
+        # are imported but undeclared; trl 0.12.2 is what the resolver settles on for transformers 4.45.2.
+        "packages": ("torch==2.14.1", "torchvision==0.29.1", "hpsv3==1.0.0", "transformers==4.45.2", "diffusers<=0.36",
+                     "trl==0.12.2", "matplotlib", "tensorboard"),
+        "required": (("checkpoint",), ("qwen", "config")),
+        "example": "--option checkpoint=/data/HPSv3.safetensors --option qwen=/data/Qwen2-VL-7B-Instruct",
+    },
+    "imagereward": {
+        "reward": "imagereward",
+        # image-reward 1.5 pins timm 0.6.13 and fairscale 0.4.13; its BLIP code imports helpers that newer
+        # transformers moved, so transformers stays at 4.45.2.
+        "packages": ("torch==2.14.1", "torchvision==0.29.1", "image-reward==1.5", "timm==0.6.13", "fairscale==0.4.13",
+                     "transformers==4.45.2"),
+        "required": (("checkpoint",), ("med_config",)),
+        "example": "--option checkpoint=/data/ImageReward.pt --option med_config=/data/med_config.json",
+    },
+    "hpsv2": {
+        "reward": "hpsv2",
+        # hpsv2 1.2.0 pins protobuf<4, pytest==7.2.0 and pytest-split==0.8.0 itself (harmless in its own venv).
+        "packages": ("torch==2.14.1", "torchvision==0.29.1", "hpsv2==1.2.0"),
+        "required": (("checkpoint",),),
+        "example": "--option checkpoint=/data/HPS_v2.1_compressed.pt",
+    },
+    "geneval": {
+        "reward": "geneval-mmdet",
+        # GenEval's stack (djghosh13/geneval environment.yml and its issues): mmdet 2.x from source (the configs are
+        # not in the wheels), mmcv-full 1.7 compiled with its CUDA ops against the installed torch, open_clip 2.20
+        # and clip-benchmark 1.4 (so upstream's evaluate_images.py also runs here); numpy < 2 for the 1.x-era builds.
+        "packages": (os.environ.get("DRIFTBENCH_GENEVAL_TORCH", "torch==2.1.2 torchvision==0.16.2").split()
+                     + ["numpy<2", "setuptools<70", "wheel", "yapf==0.40.1"]),
+        "after": ("open-clip-torch==2.20.0", "clip-benchmark==1.4.0", "pycocotools", "pandas"),
+        "required": (("checkpoint",), ("clip",)),
+        "pins": ("torch==2.1.2 torchvision==0.16.2 mmcv-full==1.7.2 (CUDA ops) mmdet 2.x (source) open-clip-torch==2.20.0 "
+                 "clip-benchmark==1.4.0 numpy<2"),
+        "example": ("--option checkpoint=/data/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth "
+                    "--option clip=/data/clip (a folder holding OpenAI's ViT-L-14.pt) "
+                    "--option object_names=/src/geneval/evaluation/object_names.txt"),
+    },
+}
+MMDET_CONFIG = "configs/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py"
+
+
+def serve_args(env: str, posargs) -> tuple[list, dict]:
+    """Split a reward_env session's arguments into serve-reward's and the session's own (``--mmdet-src``), and
+    check the required ``--option KEY=PATH`` entries name existing files; raises ValueError saying what is missing."""
+    spec, args, own, options = REWARD_ENVS[env], [], {}, {}
+    items = list(posargs)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item in ("--mmdet-src", "--option") and i + 1 < len(items):
+            value, i = items[i + 1], i + 2
+        elif item.startswith(("--mmdet-src=", "--option=")):
+            item, value = item.split("=", 1)
+            i += 1
+        else:
+            args.append(item)
+            i += 1
+            continue
+        if item == "--mmdet-src":
+            own["mmdet_src"] = value
+        else:
+            key, eq, path = value.partition("=")
+            if not (eq and key):
+                raise ValueError(f"bad --option '{value}'; expected KEY=VALUE")
+            options[key] = path
+            args += ["--option", value]
+    for group in spec["required"]:
+        given = [k for k in group if k in options]
+        if not given:
+            raise ValueError(f"nox -s reward_env-{env} needs --option {' or --option '.join(k + '=PATH' for k in group)} "
+                             f"(local files only), e.g. nox -s reward_env-{env} -- --port 8000 {spec['example']}")
+        for key in given:
+            if not os.path.exists(os.path.expanduser(options[key])):
+                raise ValueError(f"reward_env-{env}: --option {key}={options[key]} does not exist")
+    if env == "geneval":
+        src = own.get("mmdet_src") or os.environ.get("DRIFTBENCH_MMDET_SRC", "")
+        if not src:
+            raise ValueError("nox -s reward_env-geneval needs a local mmdetection 2.x checkout (GenEval installs mmdet "
+                             "from source): pass --mmdet-src /src/mmdetection (git clone -b v2.27.0 ...) or set "
+                             "DRIFTBENCH_MMDET_SRC")
+        if not os.path.isfile(os.path.join(src, MMDET_CONFIG)):
+            raise ValueError(f"reward_env-geneval: '{src}' is not an mmdetection 2.x checkout (no {MMDET_CONFIG})")
+        own["mmdet_src"] = src
+    return args, own
+
+
+def _serve_reward_env(session: nox.Session, env: str) -> None:
+    import shutil
+
+    spec = REWARD_ENVS[env]
+    try:
+        args, own = serve_args(env, session.posargs)
+    except ValueError as exc:
+        session.error(str(exc))
+    if env == "geneval":
+        if not (shutil.which("nvcc") or os.environ.get("CUDA_HOME")):
+            session.error("reward_env-geneval compiles mmcv-full's CUDA ops and runs Mask2Former on CUDA (as GenEval "
+                          "requires): run it on a CUDA machine with nvcc on PATH or CUDA_HOME set")
+        session.install(*spec["packages"])
+        session.install("--no-build-isolation", "mmcv-full==1.7.2", env={"MMCV_WITH_OPS": "1", "FORCE_CUDA": "1"})
+        session.install("--no-build-isolation", "-e", own["mmdet_src"])
+        session.install(*spec["after"], *SERVER_PACKAGES)
+    else:
+        session.install(*spec["packages"], *SERVER_PACKAGES)
+    session.install("--no-deps", "-e", ".")
+    session.run("driftbench", "serve-reward", spec["reward"], *args, env={"HF_HUB_OFFLINE": "1"})
+
+
+def _reward_env_session(env: str) -> None:
+    def session_fn(session: nox.Session) -> None:
+        _serve_reward_env(session, env)
+
+    pins = REWARD_ENVS[env].get("pins") or " ".join(p for p in REWARD_ENVS[env]["packages"] if "==" in p or "<" in p)
+    session_fn.__doc__ = (f"Isolated env for reward '{REWARD_ENVS[env]['reward']}' ({pins}); runs "
+                          f"`driftbench serve-reward {REWARD_ENVS[env]['reward']}` with the session's arguments.")
+    nox.session(name=f"reward_env-{env}", python=os.environ.get(f"DRIFTBENCH_{env.upper()}_PYTHON") or None)(session_fn)
+
+
+for _env in REWARD_ENVS:
+    _reward_env_session(_env)

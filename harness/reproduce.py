@@ -1,9 +1,20 @@
-"""``reproduce_table2``: the comparison behind the paper's main table, on the embedded default.
+"""``reproduce_table2``: the comparison behind the paper's main table, on the embedded default or on a GPU.
 
 Each section of the table is one preset (a shared ``RunConfig``) and a list of methods, run for every
 seed. Runs already complete in the store with the same configuration are reused and interrupted ones
 resume from their checkpoints, so the command can be stopped and restarted. The table is then written
 from the stored results only.
+
+On a GPU, ``--profile sd-turbo`` / ``sdxl-turbo`` run the paper's setting (presets ``paper-sd-turbo`` /
+``paper-sdxl-turbo``: PickScore training reward, the paper's K, M, LoRA rank and update counts) for all six
+methods, then evaluate every run and the base generator with the ``pickapic-parti`` benchmark (PickScore x100,
+aesthetic, ImageReward x10, HPSv2 x100 on Pick-a-Pic v2 test and Parti-Prompts) and print the paper's numbers
+(``PAPER_TABLES``, DrPO website = arXiv table) beside ours::
+
+    nox -s reproduce_table2 -- --profile sd-turbo --model /data/sd-turbo --features-path /data/mae_latent_256.pth \
+        --prompts /data/pickscore/train.txt --pickapic /data/pickapic_v2_test_unique.txt --parti /data/PartiPrompts.tsv \
+        --reward-options pickscore.model=/data/PickScore_v1 aesthetic.head=/data/sac+logos+ava1-l14-linearMSE.pth \
+        --columns IR=remote:http://127.0.0.1:8003 HPSv2=remote:http://127.0.0.1:8004
 """
 
 from __future__ import annotations
@@ -28,10 +39,50 @@ class Section:
     methods: tuple[str, ...]
 
 
+PAPER_METHODS = ("drpo", "draft", "vggflow", "dpo1", "pso", "ngrpo")
+"""The six methods of the paper's tables (DrPO, the two reward-backprop references, three gradient-free baselines)."""
+
 SECTIONS: dict[str, tuple[Section, ...]] = {
     "tiny": (Section("Tiny profile, trained with JPEG compressibility", "tiny-jpeg", ("drpo",)),),
+    "sd-turbo": (Section("SD-Turbo, trained with PickScore (the paper's SD-Turbo setting)", "paper-sd-turbo",
+                         PAPER_METHODS),),
+    "sdxl-turbo": (Section("SDXL-Turbo, trained with PickScore (the paper's SDXL-Turbo MAE setting)", "paper-sdxl-turbo",
+                           PAPER_METHODS),),
 }
 """Table sections per profile."""
+
+BENCHMARK = "pickapic-parti"
+"""The benchmark the real-profile tables are evaluated with after training."""
+
+# The paper's numbers (drpo-method.md section 2.4: DrPO website dd473d8, aligned with the arXiv table in 689acca).
+# Row: (label, driftbench method or "base" or None for reference-only rows, steps, uses reward gradient,
+#       Pick-a-Pic (PS, AES, IR), Parti (PS, AES, IR)); PS = PickScore x100, IR = ImageReward x10.
+PAPER_TABLES: dict[str, tuple[tuple[str, str | None, int, str, tuple[float, ...], tuple[float, ...]], ...]] = {
+    "sd-turbo": (
+        ("SD1.5", None, 50, "–", (20.79, 5.455, 1.22), (21.49, 5.358, 2.25)),
+        ("LCM-SD1.5", None, 4, "–", (20.50, 5.497, -3.08), (21.15, 5.396, -1.94)),
+        ("SD2.1", None, 50, "–", (21.09, 5.645, 2.49), (21.77, 5.547, 3.97)),
+        ("SD-Turbo", "base", 1, "–", (21.88, 6.054, 5.75), (22.29, 5.758, 5.37)),
+        ("DRaFT", "draft", 1, "Yes", (24.69, 6.820, 9.63), (23.07, 6.516, 7.72)),
+        ("VGGFlow", "vggflow", 1, "Yes", (23.73, 6.378, 7.74), (22.99, 6.027, 6.50)),
+        ("DPO 1step", "dpo1", 1, "No", (22.02, 6.080, 5.95), (22.39, 5.793, 5.21)),
+        ("PSO", "pso", 1, "No", (21.88, 6.059, 5.80), (22.29, 5.763, 5.42)),
+        ("GRPO 1step", "ngrpo", 1, "No", (21.98, 6.077, 6.08), (22.35, 5.779, 5.65)),
+        ("DrPO", "drpo", 1, "No", (23.49, 6.485, 9.54), (22.99, 6.284, 7.46)),
+    ),
+    "sdxl-turbo": (
+        ("SDXL base", None, 50, "–", (22.15, 6.104, 6.85), (22.64, 5.761, 7.24)),
+        ("SDXL-DPO", None, 50, "–", (22.57, 6.076, 9.38), (22.95, 5.811, 10.66)),
+        ("SDXL-Turbo", "base", 1, "–", (22.45, 6.059, 9.36), (22.77, 5.693, 9.13)),
+        ("DRaFT", "draft", 1, "Yes", (24.45, 6.712, 12.70), (24.34, 6.485, 12.66)),
+        ("VGGFlow", "vggflow", 1, "Yes", (24.27, 6.490, 12.19), (23.98, 6.200, 11.40)),
+        ("DPO 1step", "dpo1", 1, "No", (22.77, 6.227, 10.44), (22.85, 6.019, 11.25)),
+        ("PSO", "pso", 1, "No", (22.56, 6.092, 8.97), (22.87, 5.744, 9.17)),
+        ("GRPO 1step", "ngrpo", 1, "No", (22.50, 6.077, 9.57), (22.80, 5.710, 9.27)),
+        ("DrPO", "drpo", 1, "No", (23.66, 6.717, 12.46), (23.71, 6.665, 12.60)),
+    ),
+}
+PAPER_COLUMNS = ("PS", "AES", "IR")
 
 
 @dataclass(frozen=True)
@@ -39,7 +90,7 @@ class Table2Config:
     """``driftbench table2`` / ``nox -s reproduce_table2``."""
 
     profile: str = "tiny"
-    """Which table: "shapes" (the embedded default) or "tiny"."""
+    """Which table: "shapes" (the embedded default), "tiny", or on a GPU "sd-turbo" / "sdxl-turbo"."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Training seeds; the interval is over these."""
     methods: tuple[str, ...] = ()
@@ -52,6 +103,27 @@ class Table2Config:
     """Redraw the figures from the stored results at the end."""
     jobs: int = 2
     """Runs in parallel, one torch thread each (2 cores: 2 jobs beat 1 job with 2 threads)."""
+    model: str = ""
+    """sd-turbo / sdxl-turbo: the local diffusers directory of the generator (passed to every run)."""
+    features_path: str = ""
+    """sd-turbo: the latent MAE-256 weights for DrPO's features (the drifting release, ported to torch)."""
+    prompts: str = ""
+    """sd-turbo / sdxl-turbo: the training prompt file (e.g. DrPO's data/pickscore/train.txt)."""
+    eval_prompts: str = ""
+    """sd-turbo / sdxl-turbo: prompts of the in-training evaluation (default: --pickapic)."""
+    reward_options: tuple[str, ...] = ()
+    """Reward options REWARD.KEY=VALUE for training and the benchmark, e.g. pickscore.model=/data/PickScore_v1."""
+    pickapic: str = ""
+    """sd-turbo / sdxl-turbo: Pick-a-Pic v2 test prompt file for the pickapic-parti benchmark."""
+    parti: str = ""
+    """sd-turbo / sdxl-turbo: Parti-Prompts file (PartiPrompts.tsv) for the pickapic-parti benchmark."""
+    columns: tuple[str, ...] = ()
+    """Benchmark column rewards COLUMN=REWARD (PS, AES, IR, HPSv2), e.g. IR=remote:http://127.0.0.1:8003; an
+    empty REWARD drops the column. Defaults: pickscore, aesthetic, imagereward, hpsv2."""
+    bench_images: int = 1
+    """Benchmark images per prompt."""
+    bench_limit: int = 0
+    """Benchmark: only the first N prompts of each set (0: all)."""
 
 
 def _find(store: Store, key: str) -> tuple[str | None, str | None]:
@@ -77,6 +149,53 @@ class Job:
     """The run id when a complete run with this configuration is already stored."""
 
 
+def run_overrides(cfg: Table2Config) -> dict[str, Any]:
+    """The RunConfig fields a real-profile table passes to every run (only those given, so the embedded tables'
+    run keys, and their stored runs, stay as they are)."""
+    values = {"model": cfg.model, "features_path": cfg.features_path, "prompts": cfg.prompts,
+              "eval_prompts": cfg.eval_prompts or ((cfg.pickapic or cfg.parti) if cfg.profile in PAPER_TABLES else ""),
+              "reward_options": tuple(cfg.reward_options)}
+    return {k: v for k, v in values.items() if v}
+
+
+def benchmark_config(cfg: Table2Config):
+    """The ``pickapic-parti`` Config of a real-profile table."""
+    from evals.bench import parse_kv
+    from evals.pickapic import COLUMNS, Config
+
+    chosen = parse_kv(cfg.columns)
+    fields = {c.key: c.field for c in COLUMNS}
+    unknown_columns = sorted(set(chosen) - set(fields))
+    if unknown_columns:
+        raise ValueError(f"unknown benchmark column(s) {unknown_columns}; columns: {', '.join(fields)}")
+    return Config(pickapic=cfg.pickapic, parti=cfg.parti, reward_options=tuple(cfg.reward_options),
+                  images_per_prompt=cfg.bench_images, limit=cfg.bench_limit,
+                  **{fields[k]: v for k, v in chosen.items()})
+
+
+def check_real(cfg: Table2Config):
+    """Fail before any training when a real-profile table lacks its inputs; returns the built benchmark."""
+    from evals.pickapic import PickapicPartiBenchmark
+
+    missing = [flag for flag, value in (("--model", cfg.model), ("--prompts", cfg.prompts)) if not value]
+    if missing:
+        raise ValueError(f"table2 --profile {cfg.profile} needs {' and '.join(missing)} (a local diffusers directory "
+                         "and a training prompt file)")
+    if not (cfg.pickapic or cfg.parti):
+        raise ValueError(f"table2 --profile {cfg.profile} needs --pickapic FILE and/or --parti FILE for the benchmark")
+    for flag, value in (("--prompts", cfg.prompts), ("--eval-prompts", cfg.eval_prompts),
+                        ("--features-path", cfg.features_path)):
+        if value and not Path(value).is_file():
+            raise FileNotFoundError(f"table2 {flag} '{value}' does not exist")
+    for section in SECTIONS[cfg.profile]:
+        preset = get_preset(section.preset)
+        runs_drpo = "drpo" in section.methods and (not cfg.methods or "drpo" in cfg.methods)
+        if runs_drpo and preset.method_config("drpo").features == "encoder" and not cfg.features_path:
+            raise ValueError(f"table2 --profile {cfg.profile}: DrPO's preset uses the latent MAE-256 features; pass "
+                             "--features-path /path/to/mae_latent_256 weights")
+    return PickapicPartiBenchmark(benchmark_config(cfg))
+
+
 def plan(sections: Sequence[Section], cfg: Table2Config, store: Store) -> list[Job]:
     """Every method x seed of every section, reusing complete runs and resuming interrupted ones."""
     jobs = []
@@ -84,7 +203,7 @@ def plan(sections: Sequence[Section], cfg: Table2Config, store: Store) -> list[J
         preset: Preset = get_preset(section.preset)
         for method in [m for m in section.methods if not cfg.methods or m in cfg.methods]:
             for seed in cfg.seeds:
-                run_cfg = preset.run.replace(method=method, seed=seed, out=cfg.out)
+                run_cfg = preset.run.replace(method=method, seed=seed, out=cfg.out, **run_overrides(cfg))
                 method_cfg = preset.method_config(method)
                 key = run_key(run_cfg, method_cfg)
                 run_id, status = _find(store, key)
@@ -149,11 +268,21 @@ def reproduce(cfg: Table2Config) -> Path:
         raise unknown("table profile", cfg.profile, list(SECTIONS))
     store = Store(cfg.out)
     started = time.time()
+    bench = check_real(cfg) if cfg.profile in PAPER_TABLES else None
     jobs = plan(SECTIONS[cfg.profile], cfg, store)
     ids = execute(jobs, cfg)
     sections = [(s, [run_id for job, run_id in zip(jobs, ids) if job.section == i])
                 for i, s in enumerate(SECTIONS[cfg.profile])]
-    path = write_table(sections, store, Path(cfg.out), elapsed=time.time() - started)
+    extra: tuple[list[str], list[dict[str, Any]]] = ([], [])
+    if bench is not None:
+        results = {}
+        for section, run_ids in sections:
+            base = evaluate_benchmark(bench, store, run_ids[0], base=True,
+                                      dest=Path(cfg.out) / "base" / section.preset / BENCHMARK)
+            runs = {run_id: evaluate_benchmark(bench, store, run_id) for run_id in run_ids}
+            results[section.title] = (base, [(store.manifest(r)["run"]["method"], s) for r, s in runs.items()])
+        extra = paper_table(cfg.profile, results)
+    path = write_table(sections, store, Path(cfg.out), elapsed=time.time() - started, extra=extra)
     if cfg.plots:
         from harness.plots import PlotsConfig, plots
 
@@ -161,8 +290,74 @@ def reproduce(cfg: Table2Config) -> Path:
     return path
 
 
-def write_table(sections: Sequence[tuple[Section, list[str]]], store: Store, out: Path, elapsed: float) -> Path:
-    """Markdown and long-format CSV of every section, from the stored summaries."""
+def evaluate_benchmark(bench: Any, store: Store, run_id: str, *, base: bool = False, dest: Path | None = None) -> dict:
+    """The benchmark summary of a run (or, with ``base``, of its base generator), reused when already stored with
+    the same benchmark configuration."""
+    from evals.bench import load_run
+    from harness.store import read_json
+
+    dest = dest or store.run_dir(run_id) / (BENCHMARK + ("-base" if base else ""))
+    if (dest / "summary.json").is_file():
+        stored = read_json(dest / "summary.json")
+        if stored.get("config") == config_dict(bench.cfg) and stored.get("version") == bench.version:
+            return stored
+    world, _, _, weights = load_run(str(store.root), run_id, base=base)
+    try:
+        return bench.run(world.generator, dest, reference=base,
+                         info={"run_id": run_id, "weights": weights, "profile": world.name})
+    finally:
+        del world
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def paper_table(profile: str, results: dict[str, tuple[dict, list[tuple[str, dict]]]]) -> tuple[list[str], list[dict]]:
+    """Markdown lines and CSV records putting our benchmark numbers beside the paper's (``PAPER_TABLES``).
+
+    ``results``: {section title: (base summary, [(method, run summary), ...])}; ours are mean ± 95% t-interval
+    half-width over seeds, the paper's (one run each) in parentheses.
+    """
+    from harness.tables import t_interval
+
+    lines: list[str] = []
+    records: list[dict[str, Any]] = []
+    set_names = {"pickapic": "Pick-a-Pic", "parti": "Parti"}
+    for title, (base, runs) in results.items():
+        sets = [k for k in set_names if k in base.get("scores", {})]
+        columns = [c for c in ("PS", "AES", "IR", "HPSv2") if any(c in base["scores"][k] for k in sets)]
+        header = ["method", "steps", "reward grad."] + [f"{set_names[k]} {c}" for k in sets for c in columns]
+        lines += [f"## Paper comparison: {title}", "",
+                  "Ours: mean ± 95% t-interval half-width over seeds; the paper's number (one run) in parentheses. "
+                  "PS = PickScore x100, AES = LAION aesthetic, IR = ImageReward x10, HPSv2 = HPSv2.1 x100 (not in the "
+                  "paper's table).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        by_method: dict[str, list[dict]] = {}
+        for method, summary in runs:
+            by_method.setdefault(method, []).append(summary)
+        for label, key, steps, grad, *paper in PAPER_TABLES[profile]:
+            summaries = [base] if key == "base" else by_method.get(key or "", [])
+            cells = [label + (" (base)" if key == "base" else ""), str(steps), grad]
+            for k in sets:
+                paper_values = dict(zip(PAPER_COLUMNS, paper[0 if k == "pickapic" else 1]))
+                for c in columns:
+                    ours = t_interval([s["scores"][k][c] for s in summaries if c in s["scores"].get(k, {})])
+                    ref = paper_values.get(c)
+                    digits = 3 if c == "AES" else 2
+                    cell = fmt(*ours, digits=digits) if summaries else "–"
+                    cells.append(cell + (f" ({ref:.{digits}f})" if ref is not None else ""))
+                    records.append({"section": f"paper comparison: {title}", "method": key or label, "label": label,
+                                    "set": k, "column": c, "ours": ours[0], "ours_ci": ours[1], "paper": ref,
+                                    "seeds": len(summaries)})
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines, records
+
+
+def write_table(sections: Sequence[tuple[Section, list[str]]], store: Store, out: Path, elapsed: float,
+                extra: tuple[list[str], list[dict[str, Any]]] = ([], [])) -> Path:
+    """Markdown and long-format CSV of every section, from the stored summaries; ``extra`` (lines, records) are
+    appended (the paper comparison of the real profiles)."""
     import pandas as pd
 
     lines = ["# Table 2 (driftbench reproduction)", "",
@@ -173,6 +368,8 @@ def write_table(sections: Sequence[tuple[Section, list[str]]], store: Store, out
         table, rows = section_table(section, store, run_ids)
         lines += [f"## {section.title}", "", *table, ""]
         records += rows
+    lines += extra[0]
+    records += extra[1]
     md = out / "table2.md"
     out.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines))

@@ -25,6 +25,7 @@ REWARDS = Registry("reward", {
     "hpsv3": "rewards.hpsv3:HPSv3",
     "imagereward": "rewards.imagereward:ImageReward",
     "hpsv2": "rewards.hpsv2:HPSv2",
+    "geneval-mmdet": "rewards.geneval_mmdet:GenEvalMMDet",
 }, patterns={
     "remote:": "rewards.remote:RemoteReward",
     "cmd:": "rewards.command:CommandReward",

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from rewards import check_images
 
-SESSION = "serve_hpsv2"
+SESSION = "reward_env-hpsv2"
 
 
 class HPSv2:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from rewards import check_images
 from rewards.clip_rewards import CLIP_MEAN, CLIP_STD, default_device, flag
 
-SESSION = "serve_hpsv3"
+SESSION = "reward_env-hpsv3"
 IMAGE_SIZE = 448
 """HPSv3 resizes every image to min_pixels = max_pixels = 256*28*28, i.e. 448 x 448 for a square."""
 TINY_IMAGE_SIZE = 56

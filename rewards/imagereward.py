@@ -23,7 +23,7 @@ from torch import Tensor
 
 from rewards import check_images
 
-SESSION = "serve_imagereward"
+SESSION = "reward_env-imagereward"
 
 
 class ImageReward:

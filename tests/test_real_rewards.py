@@ -172,9 +172,9 @@ def test_aesthetic_head_loads_from_a_local_file(tmp_path, tiny):
 
 @pytest.mark.skipif(importlib.util.find_spec("hpsv3") is not None, reason="the hpsv3 package is installed here")
 def test_isolated_rewards_name_their_environment():
-    with pytest.raises(RuntimeError, match=r"'hpsv3' package.*nox -s serve_hpsv3.*remote:http://127.0.0.1:8000"):
+    with pytest.raises(RuntimeError, match=r"'hpsv3' package.*nox -s reward_env-hpsv3.*remote:http://127.0.0.1:8000"):
         build("hpsv3", {"checkpoint": "/data/HPSv3.safetensors"})
-    for name, session in (("imagereward", "serve_imagereward"), ("hpsv2", "serve_hpsv2")):
+    for name, session in (("imagereward", "reward_env-imagereward"), ("hpsv2", "reward_env-hpsv2")):
         if importlib.util.find_spec({"imagereward": "ImageReward", "hpsv2": "hpsv2"}[name]) is None:
             with pytest.raises(RuntimeError, match=f"own environment.*nox -s {session}.*serve-reward {name}"):
                 build(name)
