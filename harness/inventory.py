@@ -35,7 +35,7 @@ def describe() -> str:
     lines.append("evaluators:")
     lines += [f"  {name:<16} {_first_line(load(EVALS.target(name)))}" for name in EVALS]
     lines.append("profiles:")
-    lines += [f"  {name:<12} {_first_line(load(PROFILES.target(name)))}" for name in PROFILES]
+    lines += [f"  {name:<18} {_first_line(load(PROFILES.target(name)))}" for name in PROFILES]
     lines.append("presets:")
     lines += [f"  {name:<20} {preset.description}" for name, preset in PRESETS.items()]
     return "\n".join(lines)

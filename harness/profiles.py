@@ -133,8 +133,10 @@ def _tiny_world(name: str, generator: Generator, seed: int, split_seed: int) -> 
 
 
 def tiny(cfg: RunConfig) -> World:
-    """SD-Turbo's classes at toy size with random weights; its "encoder" features are a frozen random
-    ResNet (a fixed random feature map, not a pretrained MAE). For tests and the JPEG smoke table."""
+    """SD-Turbo's classes at toy size with random weights, for tests and the JPEG smoke table.
+
+    Its "encoder" features are a frozen random ResNet (a fixed random feature map, not a pretrained MAE).
+    """
     from harness.generator import tiny_sd
 
     gen = tiny_sd(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg))
