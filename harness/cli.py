@@ -102,7 +102,8 @@ def pretrain(argv: Sequence[str]) -> int:
 def compute(argv: Sequence[str]) -> int:
     import tyro
 
-    from harness.compute import ComputeConfig, compute as run_compute
+    from harness.compute import ComputeConfig
+    from harness.compute import compute as run_compute
 
     cfg = tyro.cli(ComputeConfig, args=list(argv), prog="driftbench compute")
     _, path = run_compute(cfg)
@@ -114,7 +115,8 @@ def compute(argv: Sequence[str]) -> int:
 def study(argv: Sequence[str]) -> int:
     import tyro
 
-    from harness.study import StudyConfig, study as run_study
+    from harness.study import StudyConfig
+    from harness.study import study as run_study
 
     run_study(tyro.cli(StudyConfig, args=list(argv), prog="driftbench study"))
     return 0
@@ -132,7 +134,8 @@ def study_report(argv: Sequence[str]) -> int:
 def profile_step(argv: Sequence[str]) -> int:
     import tyro
 
-    from harness.profile_step import ProfileConfig, profile_step as run_profile
+    from harness.profile_step import ProfileConfig
+    from harness.profile_step import profile_step as run_profile
 
     cfg = tyro.cli(ProfileConfig, args=list(argv), prog="driftbench profile-step")
     _, path = run_profile(cfg)
@@ -156,7 +159,8 @@ def evaluate(argv: Sequence[str]) -> int:
 def plots(argv: Sequence[str]) -> int:
     import tyro
 
-    from harness.plots import PlotsConfig, plots as draw
+    from harness.plots import PlotsConfig
+    from harness.plots import plots as draw
 
     index = draw(tyro.cli(PlotsConfig, args=list(argv), prog="driftbench plots"))
     print(index.read_text())
@@ -166,7 +170,8 @@ def plots(argv: Sequence[str]) -> int:
 def rank_agreement(argv: Sequence[str]) -> int:
     import tyro
 
-    from harness.economy import AgreementConfig, rank_agreement as measure
+    from harness.economy import AgreementConfig
+    from harness.economy import rank_agreement as measure
 
     path = measure(tyro.cli(AgreementConfig, args=list(argv), prog="driftbench rank-agreement"))
     print(path.read_text())

@@ -79,9 +79,9 @@ def trace_method(method: str, method_cfg: Any, *, k: int, generator: str, differ
     """One real update of ``method`` on the tiny profile with one prompt and K candidates; its meter trace."""
     import tempfile
 
+    from harness.budget import Spend
     from harness.config import RunConfig
     from harness.run import prepare, update
-    from harness.budget import Spend
 
     reward = "colorfulness" if differentiable else "jpeg"
     fields = {f.name for f in dataclasses.fields(method_cfg)}

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.config import config_dict, run_key
-from harness.presets import Preset, get as get_preset
+from harness.presets import Preset
+from harness.presets import get as get_preset
 from harness.store import Store, git_state
 from harness.tables import fmt, method_rows
 
@@ -43,6 +44,12 @@ PAPER_METHODS = ("drpo", "draft", "vggflow", "dpo1", "pso", "ngrpo")
 """The six methods of the paper's tables (DrPO, the two reward-backprop references, three gradient-free baselines)."""
 
 SECTIONS: dict[str, tuple[Section, ...]] = {
+    "shapes": (
+        Section("Shapes world, trained with shapes-pref (learned, differentiable)", "shapes-pref",
+                ("drpo", "dpo1", "pso", "ngrpo", "draft", "vggflow")),
+        Section("Shapes world, trained with shapes-geneval (binary verifier, not differentiable)", "shapes-geneval",
+                ("drpo", "dpo1", "pso", "ngrpo")),
+    ),
     "tiny": (Section("Tiny profile, trained with JPEG compressibility", "tiny-jpeg", ("drpo",)),),
     "sd-turbo": (Section("SD-Turbo, trained with PickScore (the paper's SD-Turbo setting)", "paper-sd-turbo",
                          PAPER_METHODS),),
@@ -89,7 +96,7 @@ PAPER_COLUMNS = ("PS", "AES", "IR")
 class Table2Config:
     """``driftbench table2`` / ``nox -s reproduce_table2``."""
 
-    profile: str = "tiny"
+    profile: str = "shapes"
     """Which table: "shapes" (the embedded default), "tiny", or on a GPU "sd-turbo" / "sdxl-turbo"."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Training seeds; the interval is over these."""

@@ -19,6 +19,7 @@ REWARDS = Registry("reward", {
     "colorfulness": "rewards.colorfulness:Colorfulness",
     "shapes-geneval": "rewards.shapes_geneval:ShapesGenEval",
     "shapes-geneval-clauses": "rewards.shapes_geneval:ShapesGenEvalClauses",
+    "shapes-pref": "rewards.shapes_pref:ShapesPref",
     "pickscore": "rewards.clip_rewards:PickScore",
     "clip-score": "rewards.clip_rewards:ClipScore",
     "aesthetic": "rewards.clip_rewards:Aesthetic",

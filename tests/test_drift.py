@@ -31,7 +31,6 @@ def naive_force(gen, pos, neg, w_pos, w_neg, radii, mask_negative_self, kernel):
     for b in range(b_count):
         xs = gen[b] / per_dim
         ts = targets[b] / per_dim
-        total_force = torch.zeros(n, d, dtype=torch.float64)
         per_radius = []
         for r in radii:
             logit = torch.zeros(n, t_count, dtype=torch.float64)

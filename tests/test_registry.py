@@ -1,7 +1,6 @@
 """Registries: lazy, complete without import side effects, near-miss errors, and the method contract."""
 
 import ast
-import importlib
 from pathlib import Path
 
 import pytest

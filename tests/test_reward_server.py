@@ -368,3 +368,36 @@ def test_command_reward_errors(script, mode, options, match):
 def test_command_reward_missing_program():
     with pytest.raises(RuntimeError, match="could not start"):
         build("cmd:/nonexistent/scorer --flag").score(images(1, 8), ["a"])
+
+
+@pytest.mark.slow
+def test_shapes_run_through_a_served_shapes_pref_ranks_like_in_process(tmp_path, monkeypatch):
+    """A Shapes-world run whose reward is shapes-pref served over HTTP: every batch ranks as in process."""
+    from harness.run import run
+    from tests.conftest import tiny_run
+
+    seen = []
+    original = RemoteReward.score
+
+    def recording(self, x, prompts):
+        scores = original(self, x, prompts)
+        seen.append((x.detach().clone(), list(prompts), scores))
+        return scores
+
+    monkeypatch.setattr(RemoteReward, "score", recording)
+    local = build("shapes-pref")
+    server = RewardServer(local, port=0).start()
+    try:
+        run(tiny_run(tmp_path, profile="shapes", reward=f"remote:{server.url}", evals=("shapes-geneval",), k=16,
+                     run_id="remote-shapes", updates=1, eval_at=(1.0,), eval_prompt_limit=1, count_flops=False),
+            progress=False)
+    finally:
+        server.close()
+    manifest = json.loads((tmp_path / "runs" / "remote-shapes" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["reward"] == "shapes-pref"
+    assert any(len(p) == 16 for _, p, _ in seen)
+    for x, prompts, remote_scores in seen:
+        with torch.no_grad():
+            in_process = local.score(quantised(x), prompts).tolist()
+        assert np.allclose(remote_scores, in_process, atol=1e-5)
+        assert np.argsort(remote_scores).tolist() == np.argsort(in_process).tolist()

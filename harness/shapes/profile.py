@@ -2,7 +2,8 @@
 
 Pretrained one-step generator (LoRA on its attention projections, like SD-Turbo), GenEval-format prompts
 with disjoint train and held-out compositions, the non-differentiable verifier reward ``shapes-geneval``,
-the learned differentiable ``shapes-pref``, and the latent MAE encoder for DrPO's features.
+the learned differentiable ``shapes-pref``, the latent MAE encoder for DrPO's features, and rendered
+correct/incorrect scenes as offline DrPO's preference data.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def tag_balanced(tags: dict[str, str]):
 
 
 def build(cfg: RunConfig) -> World:
-    from harness.shapes.model import load_features, load_generator
+    from harness.shapes.model import load_features, load_generator, load_image_encoder
+    from harness.shapes.offline import ShapesOffline
     from harness.shapes.prompts import split
 
     device = device_for(cfg)
@@ -50,4 +52,5 @@ def build(cfg: RunConfig) -> World:
                  default_reward="shapes-pref", default_evals=("shapes-geneval", "shapes-pref"),
                  feature_factories={"encoder": lambda: load_features(device=device),
                                     "latent": raw_latent_features, "pixel": pixel_features},
-                 sample_prompts=tag_balanced(tags), lora_rank=cfg.lora_rank or LORA_RANK)
+                 sample_prompts=tag_balanced(tags), lora_rank=cfg.lora_rank or LORA_RANK,
+                 offline=ShapesOffline(load_image_encoder(device=device), seed=cfg.split_seed))
