@@ -2,6 +2,7 @@
 
     nox -s tests                  the whole test suite on CPU (unit, smoke, slow tiers)
     nox -s reproduce_table2       the main comparison on the embedded default; `-- --profile tiny` for the toy table
+    nox -s plots                  redraw every figure from stored results
     nox -s lint                   ruff
     nox -s reward_env-hpsv3       an isolated env per reward package (hpsv3, geneval, imagereward, hpsv2) that runs
                                   `driftbench serve-reward` for remote:URL; see the section at the end of this file
@@ -38,6 +39,13 @@ def reproduce_table2(session: nox.Session) -> None:
     """Run (or resume) the main comparison and write results/table2.md and .csv."""
     install(session)
     session.run("python", "-m", "harness", "table2", *session.posargs)
+
+
+@nox.session
+def plots(session: nox.Session) -> None:
+    """Redraw every figure from the stored results into results/plots/ (no training)."""
+    install(session)
+    session.run("python", "-m", "harness", "plots", *session.posargs)
 
 
 @nox.session

@@ -171,7 +171,7 @@ def ablation_bars(store: Store, tag: str, run_ids: Sequence[str], directory: Pat
            capsize=3)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel(f"held-out {reward} gain over base")
-    ax.set_xlabel(tag.split(":", 1)[-1].split("=")[0])
+    ax.set_xlabel(tag.split(":", 1)[-1])
     ax.set_title(f"DrPO ablation: {tag} (mean ± 95% interval over seeds)", fontsize=8)
     stem = f"{_slug(tag)}__ablation_bars"
     save(fig, directory, stem)
@@ -223,14 +223,18 @@ def plots(cfg: PlotsConfig) -> Path:
     root = Path(cfg.out)
     store, directory = Store(root), root / "plots"
     entries: list[tuple[str, str]] = []
+    ablations: dict[str, list[str]] = {}
     for tag, run_ids in runs_by_tag(store).items():
-        if cfg.tags and tag not in cfg.tags:
-            continue
+        if (cfg.tags and tag not in cfg.tags) or tag.startswith("study:"):
+            continue  # a study's runs vary every hyperparameter at once; its own figures come from the report
         if tag.startswith("ablation:"):
-            entries += ablation_bars(store, tag, run_ids, directory)
+            # One figure per axis: the tags ablation:<axis>=<value> of all its variants share it.
+            ablations.setdefault(tag.split("=", 1)[0], []).extend(run_ids)
             continue
         entries += reward_curves(store, tag, run_ids, directory)
         entries += sample_grid(store, tag, run_ids, directory)
+    for axis, run_ids in sorted(ablations.items()):
+        entries += ablation_bars(store, axis, run_ids, directory)
     entries += compute_breakdown(root, directory)
     entries += study_figures(root)
     lines = ["# Figures", "", "Regenerated from stored results by `driftbench plots` (or `nox -s plots`). "

@@ -252,7 +252,8 @@ def _slices(complete: Sequence[Any], labels: list[str], out: Path) -> None:
                                 vmin=min(numbers), vmax=max(numbers), edgecolors="black", linewidths=0.4)
             _format_axis(ax.xaxis, dist, choices)
             ax.set_xlabel(_axis_label(name, dist), fontsize=8)
-            ax.set_ylabel(label, fontsize=8)
+            if i % cols == 0:  # the rows share the objective; a label per panel overprints its left neighbour
+                ax.set_ylabel(label, fontsize=8)
         for i in range(len(names), rows * cols):
             axes[j * rows + i // cols][i % cols].set_visible(False)
     if names:

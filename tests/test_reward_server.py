@@ -275,15 +275,8 @@ def test_reward_options_allow_dots_in_names():
         parse_options(["pickscore=1"])
 
 
-@pytest.mark.slow
-def test_training_run_through_a_remote_reward_ranks_like_in_process(tmp_path, servers, monkeypatch):
-    """`harness.run.run` on the tiny profile with remote:URL; every scored batch is checked in-process."""
-    from harness.run import run
-    from methods import drpo
-    from tests.conftest import tiny_run
-
-    monkeypatch.setattr(drpo, "Config", dataclasses.make_dataclass(
-        "Config", [("m", int, dataclasses.field(default=2))], bases=(drpo.Config,), frozen=True))
+def record_remote_scores(monkeypatch) -> list[tuple[torch.Tensor, list[str], list[float]]]:
+    """Make every ``RemoteReward.score`` call append (images, prompts, scores) to the returned list."""
     seen = []
     original = RemoteReward.score
 
@@ -293,6 +286,19 @@ def test_training_run_through_a_remote_reward_ranks_like_in_process(tmp_path, se
         return scores
 
     monkeypatch.setattr(RemoteReward, "score", recording)
+    return seen
+
+
+@pytest.mark.slow
+def test_training_run_through_a_remote_reward_ranks_like_in_process(tmp_path, servers, monkeypatch):
+    """`harness.run.run` on the tiny profile with remote:URL; every scored batch is checked in-process."""
+    from harness.run import run
+    from methods import drpo
+    from tests.conftest import tiny_run
+
+    monkeypatch.setattr(drpo, "Config", dataclasses.make_dataclass(
+        "Config", [("m", int, dataclasses.field(default=2))], bases=(drpo.Config,), frozen=True))
+    seen = record_remote_scores(monkeypatch)
     url = servers["jpeg"].url
     summary = run(tiny_run(tmp_path, reward=f"remote:{url}", run_id="remote", updates=1, eval_at=(1.0,), eval_prompt_limit=1,
                            count_flops=False),
@@ -376,15 +382,7 @@ def test_shapes_run_through_a_served_shapes_pref_ranks_like_in_process(tmp_path,
     from harness.run import run
     from tests.conftest import tiny_run
 
-    seen = []
-    original = RemoteReward.score
-
-    def recording(self, x, prompts):
-        scores = original(self, x, prompts)
-        seen.append((x.detach().clone(), list(prompts), scores))
-        return scores
-
-    monkeypatch.setattr(RemoteReward, "score", recording)
+    seen = record_remote_scores(monkeypatch)
     local = build("shapes-pref")
     server = RewardServer(local, port=0).start()
     try:
