@@ -69,8 +69,8 @@ TINY_JPEG = Preset(
 # M = 4 of K = 16 for the ranking methods (the paper: 8 of 24).
 SHAPES_LR_SCALE = 10.0
 _SHAPES_METHODS = {
-    # Raw latents as DrPO's feature space: with the world's MAE encoder the same budget gained +0.009 held-out
-    # GenEval against +0.054 with raw latents (seed 0; `--drpo.features encoder` is the ablation).
+    # Raw latents as DrPO's feature space: with the world's MAE encoder the same budget gained +0.008 held-out
+    # GenEval against +0.054 with raw latents (3 seeds; README's ablation table, `--drpo.features encoder`).
     "drpo": {"m": 4, "lr": 1e-4 * SHAPES_LR_SCALE, "features": "latent"},
     "dpo1": {"m": 4, "lr": 1e-4 * SHAPES_LR_SCALE},
     "pso": {"lr": 1e-5 * SHAPES_LR_SCALE},
