@@ -164,7 +164,7 @@ def ablation_bars(store: Store, tag: str, run_ids: Sequence[str], directory: Pat
         variant = store.manifest(run_id)["run"].get("tag", "").split("=", 1)[-1]
         summary = read_json(store.run_dir(run_id) / "summary.json")
         groups.setdefault(variant, []).append(headline(summary, reward) - headline(summary, reward, base=True))
-    names = list(groups)
+    names = sorted(groups, key=_variant_order)
     stats = [t_interval(groups[n]) for n in names]
     fig, ax = plt.subplots(figsize=(max(3.0, 0.9 * len(names)), 3.0))
     ax.bar(names, [m for m, _ in stats], yerr=[0 if np.isnan(h) else h for _, h in stats], color=PALETTE[0],
@@ -176,6 +176,14 @@ def ablation_bars(store: Store, tag: str, run_ids: Sequence[str], directory: Pat
     stem = f"{_slug(tag)}__ablation_bars"
     save(fig, directory, stem)
     return [(stem, f"DrPO ablation over {tag}: held-out {reward} gain over the base per variant, 95% interval over seeds.")]
+
+
+def _variant_order(value: str) -> tuple:
+    """Numeric variants (K, M, lambda, eta) in numeric order, then the rest alphabetically."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def compute_breakdown(root: Path, directory: Path) -> list[tuple[str, str]]:
