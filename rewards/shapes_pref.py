@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.features import BasicBlock
+from harness.shapes.model import coords
 
 NAME = "shapes-pref"
 VERSION = 2
@@ -157,11 +158,7 @@ class PrefModel(nn.Module):
 
     def image_features(self, images: Tensor) -> Tensor:
         """images (B, 3, 64, 64) in [0, 1] -> the tower's grid (B, C, 8, 8)."""
-        b, _, h, w = images.shape
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=images.device),
-                                torch.linspace(-1, 1, w, device=images.device), indexing="ij")
-        coords = torch.stack([xs, ys]).expand(b, -1, -1, -1)
-        return self.tower(self.stem(torch.cat([images * 2 - 1, coords], dim=1)))
+        return self.tower(self.stem(torch.cat([images * 2 - 1, coords(images)], dim=1)))
 
     def aux_logits(self, feats: Tensor) -> Tensor:
         """Grid (B, C, 8, 8) -> per-cell logits (B, 8, 8, 1 + 3 + 4): objectness, shape, colour."""

@@ -325,6 +325,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, width: int = 32):
         super().__init__()
+        self.width = width
         self.body = nn.Sequential(
             nn.Conv2d(3, width, 4, 2, 1), ResBlock(width), nn.Conv2d(width, 2 * width, 4, 2, 1),
             ResBlock(2 * width), nn.GroupNorm(8, 2 * width), nn.SiLU(), nn.Conv2d(2 * width, LATENT_SHAPE[0], 3, padding=1))

@@ -166,6 +166,14 @@ def train_loop(name: str, steps: int, params: list[nn.Parameter], loss_fn: Calla
             on_step(step)
 
 
+def reconstruction_loss(encoder: ImageEncoder, decoder: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """(loss, pixel MSE) of decoding ``encoder(images)`` (B, 3, 64, 64): the MSE plus a tiny pull of the latent
+    towards 0, which keeps its scale from drifting (SD's VAE uses a 1e-6 KL for this)."""
+    latent = encoder(images)
+    mse = F.mse_loss(decoder(latent), images)
+    return mse + 1e-4 * latent.pow(2).mean(), mse
+
+
 def train_autoencoder(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[ImageEncoder, LatentDecoder, float]:
     """Phase 1: pixel-MSE autoencoder on fresh renders. Returns the frozen encoder and decoder and the
     scaling factor that gives the encoder's latents unit std (SD's 0.18215, measured)."""
@@ -175,11 +183,8 @@ def train_autoencoder(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[I
     encoder, decoder = ImageEncoder(), LatentDecoder(cfg.model.decoder)
 
     def loss_fn(step: int) -> tuple[Tensor, dict[str, float]]:
-        images, _ = render_batch(tag_balanced(train, cfg.batch, rng), rng)
-        latent = encoder(images)
-        mse = F.mse_loss(decoder(latent), images)
-        # A tiny pull towards 0 keeps the latent's scale from drifting (SD's VAE uses a 1e-6 KL for this).
-        return mse + 1e-4 * latent.pow(2).mean(), {"mse": mse.item()}
+        loss, mse = reconstruction_loss(encoder, decoder, render_batch(tag_balanced(train, cfg.batch, rng), rng)[0])
+        return loss, {"mse": mse.item()}
 
     train_loop("autoencoder", cfg.ae_steps, [*encoder.parameters(), *decoder.parameters()], loss_fn,
                lr=cfg.lr, warmup=cfg.warmup, clip=cfg.clip)
@@ -390,28 +395,28 @@ def pretrain_encoder(cfg: EncoderConfig, out: str | Path = assets.ASSET_DIR) -> 
     path = save_asset(out, "encoder", encoder.state_dict(), config, dtype=torch.float16)
     image_encoder, mse = train_image_encoder(cfg, gen)
     save_asset(out, "image_encoder", image_encoder.state_dict(),
-               {"width": 32, "scaling_factor": gen.cfg.scaling_factor, "final_pixel_mse": round(mse, 6)},
+               {"width": image_encoder.width, "scaling_factor": gen.cfg.scaling_factor,
+                "final_pixel_mse": round(mse, 6)},
                dtype=torch.float32)
     record_time(out, "encoder", time.perf_counter() - start, cfg.steps + cfg.image_steps)
     return path
 
 
 def train_image_encoder(cfg: EncoderConfig, gen) -> tuple[ImageEncoder, float]:
-    """Image -> raw latent encoder trained to reconstruct renders through the generator's frozen decoder
-    (pixel MSE; the small latent-norm pull of the first phase keeps its scale). Returns it and its last MSE."""
+    """Image -> raw latent encoder trained to reconstruct renders through the generator's frozen decoder (the
+    first phase's :func:`reconstruction_loss`, decoder fixed). Returns it and its last MSE."""
     from harness.shapes.render import render_batch
 
     rng = np.random.default_rng(cfg.seed)
     train = split("train", cfg.split_seed)
-    encoder, decoder = ImageEncoder(32), gen.decoder
+    encoder, decoder = ImageEncoder(), gen.decoder
     last: dict[str, float] = {}
 
     def loss_fn(step: int) -> tuple[Tensor, dict[str, float]]:
-        images, _ = render_batch(tag_balanced(train, cfg.image_batch, rng), rng)
-        latent = encoder(images)
-        mse = F.mse_loss(decoder(latent), images)
+        loss, mse = reconstruction_loss(encoder, decoder,
+                                        render_batch(tag_balanced(train, cfg.image_batch, rng), rng)[0])
         last["mse"] = mse.item()
-        return mse + 1e-4 * latent.pow(2).mean(), dict(last)
+        return loss, dict(last)
 
     train_loop("image encoder", cfg.image_steps, list(encoder.parameters()), loss_fn, lr=1e-3, warmup=cfg.warmup)
     return encoder.eval().requires_grad_(False), last["mse"]
