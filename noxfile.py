@@ -2,6 +2,7 @@
 
     nox -s tests                  the whole test suite on CPU (unit, smoke, slow tiers)
     nox -s reproduce_table2       the main comparison on the embedded default; `-- --profile tiny` for the toy table
+    nox -s tune_table2            re-run the equal-effort tuning the main comparison reads (harness/tuned/shapes.json)
     nox -s plots                  redraw every figure from stored results
     nox -s lint                   ruff
     nox -s reward_env-hpsv3       an isolated env per reward package (hpsv3, geneval, imagereward, hpsv2) that runs
@@ -39,6 +40,14 @@ def reproduce_table2(session: nox.Session) -> None:
     """Run (or resume) the main comparison and write results/table2.md and .csv."""
     install(session)
     session.run("python", "-m", "harness", "table2", *session.posargs)
+
+
+@nox.session
+def tune_table2(session: nox.Session) -> None:
+    """Re-run the equal-effort tuning of every method of the main table (resumable) and rewrite
+    harness/tuned/shapes.json, which reproduce_table2 reads."""
+    install(session)
+    session.run("python", "-m", "harness", "tune", *session.posargs)
 
 
 @nox.session

@@ -31,24 +31,35 @@ class HeldoutReward:
     def evaluate(self, images: Tensor, base_images: Tensor, prompts: Sequence[str],
                  batch_size: int = 64) -> dict[str, float]:
         """images, base_images (B, 3, H, W) in [0, 1], B prompts -> {metric: value}."""
+        return self.compare(self.score(images, prompts, batch_size), self.score(base_images, prompts, batch_size))
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, dict[str, float]]:
+        """Per-image scores (B,) on CPU and the reward's breakdown ({} without one), in one pass where the
+        reward offers ``score_and_breakdown`` (GenEval's detector runs once)."""
         from rewards import check_scores
 
-        trained = self._score(images, prompts, batch_size, check_scores)
-        base = self._score(base_images, prompts, batch_size, check_scores)
-        n = trained.numel()
-        wins = (trained > base).float() + 0.5 * (trained == base).float()
-        out = {"mean": float(trained.mean()), "base_mean": float(base.mean()),
-               "sem": float(trained.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
-               "win_rate": float(wins.mean()), "n": float(n)}
-        if hasattr(self.reward, "breakdown"):
-            out.update({k: float(v) for k, v in self.reward.breakdown(images, prompts).items()})
-            out.update({f"base_{k}": float(v) for k, v in self.reward.breakdown(base_images, prompts).items()})
-        return out
-
-    def _score(self, images: Tensor, prompts: Sequence[str], batch_size: int, check) -> Tensor:
+        if hasattr(self.reward, "score_and_breakdown"):
+            scores, breakdown = self.reward.score_and_breakdown(images, list(prompts))
+            return check_scores(scores, images.shape[0], self.reward.name).detach().cpu(), breakdown
         parts = []
         for i in range(0, len(prompts), batch_size):
             chunk = images[i:i + batch_size]
-            parts.append(check(self.reward.score(chunk, list(prompts[i:i + batch_size])), chunk.shape[0],
-                               self.reward.name).detach().cpu())
-        return torch.cat(parts)
+            parts.append(check_scores(self.reward.score(chunk, list(prompts[i:i + batch_size])), chunk.shape[0],
+                                      self.reward.name).detach().cpu())
+        breakdown = self.reward.breakdown(images, prompts) if hasattr(self.reward, "breakdown") else {}
+        return torch.cat(parts), {k: float(v) for k, v in breakdown.items()}
+
+    @staticmethod
+    def compare(trained: tuple[Tensor, dict[str, float]], base: tuple[Tensor, dict[str, float]]) -> dict[str, float]:
+        """Metrics of trained against base scores on the same prompts and noise (outputs of :meth:`score`)."""
+        t, b = trained[0].float(), base[0].float()
+        n = t.numel()
+        wins = (t > b).float() + 0.5 * (t == b).float()
+        out = {"mean": float(t.mean()), "base_mean": float(b.mean()),
+               "base_std": float(b.std(unbiased=True)) if n > 1 else float("nan"),
+               "sem": float(t.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
+               "win_rate": float(wins.mean()), "n": float(n)}
+        out.update({k: float(v) for k, v in trained[1].items()})
+        out.update({f"base_{k}": float(v) for k, v in base[1].items()})
+        return out

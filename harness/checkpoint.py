@@ -17,7 +17,7 @@ from harness.budget import PhaseStat, Spend
 from harness.config import config_dict
 
 if TYPE_CHECKING:
-    from harness.run import Parts
+    from harness.run import Parts, Selection
     from harness.store import Store
 
 IGNORED = {"run_id", "out"}
@@ -29,12 +29,22 @@ class Resume:
     spend: Spend = field(default_factory=Spend)
     evaluated_upto: float = -1.0
     """The largest budget fraction already evaluated (-1: none yet)."""
+    selection: "Selection" = field(default_factory=lambda: _selection())
+    """The best evaluation point so far and its weights (checkpoint selection)."""
 
 
-def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_upto: float) -> None:
+def _selection(data: dict | None = None):
+    from harness.run import Selection
+
+    return Selection(**(data or {}))
+
+
+def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_upto: float,
+         selection: "Selection | None" = None) -> None:
     """Atomically write ``checkpoint.pt`` in the run directory."""
     path = store.run_dir(run_id) / "checkpoint.pt"
     data = {"spend": spend.as_dict(), "evaluated_upto": evaluated_upto,
+            "selection": selection.as_dict() if selection is not None else None,
             "trainable": parts.world.generator.trainable_state(), "optimizer": parts.optimizer.state_dict(),
             "method_state": parts.state, "meter": parts.meter.snapshot()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
@@ -60,7 +70,8 @@ def load(store: "Store", run_id: str, parts: "Parts") -> Resume:
         parts.state.update(data["method_state"])
     parts.meter.stats = {name: PhaseStat(**stat) for name, stat in data["meter"].items()}
     store.set_status(run_id, "running", resumed_from=data["spend"]["updates"])
-    return Resume(spend=Spend(**data["spend"]), evaluated_upto=data["evaluated_upto"])
+    return Resume(spend=Spend(**data["spend"]), evaluated_upto=data["evaluated_upto"],
+                  selection=_selection(data.get("selection")))
 
 
 def _check_same(manifest: dict, parts: "Parts") -> None:

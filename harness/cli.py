@@ -22,6 +22,7 @@ commands:
   list           methods (with their reward-gradient requirement), rewards, evaluators, profiles, presets
   train          train one method under a run config (--preset, --resume)
   table2         run or resume the main comparison and write results/table2.md and .csv
+  tune           equal-effort Optuna studies of every method of a table, and the tuned file the table reads
   pretrain       pretrain the Shapes world's generator, encoder and reward assets
   compute        FLOPs per update and per phase of every method at full size (meta device, no weights)
   profile-step   time real updates per phase (GPU: full-size random weights; CPU: the tiny profile)
@@ -90,6 +91,16 @@ def table2(argv: Sequence[str]) -> int:
     path = reproduce(cfg)
     print(path.read_text())
     print(f"wrote {path} and {path.with_suffix('.csv')}")
+    return 0
+
+
+def tune(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.tune import TuneConfig
+    from harness.tune import tune as run_tune
+
+    run_tune(tyro.cli(TuneConfig, args=list(argv), prog="driftbench tune"))
     return 0
 
 
@@ -189,6 +200,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "list": list_components,
     "train": train,
     "table2": table2,
+    "tune": tune,
     "pretrain": pretrain,
     "compute": compute,
     "study": study,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.budget import Budget
+from harness.evaluation import EVAL_SEED_BASE, TEST_SEED_BASE
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ class RunConfig:
     reward_options: tuple[str, ...] = ()
     """Reward constructor options as REWARD.KEY=VALUE, e.g. pickscore.model=/data/PickScore_v1 (local paths)."""
     prompts: str = "train"
-    """Training prompts: a split of the profile ("train", "heldout") or a text file with one prompt per line."""
-    eval_prompts: str = "heldout"
-    """Evaluation prompts: a split of the profile or a text file."""
+    """Training prompts: a split of the profile ("train", "val", "test", "heldout") or a text file, one per line."""
+    eval_split: str = "val"
+    """Prompts evaluated during training (curves, checkpoint selection, tuning): a split of the profile ("val";
+    "test" only for a final table) or a text file."""
     split_seed: int = 0
     """Seed of the profile's train/held-out split (a different seed resamples which prompts are held out)."""
     k: int = 16
@@ -67,6 +69,18 @@ class RunConfig:
     """Noise seeds per evaluation prompt (fixed across runs)."""
     eval_prompt_limit: int = 0
     """Use only the first N evaluation prompts (0: all)."""
+    eval_seed_base: int = EVAL_SEED_BASE
+    """Evaluation image j of prompt i uses noise seed eval_seed_base + 1000 i + j (the same for every method)."""
+    select_metric: str = ""
+    """Checkpoint selection: REWARD or REWARD/METRIC on the evaluation split (e.g. shapes-geneval, whose
+    headline is overall_disjoint); the best evaluation point's weights are kept. Empty: the final weights."""
+    test_split: str = ""
+    """After training, evaluate this split (a split name or a text file) once at the selected checkpoint and
+    once at the end; empty: no test evaluation. Only a final table should name "test"."""
+    test_seeds: int = 16
+    """Noise seeds per test prompt."""
+    test_seed_base: int = TEST_SEED_BASE
+    """Test image j of prompt i uses noise seed test_seed_base + 1000 i + j (disjoint from eval_seed_base)."""
     lora_rank: int = 0
     """LoRA rank; 0 means the profile's default (16 for SD-Turbo, as in the paper)."""
     weight_decay: float = 1e-2
@@ -95,7 +109,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Cheap checks that need no component (component checks happen when they are built)."""
-        for name in ("k", "prompts_per_step", "grad_accum", "eval_seeds"):
+        for name in ("k", "prompts_per_step", "grad_accum", "eval_seeds", "test_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.k < 2:

@@ -38,7 +38,7 @@ class World:
     name: str
     generator: Generator
     splits: dict[str, list[str]]
-    """Prompt splits by name ("train", "heldout")."""
+    """Prompt splits by name: "train", "val" (tuning, selection), "test" (the final table only), "heldout"."""
     default_reward: str
     default_evals: tuple[str, ...]
     feature_factories: dict[str, Callable[[], FeatureMap]]
@@ -90,6 +90,23 @@ def raw_latent_features() -> FeatureMap:
     return lambda x: {"latent": x.flatten(1)[:, None, :]}
 
 
+LATENT_TOKEN_KEYS = ("layer0_mean", "layer0_std", "layer0_mean_2", "layer0_std_2", "layer0_mean_4", "layer0_std_4")
+
+
+def latent_token_features() -> FeatureMap:
+    """The official drifting extractor's statistics taken on the raw latent (B, C, h, w): per-position tokens
+    ``latent_tokens`` (B, hw, C), global ``latent_mean``/``latent_std`` (B, 1, C) and 2x2 / 4x4 patch mean/std
+    ``latent_mean_2`` ... (B, hw/s^2, C); each key is its own drift problem."""
+    from harness.features import multiscale_features
+
+    def fmap(x: Tensor) -> dict[str, Tensor]:
+        out = {"latent_tokens": x.flatten(2).transpose(1, 2)}
+        stats = multiscale_features({"layer0": x}, LATENT_TOKEN_KEYS)
+        out.update({"latent_" + k[len("layer0_"):]: v for k, v in stats.items()})
+        return out
+    return fmap
+
+
 def pixel_features(max_side: int = 64) -> FeatureMap:
     """Decoded pixels, average-pooled to at most ``max_side``, as one token (B, 1, 3*s*s)."""
     def fmap(images: Tensor) -> dict[str, Tensor]:
@@ -116,10 +133,14 @@ TINY_OBJECTS = ("cat", "dog", "car", "tree", "house", "flower", "bird", "boat", 
 
 
 def tiny_prompts(split_seed: int = 0) -> dict[str, list[str]]:
-    """60 "a photo of a <colour> <object>" prompts; a seeded fifth of the compositions is held out."""
+    """60 "a photo of a <colour> <object>" prompts; a seeded fifth of the compositions is held out, split
+    into val (tuning and selection) and test (the final table); "heldout" is both."""
     prompts = [f"a photo of a {c} {o}" for c in TINY_COLORS for o in TINY_OBJECTS]
-    held = set(np.random.default_rng(split_seed).permutation(len(prompts))[: len(prompts) // 5].tolist())
+    order = np.random.default_rng(split_seed).permutation(len(prompts))[: len(prompts) // 5].tolist()
+    held, val = set(order), set(order[: len(order) // 2])
     return {"train": [p for i, p in enumerate(prompts) if i not in held],
+            "val": [p for i, p in enumerate(prompts) if i in val],
+            "test": [p for i, p in enumerate(prompts) if i in held - val],
             "heldout": [p for i, p in enumerate(prompts) if i in held]}
 
 
@@ -128,7 +149,8 @@ def _tiny_world(name: str, generator: Generator, seed: int, split_seed: int) -> 
     return World(name=name, generator=generator, splits=tiny_prompts(split_seed), default_reward="jpeg",
                  default_evals=("jpeg", "colorfulness"),
                  feature_factories={"encoder": _random_encoder(seed, generator.latent_shape[0], keys),
-                                    "latent": raw_latent_features, "pixel": pixel_features},
+                                    "latent": raw_latent_features, "latent-tokens": latent_token_features,
+                                    "pixel": pixel_features},
                  lora_rank=4)
 
 
@@ -163,7 +185,8 @@ def _real(cfg: RunConfig, family: str, name: str, resolution: int) -> World:
     return World(name=name, generator=gen, splits={}, default_reward="pickscore",
                  default_evals=("pickscore",),
                  feature_factories={"encoder": lambda: _mae256(cfg.features_path, device),
-                                    "latent": raw_latent_features, "pixel": pixel_features})
+                                    "latent": raw_latent_features, "latent-tokens": latent_token_features,
+                                    "pixel": pixel_features})
 
 
 def _mae256(path: str, device: torch.device) -> FeatureMap:
@@ -217,7 +240,8 @@ def _random_full_size(cfg: RunConfig, family: str) -> World:
     gen = OneStepGenerator(name=f"{prefix}-turbo-random", family=family, unet=unet, vae=vae, text_encoders=encoders,
                            tokenizers=tokenizers, resolution=512, lora_rank=cfg.lora_rank or 16, device=device,
                            dtype=dtype)
-    features = {"encoder": lambda: _random_mae(device), "latent": raw_latent_features, "pixel": pixel_features}
+    features = {"encoder": lambda: _random_mae(device), "latent": raw_latent_features,
+                "latent-tokens": latent_token_features, "pixel": pixel_features}
     return World(name=gen.name, generator=gen, splits=tiny_prompts(cfg.split_seed), default_reward="pickscore",
                  default_evals=("pickscore",), feature_factories=features)
 

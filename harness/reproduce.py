@@ -31,6 +31,7 @@ from harness.presets import Preset
 from harness.presets import get as get_preset
 from harness.store import Store, git_state
 from harness.tables import fmt, method_rows
+from harness.tune import tuned_configs, tuned_entries
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,27 @@ class Section:
     title: str
     preset: str
     methods: tuple[str, ...]
+    tuned: bool = False
+    """Take every method's config from the committed tuned file (``driftbench tune``), not the preset."""
 
 
 PAPER_METHODS = ("drpo", "draft", "vggflow", "dpo1", "pso", "ngrpo")
 """The six methods of the paper's tables (DrPO, the two reward-backprop references, three gradient-free baselines)."""
 
+_SHAPES_PREF_METHODS = ("drpo", "dpo1", "pso", "ngrpo", "draft", "vggflow")
+_SHAPES_GENEVAL_METHODS = ("drpo", "dpo1", "pso", "ngrpo")
 SECTIONS: dict[str, tuple[Section, ...]] = {
     "shapes": (
-        Section("Shapes world, trained with shapes-pref (learned, differentiable)", "shapes-pref",
-                ("drpo", "dpo1", "pso", "ngrpo", "draft", "vggflow")),
-        Section("Shapes world, trained with shapes-geneval (binary verifier, not differentiable)", "shapes-geneval",
-                ("drpo", "dpo1", "pso", "ngrpo")),
+        Section("Shapes world, trained with shapes-pref (learned, differentiable), tuned", "shapes-pref",
+                _SHAPES_PREF_METHODS, tuned=True),
+        Section("Shapes world, trained with shapes-geneval (binary verifier, not differentiable), tuned",
+                "shapes-geneval", _SHAPES_GENEVAL_METHODS, tuned=True),
+    ),
+    "shapes-defaults": (
+        Section("Shapes world, trained with shapes-pref, paper-default (untuned) configurations", "shapes-pref",
+                _SHAPES_PREF_METHODS),
+        Section("Shapes world, trained with shapes-geneval, paper-default (untuned) configurations",
+                "shapes-geneval", _SHAPES_GENEVAL_METHODS),
     ),
     "tiny": (Section("Tiny profile, trained with JPEG compressibility", "tiny-jpeg", ("drpo",)),),
     "sd-turbo": (Section("SD-Turbo, trained with PickScore (the paper's SD-Turbo setting)", "paper-sd-turbo",
@@ -98,8 +109,16 @@ class Table2Config:
 
     profile: str = "shapes"
     """Which table: "shapes" (the embedded default), "tiny", or on a GPU "sd-turbo" / "sdxl-turbo"."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds; the interval is over these."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Training seeds, never used by the tuning (``driftbench tune`` trains with seed 100); intervals are over
+    these, paired by seed."""
+    test_split: str = "test"
+    """Split every run is finally evaluated on, once at its validation-selected checkpoint and once at the end
+    (profiles without splits, such as sd-turbo, skip it)."""
+    test_seeds: int = 16
+    """Noise seeds per test prompt (the test noise base is disjoint from the validation noise)."""
+    tuned_file: str = ""
+    """Tuned configurations for tuned sections; empty: ``harness/tuned/<profile>.json``."""
     methods: tuple[str, ...] = ()
     """Restrict to these methods (default: every method of each section)."""
     out: str = "results"
@@ -116,7 +135,7 @@ class Table2Config:
     """sd-turbo: the latent MAE-256 weights for DrPO's features (the drifting release, ported to torch)."""
     prompts: str = ""
     """sd-turbo / sdxl-turbo: the training prompt file (e.g. DrPO's data/pickscore/train.txt)."""
-    eval_prompts: str = ""
+    eval_split: str = ""
     """sd-turbo / sdxl-turbo: prompts of the in-training evaluation (default: --pickapic)."""
     reward_options: tuple[str, ...] = ()
     """Reward options REWARD.KEY=VALUE for training and the benchmark, e.g. pickscore.model=/data/PickScore_v1."""
@@ -133,12 +152,33 @@ class Table2Config:
     """Benchmark: only the first N prompts of each set (0: all)."""
 
 
-def _find(store: Store, key: str) -> tuple[str | None, str | None]:
-    """(run id, status) of the newest stored run with this key, preferring complete runs."""
+def _tuned_profile(profile: str) -> str:
+    return profile.split("-")[0]
+
+
+def _test_overrides(cfg: Table2Config, preset: Preset) -> dict[str, Any]:
+    """The final evaluation on the test split, for profiles that have one."""
+    if not cfg.test_split or preset.run.profile not in ("shapes", "tiny", "tiny-xl"):
+        return {}
+    return {"test_split": cfg.test_split, "test_seeds": cfg.test_seeds}
+
+
+def same_code(manifest: dict[str, Any], method: str) -> bool:
+    """A stored run may be reused only if it ran this method version and this code (``source_hash``)."""
+    from harness.store import source_hash
+    from methods import METHODS
+
+    versions = manifest.get("versions", {})
+    return versions.get("method") == METHODS.get(method).VERSION and versions.get("code") == source_hash()
+
+
+def _find(store: Store, key: str, method: str) -> tuple[str | None, str | None]:
+    """(run id, status) of the newest stored run with this key that ran the current code, preferring complete
+    runs (the key covers the configs; the reward's version is in the code hash's reach)."""
     found = {}
     for run_id in store.run_ids(status=None):
         manifest = store.manifest(run_id)
-        if manifest.get("key") == key:
+        if manifest.get("key") == key and same_code(manifest, method):
             found.setdefault(manifest.get("status"), run_id)
     for status in ("complete", "interrupted", "failed", "running"):
         if status in found:
@@ -160,7 +200,7 @@ def run_overrides(cfg: Table2Config) -> dict[str, Any]:
     """The RunConfig fields a real-profile table passes to every run (only those given, so the embedded tables'
     run keys, and their stored runs, stay as they are)."""
     values = {"model": cfg.model, "features_path": cfg.features_path, "prompts": cfg.prompts,
-              "eval_prompts": cfg.eval_prompts or ((cfg.pickapic or cfg.parti) if cfg.profile in PAPER_TABLES else ""),
+              "eval_split": cfg.eval_split or ((cfg.pickapic or cfg.parti) if cfg.profile in PAPER_TABLES else ""),
               "reward_options": tuple(cfg.reward_options)}
     return {k: v for k, v in values.items() if v}
 
@@ -190,7 +230,7 @@ def check_real(cfg: Table2Config):
                          "and a training prompt file)")
     if not (cfg.pickapic or cfg.parti):
         raise ValueError(f"table2 --profile {cfg.profile} needs --pickapic FILE and/or --parti FILE for the benchmark")
-    for flag, value in (("--prompts", cfg.prompts), ("--eval-prompts", cfg.eval_prompts),
+    for flag, value in (("--prompts", cfg.prompts), ("--eval-split", cfg.eval_split),
                         ("--features-path", cfg.features_path)):
         if value and not Path(value).is_file():
             raise FileNotFoundError(f"table2 {flag} '{value}' does not exist")
@@ -208,12 +248,17 @@ def plan(sections: Sequence[Section], cfg: Table2Config, store: Store) -> list[J
     jobs = []
     for i, section in enumerate(sections):
         preset: Preset = get_preset(section.preset)
+        tuned = tuned_configs(section.preset, cfg.tuned_file or None, _tuned_profile(cfg.profile)) if section.tuned else {}
         for method in [m for m in section.methods if not cfg.methods or m in cfg.methods]:
+            if section.tuned and method not in tuned:
+                raise ValueError(f"the tuned file has no {section.preset} config for '{method}'; run "
+                                 f"`driftbench tune --sections {section.preset} --methods {method}`")
             for seed in cfg.seeds:
-                run_cfg = preset.run.replace(method=method, seed=seed, out=cfg.out, **run_overrides(cfg))
-                method_cfg = preset.method_config(method)
+                run_cfg = preset.run.replace(method=method, seed=seed, out=cfg.out, **run_overrides(cfg),
+                                             **_test_overrides(cfg, preset))
+                method_cfg = tuned[method] if section.tuned else preset.method_config(method)
                 key = run_key(run_cfg, method_cfg)
-                run_id, status = _find(store, key)
+                run_id, status = _find(store, key, method)
                 if status == "complete":
                     jobs.append(Job(i, run_cfg, method_cfg, "", run_id))
                     continue
@@ -289,7 +334,9 @@ def reproduce(cfg: Table2Config) -> Path:
             runs = {run_id: evaluate_benchmark(bench, store, run_id) for run_id in run_ids}
             results[section.title] = (base, [(store.manifest(r)["run"]["method"], s) for r, s in runs.items()])
         extra = paper_table(cfg.profile, results)
-    path = write_table(sections, store, Path(cfg.out), elapsed=time.time() - started, extra=extra)
+    name = "table2" if cfg.profile == "shapes" else f"table2-{cfg.profile}"
+    path = write_table(sections, store, Path(cfg.out), elapsed=time.time() - started, extra=extra, name=name,
+                       tuned_path=Path(cfg.tuned_file) if cfg.tuned_file else None)
     if cfg.plots:
         from harness.plots import PlotsConfig, plots
 
@@ -362,26 +409,61 @@ def paper_table(profile: str, results: dict[str, tuple[dict, list[tuple[str, dic
 
 
 def write_table(sections: Sequence[tuple[Section, list[str]]], store: Store, out: Path, elapsed: float,
-                extra: tuple[list[str], list[dict[str, Any]]] = ([], [])) -> Path:
+                extra: tuple[list[str], list[dict[str, Any]]] = ([], []), name: str = "table2",
+                tuned_path: Path | None = None) -> Path:
     """Markdown and long-format CSV of every section, from the stored summaries; ``extra`` (lines, records) are
     appended (the paper comparison of the real profiles)."""
     import pandas as pd
 
-    lines = ["# Table 2 (driftbench reproduction)", "",
+    lines = [f"# Table 2 (driftbench reproduction): `{name}`", "",
              f"Generated by `driftbench table2` at git {git_state()['commit'] or 'unknown'} in {elapsed / 60:.1f} min. "
-             "Values are mean ± 95% t-interval half-width over seeds.", ""]
+             "Values are mean ± 95% t-interval half-width over seeds; Δ columns are paired by seed.", ""]
     records = []
     for section, run_ids in sections:
-        table, rows = section_table(section, store, run_ids)
+        tested = "test_selected/drift/latent_rms" in json.loads((store.run_dir(run_ids[0]) / "summary.json").read_text())
+        table, rows = tested_section(section, store, run_ids, out, tuned_path) if tested else \
+            section_table(section, store, run_ids)
         lines += [f"## {section.title}", "", *table, ""]
         records += rows
     lines += extra[0]
     records += extra[1]
-    md = out / "table2.md"
+    md = out / f"{name}.md"
     out.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines))
-    pd.DataFrame.from_records(records).to_csv(out / "table2.csv", index=False)
+    pd.DataFrame.from_records(records).to_csv(out / f"{name}.csv", index=False)
     return md
+
+
+def tested_section(section: Section, store: Store, run_ids: list[str], out: Path,
+                   tuned_path: Path | None = None) -> tuple[list[str], list[dict]]:
+    """A section evaluated on the test split: the paired table, the over-optimisation table and figure, and for
+    a tuned section the tuning report (space sizes, best-so-far curves)."""
+    from harness.reporting import overopt, tuned_table
+    from harness.tune import unequal_effort
+
+    entries, unequal = {}, []
+    if section.tuned:
+        entries = tuned_entries(section.preset, tuned_path)
+        unequal = unequal_effort(entries)
+    lines, records = tuned_table.section_table(section.title, store, run_ids, entries, unequal)
+    by_method: dict[str, list[str]] = {}
+    for run_id in run_ids:
+        by_method.setdefault(store.manifest(run_id)["run"]["method"], []).append(run_id)
+    proxy = store.manifest(run_ids[0])["reward"]
+    gold = tuned_table.GOLD if proxy != "jpeg" else proxy
+    curves = [overopt.curve(store, m, ids, proxy, gold) for m, ids in by_method.items()]
+    stem = f"{section.preset}__{'tuned' if section.tuned else 'defaults'}__overoptimisation"
+    figure = overopt.figure(curves, proxy, gold, out / "plots", stem, section.title)
+    rows = overopt.summary(curves)
+    lines += ["", f"Over-optimisation on validation (proxy {proxy}, gold {gold}; seed means; figure "
+              f"`{figure[0].relative_to(out).as_posix()}`):", "", *overopt.table(rows)]
+    records += [{"section": section.title, "table": "overoptimisation", **r} for r in rows]
+    if section.tuned:
+        from harness.reporting import tuning
+
+        report, fig = tuning.report(section.preset, list(by_method), str(store.root), out / "plots")
+        lines += ["", f"Equal-effort tuning (figure `{fig[0].relative_to(out).as_posix()}`):", "", *report]
+    return lines, records
 
 
 def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:

@@ -8,7 +8,7 @@ writes the record. A method never touches the clock, the store, the budget or th
 
 from __future__ import annotations
 
-import contextlib
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,11 +21,11 @@ from harness import economy
 from harness.api import Context, Needs, Rollout
 from harness.budget import Budget, Meter, Spend
 from harness.config import RunConfig, config_dict, run_key
+from harness.evaluation import EVAL_SEED_BASE, EvalSet, headline_key
 from harness.profiles import PROFILES, World
-from harness.store import Store, describe_environment, utc_stamp
+from harness.store import Store, describe_environment, source_hash, utc_stamp
 
-EVAL_SEED_BASE = 10_000_000
-"""Evaluation noise seeds are fixed, independent of the run seed: eval image (i, j) uses base + 1000 i + j."""
+__all__ = ["EVAL_SEED_BASE", "CapabilityError", "Parts", "prepare", "run", "update"]
 
 
 class CapabilityError(ValueError):
@@ -44,7 +44,10 @@ class Parts:
     eval_rewards: dict[str, Any]
     needs: Needs
     train_prompts: list[str]
-    eval_prompts: list[str]
+    evals: EvalSet
+    """The evaluation split (curves, selection); its base side is computed once per run."""
+    test: EvalSet | None
+    """The test split, evaluated once at the selected checkpoint and once at the end (None: not asked)."""
     budget: Budget
     meter: Meter
     ctx: Context
@@ -79,7 +82,11 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     economy.decoder(world, economy.check(cfg.reward_economy))  # the profile must offer it
     eval_names = list(dict.fromkeys([reward_name, *(cfg.evals or world.default_evals)]))
     eval_rewards = {n: reward if n == reward_name else reward_registry.build(n, options.get(n)) for n in eval_names}
-    eval_prompts = world.prompts(cfg.eval_prompts)
+    evals = EvalSet("eval", world.prompts(cfg.eval_split)[: cfg.eval_prompt_limit or None], cfg.eval_seeds,
+                    cfg.eval_seed_base, eval_rewards)
+    test = EvalSet("test", world.prompts(cfg.test_split), cfg.test_seeds, cfg.test_seed_base,
+                   eval_rewards) if cfg.test_split else None
+    _select_reward(cfg, eval_rewards)
     meter = Meter(world.generator.device, count_flops=cfg.count_flops)
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),
                   features=lambda space: _features(meter, world, space), rng=torch.Generator(),
@@ -90,9 +97,19 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
                                   weight_decay=cfg.weight_decay, eps=1e-8)
     return Parts(cfg=cfg, method=method, method_cfg=method_cfg, world=world, reward=reward,
                  eval_rewards=eval_rewards, needs=method.needs(method_cfg),
-                 train_prompts=world.prompts(cfg.prompts),
-                 eval_prompts=eval_prompts[: cfg.eval_prompt_limit or None], budget=cfg.budget(), meter=meter,
+                 train_prompts=world.prompts(cfg.prompts), evals=evals, test=test, budget=cfg.budget(), meter=meter,
                  ctx=ctx, state=state, optimizer=optimizer)
+
+
+def _select_reward(cfg: RunConfig, eval_rewards: dict[str, Any]) -> None:
+    """``select_metric`` must name an evaluation reward (REWARD or REWARD/METRIC)."""
+    if not cfg.select_metric:
+        return
+    reward = cfg.select_metric.split("/")[0]
+    if reward not in eval_rewards:
+        from harness.registry import unknown
+
+        raise unknown("select_metric reward", reward, list(eval_rewards))
 
 
 def _decode(meter: Meter, world: World, latents: Tensor) -> Tensor:
@@ -206,36 +223,56 @@ def _agreement(parts: Parts, batch: Rollout) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Evaluation
+# Checkpoint selection on the evaluation split
 # ---------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def generate(gen, prompts: list[str], seeds_per_prompt: int, reference: bool = False,
-             batch_size: int = 64) -> tuple[Tensor, list[str]]:
-    """Images for every prompt x fixed evaluation seed, (len(prompts) * seeds, 3, H, W) on CPU."""
-    rows = [(p, EVAL_SEED_BASE + 1000 * i + j) for i, p in enumerate(prompts) for j in range(seeds_per_prompt)]
-    out = []
-    scope = gen.reference() if reference else contextlib.nullcontext()
-    with scope:
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
-            cond = gen.encode([p for p, _ in chunk])
-            out.append(gen.decode(gen.latents(gen.noise([s for _, s in chunk]), cond)).cpu())
-    return torch.cat(out), [p for p, _ in rows]
+@dataclass
+class Selection:
+    """The best evaluation point so far by ``select_metric`` (ties keep the earlier point) and its weights."""
+
+    metric: str = ""
+    value: float = float("-inf")
+    step: int = -1
+    state: dict[str, Tensor] | None = None
+
+    def offer(self, parts: "Parts", step: int, metrics: dict[str, float]) -> None:
+        if not parts.cfg.select_metric:
+            return
+        key = _select_key(parts.cfg.select_metric, metrics)
+        value = metrics[key]
+        if np.isfinite(value) and value > self.value:
+            self.metric, self.value, self.step = key, float(value), step
+            self.state = {k: v.detach().clone() for k, v in parts.world.generator.trainable_state().items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": self.value, "step": self.step, "state": self.state}
 
 
-def evaluate(parts: Parts, base: tuple[Tensor, list[str]]) -> tuple[dict[str, float], Tensor]:
-    """Held-out metrics for every evaluation reward, against the base images on the same noise."""
-    from evals.heldout import HeldoutReward
+def _select_key(select: str, metrics: dict[str, float]) -> str:
+    reward, _, metric = select.partition("/")
+    key = f"eval/{reward}/{metric}" if metric else headline_key(metrics, "eval", reward)
+    if key not in metrics:
+        raise KeyError(f"select_metric '{select}' is not among the evaluation metrics; valid: "
+                       + ", ".join(sorted(k[5:] for k in metrics if k.startswith("eval/"))))
+    return key
 
-    images, prompts = generate(parts.world.generator, parts.eval_prompts, parts.cfg.eval_seeds)
-    # How far the generator moved from its base on the same noise (RMS pixel difference, 0 = unchanged);
-    # with the held-out reward it shows reward hacking on a Pareto front.
-    out = {"eval/drift/pixel_rms": float((images - base[0]).square().mean().sqrt())}
-    for name, reward in parts.eval_rewards.items():
-        for metric, value in HeldoutReward(reward).evaluate(images, base[0], prompts).items():
-            out[f"eval/{name}/{metric}"] = value
-    return out, images
+
+def _test(parts: Parts, selection: Selection, final_step: int) -> dict[str, Any]:
+    """The test split at the final weights ("test/...") and at the selected checkpoint ("test_selected/...")."""
+    if parts.test is None:
+        return {}
+    gen = parts.world.generator
+    final, _ = parts.test.evaluate(gen)
+    out: dict[str, Any] = dict(final)
+    if selection.state is None or selection.step == final_step:
+        out.update({"test_selected/" + k[5:]: v for k, v in final.items()})
+    else:
+        current = {k: v.detach().clone() for k, v in gen.trainable_state().items()}
+        gen.load_trainable_state(selection.state)
+        chosen, _ = parts.test.evaluate(gen)
+        gen.load_trainable_state(current)
+        out.update({"test_selected/" + k[5:]: v for k, v in chosen.items()})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,7 +286,8 @@ def manifest_for(parts: Parts) -> dict[str, Any]:
         "run": config_dict(cfg),
         "method_config": config_dict(parts.method_cfg),
         "versions": {"method": parts.method.VERSION, "reward": parts.reward.version,
-                     "evals": {n: r.version for n, r in parts.eval_rewards.items()}, "profile": parts.world.name},
+                     "evals": {n: r.version for n, r in parts.eval_rewards.items()}, "profile": parts.world.name,
+                     "code": source_hash()},
         "reward": parts.reward.name,
         "per_update": {"images": per_update, "reward_calls": per_update,
                        "reference_images": per_update if parts.needs.reference else 0,
@@ -269,7 +307,9 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
     from harness import checkpoint
 
     store = store or Store(cfg.out)
+    tick = time.perf_counter()
     parts = prepare(cfg, method_cfg)
+    startup = time.perf_counter() - tick
     if resume:
         run_id, start = resume, checkpoint.load(store, resume, parts)
     else:
@@ -284,6 +324,7 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
         store.set_status(run_id, status, error=f"{type(exc).__name__}: {exc}",
                          traceback=traceback.format_exc(limit=8) if status == "failed" else None)
         raise
+    summary["clock"]["startup_seconds"] = startup
     store.finish(run_id, summary)
     return summary
 
@@ -292,17 +333,23 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
     from harness import checkpoint
     from harness.images import save_samples
 
-    cfg, meter, spend = parts.cfg, parts.meter, start.spend
-    base = generate(parts.world.generator, parts.eval_prompts, cfg.eval_seeds, reference=True)
+    cfg, meter, spend, gen = parts.cfg, parts.meter, start.spend, parts.world.generator
+    clock = {"eval": 0.0, "test": 0.0, "checkpoint": 0.0}
+    tick = time.perf_counter()
+    parts.evals.base(gen)  # the base side of every curve, once
+    clock["eval"] += time.perf_counter() - tick
     pending = sorted(f for f in set(cfg.eval_at) | {1.0} if f > start.evaluated_upto)
     bar = _progress(parts, spend, progress)
-    metrics, images = {}, None
+    metrics, images, selection = {}, None, start.selection
     while True:
         fraction = parts.budget.fraction(spend)
         if pending and fraction >= pending[0] - 1e-12:
-            metrics, images = evaluate(parts, base)
-            row = {"kind": "eval", "step": spend.updates, "fraction": fraction, **_budget_row(spend), **metrics}
-            store.append(run_id, row)
+            tick = time.perf_counter()
+            metrics, images = parts.evals.evaluate(gen)
+            clock["eval"] += time.perf_counter() - tick
+            store.append(run_id, {"kind": "eval", "step": spend.updates, "fraction": fraction, **_budget_row(spend),
+                                  **metrics})
+            selection.offer(parts, spend.updates, metrics)
             while pending and fraction >= pending[0] - 1e-12:
                 start.evaluated_upto = pending.pop(0)
             if on_eval is not None:
@@ -315,15 +362,24 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
         store.append(run_id, {"kind": "train", "step": spend.updates, **_budget_row(spend),
                               **{f"train/{k}": v for k, v in logs.items()}})
         if cfg.checkpoint_every and spend.updates % cfg.checkpoint_every == 0:
-            checkpoint.save(store, run_id, parts, spend, start.evaluated_upto)
+            tick = time.perf_counter()
+            checkpoint.save(store, run_id, parts, spend, start.evaluated_upto, selection)
+            clock["checkpoint"] += time.perf_counter() - tick
         bar.update(spend, logs)
     bar.close()
     run_dir = store.run_dir(run_id)
-    checkpoint.save(store, run_id, parts, spend, start.evaluated_upto)
-    parts.world.generator.save_adapter(run_dir / "adapter")
+    checkpoint.save(store, run_id, parts, spend, start.evaluated_upto, selection)
+    gen.save_adapter(run_dir / "adapter")
     if images is not None:
-        save_samples(run_dir, images, base, cfg.eval_seeds)
-    return {**metrics, **_budget_row(spend), "phases": _per_update(meter, spend.updates), "run_id": run_id}
+        base_images, base_prompts, _ = parts.evals.base(gen)
+        save_samples(run_dir, images, (base_images, base_prompts), cfg.eval_seeds)
+    tick = time.perf_counter()
+    tested = _test(parts, selection, spend.updates)
+    clock["test"] = time.perf_counter() - tick
+    chosen = {"select/metric": selection.metric, "select/value": selection.value, "select/step": selection.step} \
+        if cfg.select_metric else {}
+    return {**metrics, **tested, **chosen, **_budget_row(spend), "phases": _per_update(meter, spend.updates),
+            "clock": {f"{k}_seconds": v for k, v in clock.items()}, "run_id": run_id}
 
 
 def _budget_row(spend: Spend) -> dict[str, float]:

@@ -15,6 +15,8 @@ a half-written JSON file.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -53,6 +55,28 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty if commit else None}
+
+
+REPORTING_ONLY = ("harness/cli.py", "harness/plots.py", "harness/tables.py", "harness/reproduce.py",
+                  "harness/study_report.py", "harness/reporting/", "harness/tune.py", "harness/tuned/")
+"""Modules that read stored results but never change what a run computes; the source hash leaves them out."""
+
+
+@functools.lru_cache(maxsize=1)
+def source_hash() -> str:
+    """A short sha256 of the code that decides what a run computes: every .py file of harness/ (but
+    ``REPORTING_ONLY``), methods/, rewards/ and evals/, and the Shapes assets' checksums. Stored-run reuse is
+    keyed on it, so a table never silently mixes runs of different code."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    files = sorted(p for pkg in ("harness", "methods", "rewards", "evals") for p in (root / pkg).rglob("*.py"))
+    files.append(root / "harness" / "assets" / "shapes" / "checksums.json")
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(REPORTING_ONLY) or not path.is_file():
+            continue
+        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def package_versions() -> dict[str, str | None]:

@@ -61,6 +61,9 @@ class StudyConfig:
     multi_objective: bool = False
     """Maximise the held-out objective and minimise ``eval/drift/pixel_rms`` (a Pareto front shows reward
     hacking: reward bought by moving far from the base generator). No pruning in this mode."""
+    at_best: bool = False
+    """Score each run at its best evaluation point (its validation-selected checkpoint: the run's
+    ``select_metric`` is the objective) instead of at the end; intermediate reports are the best so far."""
     pruner: str = "median"
     """Pruner: "median", "hyperband" or "none"."""
     storage: str = ""
@@ -263,6 +266,10 @@ def resolve(cfg: StudyConfig) -> Setup:
     preset = presets.get(cfg.preset)
     changes = {"k": cfg.k} if cfg.k else {}
     changes |= {"updates": cfg.updates} if cfg.updates else {}
+    if cfg.at_best:
+        if not cfg.objective:
+            raise ValueError("at_best needs an objective reward (--objective) to select checkpoints on")
+        changes["select_metric"] = cfg.objective
     base_run = preset.run.replace(method=cfg.method, out=cfg.out, run_id="", tag=f"study:{cfg.name}", **changes)
     base_run.validate()
     overrides = parse_space(cfg.space, method)
@@ -272,7 +279,8 @@ def resolve(cfg: StudyConfig) -> Setup:
     base_method = preset.method_config(cfg.method)
     fingerprint = {"method": cfg.method, "preset": cfg.preset, "space": sorted(o.text() for o in overrides),
                    "objective": cfg.objective, "multi_objective": cfg.multi_objective, "k": cfg.k,
-                   "updates": cfg.updates, "seeds": list(cfg.seeds), "base": run_key(base_run, base_method)}
+                   "updates": cfg.updates, "seeds": list(cfg.seeds), "base": run_key(base_run, base_method),
+                   **({"at_best": True} if cfg.at_best else {})}
     return Setup(base_run=base_run, base_method=base_method, overrides=overrides, fingerprint=fingerprint)
 
 
@@ -446,9 +454,10 @@ class _Reporter:
     """``on_eval`` for seed i of S: reports at step round(100 (i + f) / S) and prunes there."""
 
     def __init__(self, trial: Any, index: int, n_seeds: int, store: Any, run_id: str, objective: str,
-                 reported: set[int]):
+                 reported: set[int], running_max: bool = False):
         self.trial, self.index, self.n_seeds = trial, index, n_seeds
         self.store, self.run_id, self.objective, self.reported = store, run_id, objective, reported
+        self.running_max, self.best = running_max, -math.inf
 
     def __call__(self, fraction: float, metrics: dict[str, float]) -> None:
         import optuna
@@ -458,11 +467,13 @@ class _Reporter:
         if fraction <= 0:
             return
         reward = self.objective or self.store.manifest(self.run_id)["reward"]
+        value = objective_value(metrics, reward)
+        self.best = max(self.best, value)  # at_best: the value a checkpoint selected now would have
         step = round(100 * (self.index + min(fraction, 1.0)) / self.n_seeds)
         if step in self.reported:
             return
         self.reported.add(step)
-        self.trial.report(objective_value(metrics, reward), step)
+        self.trial.report(self.best if self.running_max else value, step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at {step}% of the trial's spend")
 
@@ -507,13 +518,13 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
     for i, seed in enumerate(cfg.seeds):
         run_cfg = setup.base_run.replace(seed=seed, k=k, run_id=_run_id(store, cfg.name, trial.number, seed))
         report = None if cfg.multi_objective else _Reporter(trial, i, len(cfg.seeds), store, run_cfg.run_id,
-                                                            cfg.objective, reported)
+                                                            cfg.objective, reported, running_max=cfg.at_best)
         run_ids.append(run_cfg.run_id)
         trial.set_user_attr("run_ids", run_ids)
         run(run_cfg, method_cfg, store=store, on_eval=report, progress=False)
         summary = read_json(store.run_dir(run_cfg.run_id) / "summary.json")  # the number in the store
         reward = cfg.objective or store.manifest(run_cfg.run_id)["reward"]
-        values.append(objective_value(summary, reward))
+        values.append(float(summary["select/value"]) if cfg.at_best else objective_value(summary, reward))
         drifts.append(float(summary[DRIFT_KEY]))
         trial.set_user_attr("objective", reward)
         trial.set_user_attr("seed_values", values)

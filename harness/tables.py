@@ -26,10 +26,11 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return float(x.mean()), float(half)
 
 
-def headline(summary: dict[str, Any], reward: str, base: bool = False) -> float | None:
-    """The metric a table shows for ``reward``: GenEval's ``overall`` when present, else the mean."""
-    prefix = f"eval/{reward}/" + ("base_" if base else "")
-    for metric in ("overall", "mean"):
+def headline(summary: dict[str, Any], reward: str, base: bool = False, prefix: str = "eval") -> float | None:
+    """The metric a table shows for ``reward``: GenEval's ``overall_disjoint`` (the tags whose splits are
+    disjoint) when present, else ``overall``, else the mean. ``prefix``: "eval", "test" or "test_selected"."""
+    prefix = f"{prefix}/{reward}/" + ("base_" if base else "")
+    for metric in ("overall_disjoint", "overall", "mean"):
         if prefix + metric in summary:
             return summary[prefix + metric]
     return None

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
+from methods.ranking import rank_anchors
 
 NAME = "dpo1"
 VERSION = 1
@@ -44,16 +45,20 @@ class Config:
     """Chosen and rejected per prompt: the top-M and bottom-M of the K candidates (disjoint, K >= 2M)."""
     beta: float = 30.0
     """DPO inverse temperature on the distance-surrogate log-ratio (``--dpo_beta``)."""
+    strict_ties: bool = False
+    """Keep the largest chosen/rejected sets whose rewards separate strictly, as DrPO's option of the same
+    name (``methods.ranking.rank_anchors``); the official code breaks ties arbitrarily."""
     lr: float = 1e-4
     """AdamW learning rate (constant, no warm-up)."""
 
 
 def space(trial) -> dict:
-    """Optuna search space: beta, M and the learning rate."""
+    """Optuna search space: beta, M, tie handling and the learning rate (the range every method gets)."""
     return {
         "beta": trial.suggest_float("beta", 1.0, 300.0, log=True),
         "m": trial.suggest_int("m", 1, 8),
-        "lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True),
+        "strict_ties": trial.suggest_categorical("strict_ties", [False, True]),
+        "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
     }
 
 
@@ -78,7 +83,7 @@ def step(cfg: Config, state: dict, batch: Rollout, ctx: Context) -> tuple[Tensor
     rewards = batch.per_prompt(batch.rewards.detach().float())               # (P, K)
     losses, logits = [], []
     for p in range(len(batch.prompts)):
-        chosen, rejected = rank_top_bottom(rewards[p], cfg.m, ctx.rng)
+        chosen, rejected = rank_anchors(rewards[p], cfg.m, ctx.rng, strict=cfg.strict_ties)
         if chosen is None:
             losses.append(policy.new_zeros(()))  # constant: no preference, no gradient
             continue
@@ -108,13 +113,3 @@ def dpo_loss(policy: Tensor, ref: Tensor, chosen: Tensor, rejected: Tensor,
         ref_gap = closeness(ref, chosen) - closeness(ref, rejected)
     logit = beta * (policy_gap - ref_gap)
     return -F.logsigmoid(logit), logit.detach()
-
-
-def rank_top_bottom(rewards: Tensor, m: int, rng: torch.Generator) -> tuple[Tensor | None, Tensor | None]:
-    """Indices of the top-m and bottom-m of rewards (K,), ties broken at random; (None, None) if all tie."""
-    if rewards.max() == rewards.min():
-        return None, None
-    # A random permutation before a stable sort breaks ties without favouring low indices.
-    perm = torch.randperm(rewards.numel(), generator=rng).to(rewards.device)
-    order = perm[torch.sort(rewards[perm], descending=True, stable=True).indices]
-    return order[:m], order[-m:]

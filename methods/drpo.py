@@ -25,6 +25,7 @@ from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
 from methods.drift import canonical_kernel, drift_loss
+from methods.ranking import rank_anchors
 
 NAME = "drpo"
 VERSION = 1
@@ -45,6 +46,10 @@ class Config:
     """Reference objective: "drift" (V_ref), "perceptual" (lambda * MSE to the reference features) or "none"."""
     features: str = "encoder"
     """Feature space: "encoder" (the profile's frozen latent encoder), "latent" (raw latents) or "pixel"."""
+    grouping: str = "prompt"
+    """Which points form one drift problem per feature key: "prompt" (all N tokens of the K images of a
+    prompt together, the official DrPO trainer) or "position" (one problem per token position across the
+    K images, the official drifting code; needed for per-position tokens such as ``latent-tokens``)."""
     aggregation: str = "sum"
     """How feature keys combine: "sum" (SD-Turbo trainer) or "mean" (SDXL trainer)."""
     kernel: str = "laplacian"
@@ -54,9 +59,10 @@ class Config:
     ref_radii: tuple[float, ...] = (0.02, 0.05, 0.2)
     """Kernel bandwidths of the reference field."""
     strict_ties: bool = False
-    """Keep only anchors whose rewards separate strictly (every positive above every negative). The
-    official code breaks ties arbitrarily; with a binary reward, strictness avoids correct samples among
-    the negatives. A prompt whose candidates all tie gets no preference term in either mode."""
+    """Keep the largest anchor sets whose rewards separate strictly (every positive above every negative;
+    ``methods.ranking.rank_anchors``). The official code breaks ties arbitrarily; with a binary reward,
+    strictness keeps correct samples out of the negatives. A prompt whose candidates all tie gets no
+    preference term in either mode."""
     anchors: str = "online"
     """"online": rank the on-policy candidates; "offline": take M preferred and M rejected anchors per
     prompt from the run's fixed preference data set (the paper's initial offline experiments)."""
@@ -65,18 +71,24 @@ class Config:
 
 
 def space(trial) -> dict:
-    """Optuna search space: kernel and bandwidth, M, lambda, eta and the learning rate.
+    """Optuna search space: feature space, kernel and bandwidth, M, lambda, tie handling and the learning rate.
 
+    eta is left out: following the official code it enters only through the drift's normalisation, and the
+    3-seed ablations in README measure no effect of it. ``latent-tokens`` features run one drift problem per
+    token position (the official drifting layout), the others one per prompt (the official DrPO trainer).
     K is the run's candidate count (``RunConfig.k``); the study searches it through the run config.
     """
+    features = trial.suggest_categorical("features", ["encoder", "latent-tokens", "latent"])
     base = trial.suggest_float("radius_scale", 0.25, 4.0, log=True)
     return {
+        "features": features,
+        "grouping": "position" if features == "latent-tokens" else "prompt",
         "kernel": trial.suggest_categorical("kernel", ["laplacian", "rbf", "cosine"]),
         "radii": tuple(round(r * base, 6) for r in (0.02, 0.05, 0.2)),
         "m": trial.suggest_int("m", 2, 8),
         "lam": trial.suggest_float("lam", 0.0, 1.0),
-        "eta": trial.suggest_float("eta", 300.0, 10000.0, log=True),
-        "lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True),
+        "strict_ties": trial.suggest_categorical("strict_ties", [False, True]),
+        "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
     }
 
 
@@ -98,6 +110,7 @@ def init(cfg: Config, ctx: Context) -> dict:
             raise ValueError(f"{name} must be positive, got {tuple(radii)}")
     _choice("reference", cfg.reference, ("drift", "perceptual", "none"))
     _choice("aggregation", cfg.aggregation, ("sum", "mean"))
+    _choice("grouping", cfg.grouping, ("prompt", "position"))
     _choice("anchors", cfg.anchors, ("online", "offline"))
     ctx.features(cfg.features)  # raises for an unknown feature space
     if cfg.anchors == "offline" and ctx.offline is None:
@@ -127,18 +140,8 @@ def step(cfg: Config, state: dict, batch: Rollout, ctx: Context) -> tuple[Tensor
 def _anchors(cfg: Config, batch: Rollout, ctx: Context) -> tuple[list[Tensor | None], list[Tensor | None]]:
     """Per prompt, the indices of the top-M and bottom-M candidates (None: all tied, no preference)."""
     rewards = batch.per_prompt(batch.rewards.detach().float())      # (P, K)
-    pos, neg = [], []
-    for r in rewards:
-        # A random permutation before a stable sort breaks ties without favouring low indices.
-        perm = torch.randperm(r.numel(), generator=ctx.rng)
-        order = perm[torch.sort(r[perm], descending=True, stable=True).indices]
-        top, bottom = order[: cfg.m], order[-cfg.m:]
-        if cfg.strict_ties:
-            top, bottom = top[r[top] > r[bottom].max()], bottom[r[bottom] < r[top].min()]
-        tied = r.max() == r.min() or len(top) == 0 or len(bottom) == 0
-        pos.append(None if tied else top)
-        neg.append(None if tied else bottom)
-    return pos, neg
+    pairs = [rank_anchors(r, cfg.m, ctx.rng, strict=cfg.strict_ties) for r in rewards]
+    return [p for p, _ in pairs], [n for _, n in pairs]
 
 
 def _offline_features(cfg: Config, batch: Rollout, ctx: Context, phi) -> tuple[dict, dict] | None:
@@ -154,14 +157,15 @@ def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[
                  pos_idx: Tensor | None, neg_idx: Tensor | None, offline) -> tuple[Tensor, dict[str, float]]:
     """Sum (or mean) over feature keys of pref + lambda * ref for prompt p.
 
-    Each key's K images x N tokens form one point set (1, K*N, D), as in the official trainer.
+    Each key's K images x N tokens form one point set (1, K*N, D), as in the official trainer, or with
+    ``grouping="position"`` N point sets (N, K, D), one per token position.
     """
     log = {"pref_loss": 0.0, "ref_loss": 0.0, "drift_rms": 0.0, "mass_pos": 0.0, "mass_neg": 0.0,
            "no_preference": float(pos_idx is None and offline is None)}
     terms = []
     for key, feats in gen.items():
         g = feats[p * k:(p + 1) * k]                                  # (K, N, D)
-        points = g.reshape(1, -1, g.shape[-1])                        # (1, K*N, D)
+        points = _group(cfg, g)                                       # (1, K*N, D) or (N, K, D)
         term = points.new_zeros(())
         anchors = _anchor_sets(cfg, p, key, g, pos_idx, neg_idx, offline)
         if anchors is not None:
@@ -174,7 +178,7 @@ def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[
             log["mass_pos"] += float(info["mass_pos"])
             log["mass_neg"] += float(info["mass_neg"])
         if ref is not None:
-            ref_loss = _reference_term(cfg, points, ref[key][p * k:(p + 1) * k].reshape(1, -1, g.shape[-1]))
+            ref_loss = _reference_term(cfg, points, _group(cfg, ref[key][p * k:(p + 1) * k]))
             term = term + cfg.lam * ref_loss
             log["ref_loss"] += float(ref_loss.detach())
         terms.append(term)
@@ -184,15 +188,20 @@ def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[
 
 def _anchor_sets(cfg: Config, p: int, key: str, g: Tensor, pos_idx: Tensor | None, neg_idx: Tensor | None,
                  offline) -> tuple[Tensor, Tensor] | None:
-    """Positive and negative point sets (1, M*N, D) for prompt p, or None when it has no preference."""
-    d = g.shape[-1]
+    """Positive and negative point sets, grouped as the generated points ((1, M*N, D) or (N, M, D)), for
+    prompt p, or None when it has no preference."""
     if offline is not None:
         pos, neg = offline[0][key], offline[1][key]                   # (P*M, N, D)
-        return (pos[p * cfg.m:(p + 1) * cfg.m].reshape(1, -1, d), neg[p * cfg.m:(p + 1) * cfg.m].reshape(1, -1, d))
+        return _group(cfg, pos[p * cfg.m:(p + 1) * cfg.m]), _group(cfg, neg[p * cfg.m:(p + 1) * cfg.m])
     if pos_idx is None:
         return None
     # Anchors are detached copies of batch members; their self-copies stay unmasked, as in the official code.
-    return g[pos_idx].detach().reshape(1, -1, d), g[neg_idx].detach().reshape(1, -1, d)
+    return _group(cfg, g[pos_idx].detach()), _group(cfg, g[neg_idx].detach())
+
+
+def _group(cfg: Config, x: Tensor) -> Tensor:
+    """(K, N, D) per-image tokens -> drift problems: (1, K*N, D) per prompt or (N, K, D) per position."""
+    return x.reshape(1, -1, x.shape[-1]) if cfg.grouping == "prompt" else x.transpose(0, 1)
 
 
 def _reference_term(cfg: Config, points: Tensor, reference: Tensor) -> Tensor:

@@ -66,15 +66,13 @@ class Config:
 
 
 def space(trial) -> dict:
-    """Optuna search space: sigma, anchors, p, temperature, the PPO clip, the reference weight and lr."""
+    """Optuna search space: the neighbourhood sigma, the PPO clip, the anchors and the learning rate (the
+    range every method gets)."""
     return {
         "sigma": trial.suggest_float("sigma", 0.1, 0.7),
+        "ppo_clip": trial.suggest_float("ppo_clip", 0.05, 0.5),
         "anchors": trial.suggest_int("anchors", 1, 8),
-        "p": trial.suggest_float("p", 0.5, 2.0),
-        "temperature": trial.suggest_float("temperature", 0.1, 10.0, log=True),
-        "ppo_clip": trial.suggest_float("ppo_clip", 0.1, 0.3),
-        "ref_weight": trial.suggest_float("ref_weight", 1e-3, 1.0, log=True),
-        "lr": trial.suggest_float("lr", 1e-6, 1e-4, log=True),
+        "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
     }
 
 

@@ -91,11 +91,22 @@ class ShapesGenEval:
         return rows
 
     def breakdown(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
-        """GenEval's summary of the images: per-tag accuracy and ``overall`` (the unweighted tag mean)."""
-        from evals.geneval import summarize
+        """GenEval's summary of the images: per-tag accuracy, ``overall`` (the unweighted tag mean) and
+        ``overall_disjoint`` (the same mean over the tags whose splits are disjoint; decisions use it)."""
+        return self.score_and_breakdown(images, prompts)[1]
 
-        summary = summarize(verify_shapes(images, self._metadatas(prompts)))
-        return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+    def score_and_breakdown(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, dict[str, float]]:
+        """``score`` and ``breakdown`` from one pass of the detector."""
+        from evals.geneval import summarize
+        from harness.shapes.prompts import DISJOINT_TAGS
+
+        rows = verify_shapes(images, self._metadatas(prompts))
+        summary = {k: float(v) for k, v in summarize(rows).items() if isinstance(v, (int, float))}
+        tags = [t for t in DISJOINT_TAGS if t in summary]
+        if tags:
+            summary["overall_disjoint"] = sum(summary[t] for t in tags) / len(tags)
+        key = "fraction" if self.fraction else "correct"
+        return torch.tensor([float(r[key]) for r in rows]), summary
 
     @staticmethod
     def _metadatas(prompts: Sequence[str]) -> list[dict]:

@@ -664,7 +664,7 @@ def test_table2_passes_the_model_and_prompt_files_to_the_paper_sections(tmp_path
     jobs = plan(SECTIONS["sd-turbo"], cfg, Store(tmp_path))
     assert sorted({j.run_cfg.method for j in jobs}) == sorted(PAPER_METHODS) and len(jobs) == 12
     run_cfg = jobs[0].run_cfg
-    assert (run_cfg.profile, run_cfg.model, run_cfg.prompts, run_cfg.eval_prompts) == (
+    assert (run_cfg.profile, run_cfg.model, run_cfg.prompts, run_cfg.eval_split) == (
         "sd-turbo", "/models/sd-turbo", str(train), str(train))
     assert run_cfg.reward == "pickscore" and run_cfg.k == 24 and run_cfg.updates == 1000 and run_cfg.lora_rank == 16
     assert run_cfg.reward_options == ("pickscore.model=/m/ps",)

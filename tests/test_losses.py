@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.api import Context, Rollout
-from methods import dpo1, draft, ngrpo, pso, vggflow
+from methods import dpo1, draft, ngrpo, pso, ranking, vggflow
 
 pytestmark = pytest.mark.unit
 
@@ -55,11 +55,11 @@ def test_dpo_loss_falls_as_the_policy_moves_towards_the_chosen_set():
 
 def test_dpo_ranking_is_disjoint_breaks_ties_at_random_and_skips_all_ties():
     rng = torch.Generator().manual_seed(0)
-    top, bottom = dpo1.rank_top_bottom(torch.tensor([0.1, 0.9, 0.5, 0.3]), 2, rng)
+    top, bottom = ranking.rank_anchors(torch.tensor([0.1, 0.9, 0.5, 0.3]), 2, rng)
     assert sorted(top.tolist()) == [1, 2] and sorted(bottom.tolist()) == [0, 3]
-    picks = {int(dpo1.rank_top_bottom(torch.tensor([1.0, 1.0, 1.0, 0.0]), 1, rng)[0]) for _ in range(30)}
+    picks = {int(ranking.rank_anchors(torch.tensor([1.0, 1.0, 1.0, 0.0]), 1, rng)[0]) for _ in range(30)}
     assert picks == {0, 1, 2}
-    assert dpo1.rank_top_bottom(torch.ones(4), 2, rng) == (None, None)
+    assert ranking.rank_anchors(torch.ones(4), 2, rng) == (None, None)
 
 
 # --- PSO ------------------------------------------------------------------------------------------
@@ -237,3 +237,33 @@ def test_vggflow_step_clips_with_the_previous_threshold_and_tracks_the_quantile(
     # The second batch was clipped at that quantile: only w = 4 (norm 8) exceeds 5.6, so its target shrinks.
     target = 1000 * (norms.clamp(max=thresholds[1]) / 2)[:, None].expand(4, 4)    # per-element g = norm / 2
     close(loss, (target ** 2).mean(), tol=1e-4)
+
+
+# --- tie handling shared by DrPO and DPO-1step -----------------------------------------------------
+
+@pytest.mark.unit
+@pytest.mark.parametrize("correct", range(17))
+def test_strict_ties_keep_every_separable_anchor_for_0_to_16_correct_of_16(correct):
+    """A binary reward with c correct of K = 16, M = 4: strict anchors are min(M, c) correct positives and
+    min(M, K - c) incorrect negatives; all-tied prompts (c = 0 or 16) have no preference."""
+    rewards = torch.tensor([1.0] * correct + [0.0] * (16 - correct))[torch.randperm(16, generator=torch.Generator().manual_seed(correct))]
+    pos, neg = ranking.rank_anchors(rewards, 4, torch.Generator().manual_seed(1), strict=True)
+    if correct in (0, 16):
+        assert pos is None and neg is None
+        return
+    assert len(pos) == min(4, correct) and len(neg) == min(4, 16 - correct)
+    assert (rewards[pos] == 1).all() and (rewards[neg] == 0).all()
+    assert not set(pos.tolist()) & set(neg.tolist())
+
+
+@pytest.mark.unit
+def test_strict_ties_match_plain_ranking_without_ties_and_shrink_only_at_a_tied_boundary():
+    distinct = torch.tensor([0.3, 0.9, 0.1, 0.7, 0.5, 0.2])
+    strict = ranking.rank_anchors(distinct, 2, torch.Generator().manual_seed(0), strict=True)
+    plain = ranking.rank_anchors(distinct, 2, torch.Generator().manual_seed(0))
+    assert [sorted(t.tolist()) for t in strict] == [sorted(t.tolist()) for t in plain] == [[1, 3], [2, 5]]
+    # Three 0.5s straddle the top-2 / bottom-2 boundary: no cut keeps two on each side, both best cuts keep 3.
+    tied = torch.tensor([0.9, 0.5, 0.5, 0.5, 0.1])
+    pos, neg = ranking.rank_anchors(tied, 2, torch.Generator().manual_seed(0), strict=True)
+    assert float(tied[pos].min()) > float(tied[neg].max())
+    assert (len(pos), len(neg)) == (2, 1) or (len(pos), len(neg)) == (1, 2)

@@ -272,3 +272,23 @@ def test_offline_anchors_are_rendered_scenes_in_latent_space(gen):
     assert ok.mean() >= 0.75 and broken.mean() <= 0.25
     with pytest.raises(ValueError, match="exceed the 8 offline pairs"):
         offline.anchors(PROMPTS, 9, torch.Generator())
+
+
+@pytest.mark.slow
+def test_vggflow_shapes_pref_scale_default(gen):
+    """VGG-Flow's documented shapes-pref scale puts the target 0.05-0.5 latent std per dimension from the base
+    sample at the clip threshold (the official s = 1000 would put it over 100 away)."""
+    import rewards
+    from harness.shapes.prompts import split
+    from methods.vggflow import SCALE_DEFAULTS
+
+    reward = rewards.build("shapes-pref", None)
+    prompts = [m["prompt"] for m in split("train")][:32]
+    with torch.no_grad():
+        z = gen.latents(gen.noise(list(range(32))), gen.encode(prompts))
+    z = z.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(reward.score(gen.decode(z), prompts).sum(), z)
+    threshold = float(torch.quantile(grad.flatten(1).norm(dim=1), 0.8))
+    per_dim = lambda s: s * threshold / z[0].numel() ** 0.5 / float(z.detach().std())  # noqa: E731
+    assert 0.05 < per_dim(SCALE_DEFAULTS["shapes-pref"]) < 0.5
+    assert per_dim(SCALE_DEFAULTS["pickscore"]) > 100

@@ -84,8 +84,20 @@ def test_splits_are_deterministic_disjoint_and_quarter_held_out():
         assert n_held == int(len(by_tag(tag)) * 0.25 + 0.5)
     assert train_p | held_p == {m["prompt"] for m in P.all_prompts()}
     assert {m["prompt"] for m in P.split("heldout", seed=1)} != held_p
-    with pytest.raises(ValueError, match="valid splits: train, heldout"):
-        P.split("test")
+    with pytest.raises(ValueError, match="did you mean 'test'.*valid splits: train, val, test, heldout"):
+        P.split("tset")
+
+
+@unit
+def test_val_and_test_partition_the_held_out_prompts_disjointly_in_every_disjoint_tag():
+    val, test, held = ({m["prompt"] for m in P.split(s)} for s in ("val", "test", "heldout"))
+    train = {m["prompt"] for m in P.split("train")}
+    shared = {m["prompt"] for m in by_tag("single_object")}
+    assert val | test == held and val & test == shared and val & train == shared and test & train == shared
+    for tag in P.DISJOINT_TAGS:  # every disjoint tag is in both splits
+        assert any(m["tag"] == tag for m in P.split("val")) and any(m["tag"] == tag for m in P.split("test"))
+    assert (len(val), len(test)) == (18, 19)
+    assert {m["prompt"] for m in P.split("val", seed=1)} != val
 
 
 @unit

@@ -149,13 +149,13 @@ def test_space_overrides_replace_the_method_distributions():
     from harness.study import SpaceTrial
     from methods import drpo
 
-    overrides = parse_space(["lr=1e-5:1e-3:log", "kernel=laplacian,rbf", "m=2:6", "eta=500", "k=8:24"], drpo)
+    overrides = parse_space(["lr=1e-5:1e-3:log", "kernel=laplacian,rbf", "m=2:6", "lam=0.5", "k=8:24"], drpo)
     trial = optuna.create_study().ask()
     params = drpo.space(SpaceTrial(trial, overrides))
     assert trial.distributions["lr"] == FloatDistribution(1e-5, 1e-3, log=True)
     assert trial.distributions["kernel"] == CategoricalDistribution(["laplacian", "rbf"])
     assert trial.distributions["m"] == IntDistribution(2, 6)
-    assert params["eta"] == 500.0 and trial.distributions["lam"] == FloatDistribution(0.0, 1.0)  # untouched
+    assert params["lam"] == 0.5 and trial.distributions["radius_scale"] == FloatDistribution(0.25, 4.0, log=True)
 
 
 def test_cli_reports_bad_overrides_in_one_line(tmp_path, capsys):
@@ -221,7 +221,7 @@ def test_study_report_writes_importances_slices_best_and_robustness(parallel):
     for stem in ("importances", "slices"):
         assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.pdf").stat().st_size > 0
     importances = pd.read_csv(out / "importances.csv")
-    assert set(importances["param"]) == {"radius_scale", "kernel", "m", "lam", "eta", "lr"}
+    assert set(importances["param"]) == {"features", "radius_scale", "kernel", "m", "lam", "strict_ties", "lr"}
     best = json.loads((out / "best.json").read_text())
     the_study = load_study("par", parallel.out)
     assert best["trial"] == the_study.best_trial.number and best["value"] == the_study.best_value

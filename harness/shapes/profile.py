@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from harness.config import RunConfig
-from harness.profiles import World, device_for, pixel_features, raw_latent_features
+from harness.profiles import World, device_for, latent_token_features, pixel_features, raw_latent_features
 
 LORA_RANK = 8
 """The Shapes net's attention projections are 64-128 wide; rank 8 adapts them at about the paper's
@@ -41,16 +41,17 @@ def tag_balanced(tags: dict[str, str]):
 def build(cfg: RunConfig) -> World:
     from harness.shapes.model import load_features, load_generator, load_image_encoder
     from harness.shapes.offline import ShapesOffline
-    from harness.shapes.prompts import split
+    from harness.shapes.prompts import SPLITS, split
 
     device = device_for(cfg)
     gen = load_generator(lora_rank=cfg.lora_rank or LORA_RANK, device=device)
-    splits = {name: split(name, seed=cfg.split_seed) for name in ("train", "heldout")}
+    splits = {name: split(name, seed=cfg.split_seed) for name in SPLITS}
     tags = {m["prompt"]: m["tag"] for metas in splits.values() for m in metas}
     return World(name="shapes", generator=gen,
                  splits={name: [m["prompt"] for m in metas] for name, metas in splits.items()},
                  default_reward="shapes-pref", default_evals=("shapes-geneval", "shapes-pref"),
                  feature_factories={"encoder": lambda: load_features(device=device),
-                                    "latent": raw_latent_features, "pixel": pixel_features},
+                                    "latent": raw_latent_features, "latent-tokens": latent_token_features,
+                                    "pixel": pixel_features},
                  sample_prompts=tag_balanced(tags), lora_rank=cfg.lora_rank or LORA_RANK,
                  offline=ShapesOffline(load_image_encoder(device=device), seed=cfg.split_seed))

@@ -11,9 +11,13 @@ distinct colours). color_attr requires distinct shapes because GenEval's rule ca
 "a red circle and a blue circle" has two clauses that both take the single most confident circle, which has
 one colour.
 
-Splits: per tag, a seeded 25% of the prompts is held out and never appears in training. single_object has only
-three prompts, so it is not split: its prompts are in both splits (``SHARED_TAGS``), and held-out figures for
-that tag measure training prompts. Metadata dicts stay byte-compatible with GenEval's files, so the flag lives in
+Splits: per tag, a seeded 25% of the prompts is held out and never appears in training ("heldout"); the held-out
+prompts of each tag are split again, seeded, into a validation half ("val": tuning, early stopping, every choice
+made while developing) and a test half ("test": read only by the final table). single_object has only three
+prompts, so it is not split: its prompts are in every split (``SHARED_TAGS``), and held-out figures for that tag
+measure training prompts. Decisions therefore use ``overall_disjoint`` (GenEval's overall without the shared
+tags; ``DISJOINT_TAGS``). The generator, encoders and reward were pretrained on "train" only, so every val and
+test prompt is unseen by them. Metadata dicts stay byte-compatible with GenEval's files, so the flag lives in
 ``SHARED_TAGS`` / ``is_shared`` rather than in the dicts.
 """
 
@@ -39,8 +43,11 @@ TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_
 RELATIONS = ("left of", "right of", "above", "below")
 NUMBERS = {"two": 2, "three": 3, "four": 4}
 PLURALS = {s: s + "s" for s in SHAPES}
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "val", "test", "heldout")
+"""``heldout`` is val + test (the pretraining-era split: ``measure`` reads it)."""
 SHARED_TAGS = ("single_object",)
+DISJOINT_TAGS = tuple(t for t in TAGS if t not in SHARED_TAGS)
+"""Tags whose train, val and test prompts are disjoint; ``overall_disjoint`` averages these."""
 HELDOUT_FRACTION = 0.25
 
 _WORDS = {n: w for w, n in NUMBERS.items()}
@@ -115,15 +122,20 @@ def is_shared(meta: dict) -> bool:
 
 
 def split(name: str, seed: int = 0) -> list[dict]:
-    """The "train" or "heldout" prompts, in ``all_prompts`` order.
+    """The "train", "val", "test" or "heldout" (val + test) prompts, in ``all_prompts`` order.
 
-    Per tag, a seeded round(25%) of the prompts is held out; the two splits are disjoint except for
-    ``SHARED_TAGS`` (single_object), whose prompts are in both. Deterministic given ``seed``.
+    Per tag, a seeded round(25%) of the prompts is held out, and the held-out prompts are split again into
+    val (the first half, rounded down) and test; the splits are disjoint except for ``SHARED_TAGS``
+    (single_object), whose prompts are in all of them. Deterministic given ``seed``; "train" and "heldout"
+    are unchanged from the two-split layout the assets were pretrained on.
     """
     if name not in SPLITS:
-        raise ValueError(f"unknown split '{name}'; valid splits: {', '.join(SPLITS)}")
+        from harness.registry import unknown
+
+        raise unknown("split", name, list(SPLITS))
     prompts = all_prompts()
-    held: set[str] = set()
+    val: set[str] = set()
+    test: set[str] = set()
     for t, tag in enumerate(TAGS):
         if tag in SHARED_TAGS:
             continue
@@ -131,10 +143,15 @@ def split(name: str, seed: int = 0) -> list[dict]:
         n = int(len(group) * HELDOUT_FRACTION + 0.5)
         # Seed per tag so adding a tag never reshuffles another tag's hold-out.
         order = np.random.default_rng([seed, t]).permutation(len(group))
-        held.update(group[i] for i in order[:n])
-    if name == "heldout":
-        return [m for m in prompts if m["prompt"] in held or is_shared(m)]
-    return [m for m in prompts if m["prompt"] not in held]
+        held = [group[i] for i in order[:n]]
+        # A second seeded draw splits the held-out prompts; the hold-out itself stays as pretrained.
+        halves = np.random.default_rng([seed, t, 1]).permutation(n)
+        val.update(held[i] for i in halves[: n // 2])
+        test.update(held[i] for i in halves[n // 2:])
+    chosen = {"val": val, "test": test, "heldout": val | test}.get(name)
+    if chosen is None:
+        return [m for m in prompts if m["prompt"] not in val | test]
+    return [m for m in prompts if m["prompt"] in chosen or is_shared(m)]
 
 
 # -- parsing ----------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Tables and figures of the tuned comparison, read from stored runs and studies only."""

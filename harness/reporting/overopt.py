@@ -1,0 +1,122 @@
+"""Over-optimisation curves (Gao, Schulman and Hilton 2022): proxy and gold reward against the distance
+from the base generator, from the evaluation rows every run stores.
+
+The proxy is the training reward, the gold is shapes-GenEval's ``overall_disjoint``, both on the validation
+split at every evaluation point, and the distance is ``harness.evaluation.distances``' ``latent_rms`` on the
+same noise. Curves are seed means at each evaluation point (every run of a section evaluates at the same
+updates); bands are one standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from harness.store import Store
+
+DISTANCE = "eval/drift/latent_rms"
+
+
+@dataclass
+class Curve:
+    """One method's seed-aggregated curve: arrays (points,) of mean and std over seeds, per evaluation."""
+
+    method: str
+    updates: np.ndarray
+    distance: np.ndarray
+    gold: np.ndarray
+    gold_std: np.ndarray
+    proxy: np.ndarray
+    proxy_std: np.ndarray
+    proxy_scale: float
+    """The base's per-image std of the proxy on the validation set (the unit of the proxy-gold gap)."""
+    gold_scale: float
+    seeds: int
+
+
+def _metric(row: dict, reward: str) -> float:
+    for name in ("overall_disjoint", "overall", "mean"):
+        if f"eval/{reward}/{name}" in row:
+            return float(row[f"eval/{reward}/{name}"])
+    return math.nan
+
+
+def curve(store: Store, method: str, run_ids: Sequence[str], proxy: str, gold: str) -> Curve:
+    """Aggregate the eval rows of ``run_ids`` (one per seed) at the evaluation points they share."""
+    per_run = []
+    for run_id in run_ids:
+        rows = {r["step"]: r for r in store.rows(run_id, "eval")}
+        per_run.append(rows)
+    steps = sorted(set.intersection(*(set(r) for r in per_run))) if per_run else []
+
+    def stack(fn) -> np.ndarray:
+        return np.array([[fn(rows[s]) for s in steps] for rows in per_run], dtype=float)  # (seeds, points)
+
+    dist, g, p = stack(lambda r: r[DISTANCE]), stack(lambda r: _metric(r, gold)), stack(lambda r: _metric(r, proxy))
+    first = per_run[0][steps[0]] if steps else {}
+    return Curve(method=method, updates=np.array(steps), distance=dist.mean(0), gold=g.mean(0), gold_std=g.std(0),
+                 proxy=p.mean(0), proxy_std=p.std(0), proxy_scale=float(first.get(f"eval/{proxy}/base_std", math.nan)),
+                 gold_scale=float(first.get(f"eval/{gold}/base_std", math.nan)), seeds=len(per_run))
+
+
+def at_distance(c: Curve, budget: float) -> float:
+    """Gold at the first point the curve reaches distance ``budget``, linearly interpolated."""
+    for i in range(1, len(c.distance)):
+        if c.distance[i] >= budget:
+            lo, hi = c.distance[i - 1], c.distance[i]
+            w = 0.0 if hi == lo else (budget - lo) / (hi - lo)
+            return float(c.gold[i - 1] + w * (c.gold[i] - c.gold[i - 1]))
+    return float(c.gold[-1]) if len(c.gold) and c.distance[-1] >= budget else math.nan
+
+
+def summary(curves: Sequence[Curve]) -> list[dict]:
+    """Per method: peak gold with its distance and update, gold at the common distance budget (the largest
+    distance every method reaches), and the proxy-gold gap at the end (each reward's gain over the base in
+    units of the base's per-image std on the validation set: proxy gain minus gold gain)."""
+    budget = min(float(c.distance.max()) for c in curves) if curves else math.nan
+    out = []
+    for c in curves:
+        i = int(np.argmax(c.gold))
+        gap = ((c.proxy[-1] - c.proxy[0]) / c.proxy_scale) - ((c.gold[-1] - c.gold[0]) / c.gold_scale)
+        out.append({"method": c.method, "peak_gold": float(c.gold[i]), "peak_update": int(c.updates[i]),
+                    "peak_distance": float(c.distance[i]), "end_gold": float(c.gold[-1]),
+                    "end_distance": float(c.distance[-1]), "budget_distance": budget,
+                    "gold_at_budget": at_distance(c, budget), "gap_end": float(gap),
+                    "past_peak": bool(i < len(c.gold) - 1), "seeds": c.seeds})
+    return out
+
+
+def table(rows: Sequence[dict]) -> list[str]:
+    header = ["method", "peak gold", "at update", "at distance", "gold at the common distance "
+              f"{rows[0]['budget_distance']:.3f}" if rows else "gold at budget", "gold at end", "distance at end",
+              "proxy-gold gap at end (base std)", "peak before end"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["method"], f"{r['peak_gold']:.3f}", str(r["peak_update"]),
+                                        f"{r['peak_distance']:.3f}", f"{r['gold_at_budget']:.3f}", f"{r['end_gold']:.3f}",
+                                        f"{r['end_distance']:.3f}", f"{r['gap_end']:+.2f}",
+                                        "yes" if r["past_peak"] else "no"]) + " |")
+    return lines
+
+
+def figure(curves: Sequence[Curve], proxy: str, gold: str, directory: Path, stem: str, title: str) -> list[Path]:
+    """Gold and proxy against distance from the base, one curve per method with seed bands."""
+    from harness.plots import _style, color, save
+
+    plt = _style()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for c in curves:
+        for ax, mean, std in ((axes[0], c.gold, c.gold_std), (axes[1], c.proxy, c.proxy_std)):
+            ax.plot(c.distance, mean, marker="o", ms=2.5, color=color(c.method), label=c.method)
+            ax.fill_between(c.distance, mean - std, mean + std, color=color(c.method), alpha=0.15, lw=0)
+    axes[0].set_ylabel(f"gold: validation {gold} (overall_disjoint)")
+    axes[1].set_ylabel(f"proxy: validation {proxy}")
+    for ax in axes:
+        ax.set_xlabel("distance from the base (RMS latent difference / base latent std)")
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, directory, stem)
