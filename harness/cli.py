@@ -23,6 +23,7 @@ commands:
   train          train one method under a run config (--preset, --resume)
   table2         run or resume the main comparison and write results/table2.md and .csv
   tune           equal-effort Optuna studies of every method of a table, and the tuned file the table reads
+  run-time       where one run's wall-clock goes (start-up, training phases, evaluation), written to results/compute
   pretrain       pretrain the Shapes world's generator, encoder and reward assets
   compute        FLOPs per update and per phase of every method at full size (meta device, no weights)
   profile-step   time real updates per phase (GPU: full-size random weights; CPU: the tiny profile)
@@ -101,6 +102,16 @@ def tune(argv: Sequence[str]) -> int:
     from harness.tune import tune as run_tune
 
     run_tune(tyro.cli(TuneConfig, args=list(argv), prog="driftbench tune"))
+    return 0
+
+
+def run_time(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.run_time import RunTimeConfig, measure
+
+    path = measure(tyro.cli(RunTimeConfig, args=list(argv), prog="driftbench run-time"))
+    print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
@@ -201,6 +212,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train,
     "table2": table2,
     "tune": tune,
+    "run-time": run_time,
     "pretrain": pretrain,
     "compute": compute,
     "study": study,

@@ -67,9 +67,13 @@ class World:
             prompts = list(self.splits[spec])
         elif Path(spec).is_file():
             prompts = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+        elif self.splits and "/" not in spec and "." not in spec:
+            from harness.registry import unknown
+
+            raise unknown(f"split of profile '{self.name}' (or prompt file)", spec, list(self.splits))
         else:
             raise ValueError(f"prompts '{spec}' is neither a split of profile '{self.name}' "
-                             f"({', '.join(self.splits)}) nor an existing file")
+                             f"({', '.join(self.splits) or 'none'}) nor an existing file")
         if not prompts:
             raise ValueError(f"prompt set '{spec}' is empty")
         return prompts

@@ -76,6 +76,9 @@ def test_same_seed_same_result_and_resume_is_exact(tmp_path):
     (dict(reward="jpg"), "did you mean 'jpeg'"),
     (dict(k=1), "k must be >= 2"),
     (dict(prompts="missing-file.txt"), "neither a split"),
+    (dict(eval_split="vall"), "unknown split of profile 'tiny' .* 'vall'; did you mean 'val'\\?"),
+    (dict(test_split="tets"), "did you mean 'test'"),
+    (dict(select_metric="jpge"), "unknown select_metric reward 'jpge'; did you mean 'jpeg'"),
     (dict(profile="sd-turbo"), "needs --model"),
     (dict(profile="sd-turbo", model="/no/such/dir"), "does not exist"),
 ])
@@ -119,3 +122,38 @@ def test_reward_gradient_methods_are_refused_black_box_rewards(tmp_path, monkeyp
     monkeypatch.setattr(drpo, "REWARD_GRADIENT", True)
     with pytest.raises(CapabilityError, match="not differentiable"):
         run(tiny_run(tmp_path), progress=False)
+
+
+def test_selected_checkpoint_is_the_best_validation_point_and_the_test_split_is_read_after_training(tmp_path):
+    """Selection keeps the best evaluation point's weights across a resume; the test split is evaluated at
+    the selected checkpoint and at the end, with its own noise."""
+    import harness.run as run_module
+
+    cfg = tiny_run(tmp_path, run_id="sel", updates=4, eval_at=(0.0, 0.25, 0.5, 0.75, 1.0), checkpoint_every=1,
+                   select_metric="jpeg", test_split="test", test_seeds=1)
+    full = run(cfg, progress=False)
+    evals = Store(tmp_path).rows("sel", "eval")
+    best = max(evals, key=lambda r: (r["eval/jpeg/mean"], -r["step"]))
+    assert (full["select/step"], full["select/value"]) == (best["step"], best["eval/jpeg/mean"])
+    assert full["select/metric"] == "eval/jpeg/mean" and "test/jpeg/mean" in full and "test/drift/latent_rms" in full
+    if full["select/step"] == 4:
+        assert full["test_selected/jpeg/mean"] == full["test/jpeg/mean"]
+    else:
+        assert full["test_selected/drift/latent_rms"] != full["test/drift/latent_rms"]
+    # The same run interrupted after update 3 and resumed selects the same point and tests the same weights.
+    original = run_module.update
+
+    def flaky(parts, step, spend):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(parts, step, spend)
+
+    run_module.update = flaky
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg.replace(run_id="cut-sel"), progress=False)
+    finally:
+        run_module.update = original
+    resumed = run(cfg.replace(run_id="cut-sel"), resume="cut-sel", progress=False)
+    for key in ("select/step", "select/value", "test_selected/jpeg/mean", "test/jpeg/mean"):
+        assert resumed[key] == full[key], key
