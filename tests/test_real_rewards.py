@@ -87,7 +87,8 @@ def test_clip_formulas(tiny):
         same = x[:1].expand(2, -1, -1, -1)
         p = ps.score(same, ["a red cat", "a blue car"])
         a = tiny["aesthetic"].score(same, ["a red cat", "a blue car"])
-    assert p[0] != p[1] and a[0] == a[1]
+    # Two identical images in one batch may differ by float rounding (batched kernels), hence the tolerance.
+    assert not torch.isclose(p[0], p[1]) and torch.isclose(a[0], a[1], rtol=1e-5, atol=1e-6)
 
 
 def test_differentiable_preprocessing_matches_the_pil_processor():

@@ -40,19 +40,14 @@ def small_m(monkeypatch):
         "Config", [("m", int, dataclasses.field(default=2))], bases=(drpo.Config,), frozen=True))
 
 
-def test_same_seed_same_result_and_resume_is_exact(tmp_path):
-    full = run(tiny_run(tmp_path, run_id="full", updates=3, checkpoint_every=1), progress=False)
-    again = run(tiny_run(tmp_path, run_id="again", updates=3), progress=False)
-    assert full["eval/jpeg/mean"] == again["eval/jpeg/mean"]
-    # Interrupt after the first update, then resume.
-    store = Store(tmp_path)
-    cfg = tiny_run(tmp_path, run_id="cut", updates=3, checkpoint_every=1, eval_at=(0.0, 0.34, 1.0))
+def interrupted_at(update: int, cfg) -> None:
+    """Run ``cfg`` with a Ctrl-C raised at the start of update ``update``."""
     import harness.run as run_module
 
     original = run_module.update
 
     def flaky(parts, step, spend):
-        if step == 2:
+        if step == update:
             raise KeyboardInterrupt
         return original(parts, step, spend)
 
@@ -62,6 +57,16 @@ def test_same_seed_same_result_and_resume_is_exact(tmp_path):
             run(cfg, progress=False)
     finally:
         run_module.update = original
+
+
+def test_same_seed_same_result_and_resume_is_exact(tmp_path):
+    full = run(tiny_run(tmp_path, run_id="full", updates=3, checkpoint_every=1), progress=False)
+    again = run(tiny_run(tmp_path, run_id="again", updates=3), progress=False)
+    assert full["eval/jpeg/mean"] == again["eval/jpeg/mean"]
+    # Interrupt after the first update, then resume.
+    store = Store(tmp_path)
+    cfg = tiny_run(tmp_path, run_id="cut", updates=3, checkpoint_every=1, eval_at=(0.0, 0.34, 1.0))
+    interrupted_at(2, cfg)
     assert store.manifest("cut")["status"] == "interrupted"
     resumed = run(cfg, resume="cut", progress=False)
     assert resumed["budget/updates"] == 3
@@ -127,8 +132,6 @@ def test_reward_gradient_methods_are_refused_black_box_rewards(tmp_path, monkeyp
 def test_selected_checkpoint_is_the_best_validation_point_and_the_test_split_is_read_after_training(tmp_path):
     """Selection keeps the best evaluation point's weights across a resume; the test split is evaluated at
     the selected checkpoint and at the end, with its own noise."""
-    import harness.run as run_module
-
     cfg = tiny_run(tmp_path, run_id="sel", updates=4, eval_at=(0.0, 0.25, 0.5, 0.75, 1.0), checkpoint_every=1,
                    select_metric="jpeg", test_split="test", test_seeds=1)
     full = run(cfg, progress=False)
@@ -141,19 +144,7 @@ def test_selected_checkpoint_is_the_best_validation_point_and_the_test_split_is_
     else:
         assert full["test_selected/drift/latent_rms"] != full["test/drift/latent_rms"]
     # The same run interrupted after update 3 and resumed selects the same point and tests the same weights.
-    original = run_module.update
-
-    def flaky(parts, step, spend):
-        if step == 3:
-            raise KeyboardInterrupt
-        return original(parts, step, spend)
-
-    run_module.update = flaky
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(cfg.replace(run_id="cut-sel"), progress=False)
-    finally:
-        run_module.update = original
+    interrupted_at(3, cfg.replace(run_id="cut-sel"))
     resumed = run(cfg.replace(run_id="cut-sel"), resume="cut-sel", progress=False)
     for key in ("select/step", "select/value", "test_selected/jpeg/mean", "test/jpeg/mean"):
         assert resumed[key] == full[key], key
