@@ -450,7 +450,7 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
     for run_id in run_ids:
         by_method.setdefault(store.manifest(run_id)["run"]["method"], []).append(run_id)
     proxy = store.manifest(run_ids[0])["reward"]
-    gold = tuned_table.GOLD if proxy != "jpeg" else proxy
+    gold = tuned_table.gold_of(json.loads((store.run_dir(run_ids[0]) / "summary.json").read_text()), proxy)
     curves = [overopt.curve(store, m, ids, proxy, gold) for m, ids in by_method.items()]
     stem = f"{section.preset}__{'tuned' if section.tuned else 'defaults'}__overoptimisation"
     figure = overopt.figure(curves, proxy, gold, out / "plots", stem, section.title)

@@ -35,6 +35,11 @@ def _by_method(summaries: list[dict[str, Any]]) -> dict[str, dict[int, dict[str,
     return out
 
 
+def gold_of(summary: dict[str, Any], proxy: str) -> str:
+    """The gold reward of a table: shapes-GenEval where the runs evaluated it, else the training reward."""
+    return GOLD if any(k.startswith(f"test_selected/{GOLD}/") for k in summary) else proxy
+
+
 def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float]:
     """Mean and 95% half-width of a - b over the seeds both have."""
     seeds = sorted(set(a) & set(b))
@@ -49,7 +54,8 @@ def section_table(title: str, store: Store, run_ids: Sequence[str], tuned: dict[
 
     summaries = _summaries(store, run_ids)
     proxy = summaries[0]["reward"]
-    rewards = [proxy] + ([GOLD] if proxy != GOLD else [])
+    gold_name = gold_of(summaries[0], proxy)
+    rewards = [proxy] + ([gold_name] if proxy != gold_name else [])
     runs = _by_method(summaries)
 
     def values(method: str, reward: str, prefix: str = "test_selected", base: bool = False) -> dict[int, float]:
@@ -57,19 +63,19 @@ def section_table(title: str, store: Store, run_ids: Sequence[str], tuned: dict[
 
     ref = "drpo" if "drpo" in runs else next(iter(runs))
     header = ["method", "reward grad.", "tuned: trial (validation)", *[f"test {r}" for r in rewards],
-              f"gain ({GOLD})", f"paired Δ vs {ref} ({GOLD})", *([f"paired Δ vs {ref} ({proxy})"] if proxy != GOLD else []),
-              f"test {GOLD} at end", "selected update", "GFLOP/update", "s/update", "seeds"]
+              f"gain ({gold_name})", f"paired Δ vs {ref} ({gold_name})", *([f"paired Δ vs {ref} ({proxy})"] if proxy != gold_name else []),
+              f"test {gold_name} at end", "selected update", "GFLOP/update", "s/update", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base = {r: t_interval(list(values(ref, r, base=True).values())) for r in rewards}
     lines.append("| " + " | ".join(["base", "–", "–", *[fmt(*base[r]) for r in rewards]] + ["–"] * (len(header) - 3 - len(rewards))) + " |")
     records = [{"section": title, "method": "base", **{f"test_{r}": base[r][0] for r in rewards}}]
     per_method_cost = {}
     for method, seeds in runs.items():
-        gold = values(method, GOLD)
-        gain = t_interval([gold[s] - values(method, GOLD, base=True)[s] for s in gold])
-        delta = paired(gold, values(ref, GOLD))
+        gold = values(method, gold_name)
+        gain = t_interval([gold[s] - values(method, gold_name, base=True)[s] for s in gold])
+        delta = paired(gold, values(ref, gold_name))
         delta_proxy = paired(values(method, proxy), values(ref, proxy))
-        end = t_interval(list(values(method, GOLD, prefix="test").values()))
+        end = t_interval(list(values(method, gold_name, prefix="test").values()))
         chosen = t_interval([s.get("select/step", math.nan) for s in seeds.values()])
         upd = [s["budget/updates"] for s in seeds.values()]
         flops = sum(s["budget/flops"] for s in seeds.values()) / sum(upd)
@@ -80,7 +86,7 @@ def section_table(title: str, store: Store, run_ids: Sequence[str], tuned: dict[
         cells = [method, "Yes" if METHODS.get(method).REWARD_GRADIENT else "No", trial,
                  *[fmt(*t_interval(list(values(method, r).values()))) for r in rewards], fmt(*gain),
                  "–" if method == ref else fmt(*delta),
-                 *(["–" if method == ref else fmt(*delta_proxy)] if proxy != GOLD else []),
+                 *(["–" if method == ref else fmt(*delta_proxy)] if proxy != gold_name else []),
                  fmt(*end), f"{chosen[0]:.0f}", f"{flops / 1e9:.1f}", f"{secs:.2f}", str(len(seeds))]
         lines.append("| " + " | ".join(cells) + " |")
         records.append({"section": title, "method": method, "seeds": len(seeds), "gain": gain[0], "gain_ci": gain[1],
