@@ -116,7 +116,7 @@ def figure(curves: Sequence[Curve], proxy: str, gold: str, directory: Path, stem
     axes[0].set_ylabel(f"gold: validation {gold} (overall_disjoint)")
     axes[1].set_ylabel(f"proxy: validation {proxy}")
     for ax in axes:
-        ax.set_xlabel("distance from the base (RMS latent difference / base latent std)")
+        ax.set_xlabel("distance from the base (latent RMS / base std)")
     axes[0].legend(fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
     return save(fig, directory, stem)
