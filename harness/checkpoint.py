@@ -2,6 +2,11 @@
 
 Everything else a run needs is a function of (seed, update): prompts, noise and the method's random
 stream are re-derived, so a resumed run continues exactly where the checkpoint left it.
+
+In a data-parallel run every process's meter and method state are gathered to process 0, which writes
+the one file; on resume process 0 reads it and hands each process its own part. A resume must use the
+same process count: the count fixes which process sums which micro-batches' gradients (and a method's
+running state per process), so another count would not continue the same run.
 """
 
 from __future__ import annotations
@@ -13,14 +18,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from harness import distributed
 from harness.budget import PhaseStat, Spend
-from harness.config import config_dict
+from harness.config import config_dict, stored_run
 
 if TYPE_CHECKING:
     from harness.run import Parts, Selection
     from harness.store import Store
 
-IGNORED = {"run_id", "out"}
+IGNORED = {"run_id", "out", "log_with", "paper_processes"}
 """Run-config fields that may differ between the interrupted and the resuming command."""
 
 
@@ -41,20 +47,42 @@ def _selection(data: dict | None = None):
 
 def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_upto: float,
          selection: "Selection | None" = None) -> None:
-    """Atomically write ``checkpoint.pt`` in the run directory."""
+    """Atomically write ``checkpoint.pt`` in the run directory (every process calls this; process 0 writes)."""
+    ranks = distributed.gather({"method_state": parts.state, "meter": parts.meter.snapshot()})
+    if not distributed.current().main:
+        return
     path = store.run_dir(run_id) / "checkpoint.pt"
     data = {"spend": spend.as_dict(), "evaluated_upto": evaluated_upto,
             "selection": selection.as_dict() if selection is not None else None,
             "trainable": parts.world.generator.trainable_state(), "optimizer": parts.optimizer.state_dict(),
-            "method_state": parts.state, "meter": parts.meter.snapshot()}
+            "method_state": parts.state, "meter": parts.meter.snapshot(), "processes": len(ranks),
+            "ranks": ranks[1:]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
     os.close(fd)
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # never leave a half-written file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load(store: "Store", run_id: str, parts: "Parts") -> Resume:
-    """Restore ``parts`` from run ``run_id``'s checkpoint after checking the configs match."""
+    """Restore ``parts`` from run ``run_id``'s checkpoint after checking the configs and layout match."""
+    data = distributed.on_main(lambda: _read(store, run_id, parts))
+    layout = distributed.current()
+    mine = data if layout.rank == 0 else data["ranks"][layout.rank - 1]
+    parts.world.generator.load_trainable_state(data["trainable"])
+    parts.optimizer.load_state_dict(data["optimizer"])
+    if isinstance(parts.state, dict) and isinstance(mine["method_state"], dict):
+        parts.state.update(mine["method_state"])
+    parts.meter.stats = {name: PhaseStat(**stat) for name, stat in mine["meter"].items()}
+    return Resume(spend=Spend(**data["spend"]), evaluated_upto=data["evaluated_upto"],
+                  selection=_selection(data.get("selection")))
+
+
+def _read(store: "Store", run_id: str, parts: "Parts") -> dict:
     manifest = store.manifest(run_id)
     if manifest.get("status") == "complete":
         raise ValueError(f"run '{run_id}' is already complete; nothing to resume")
@@ -64,18 +92,16 @@ def load(store: "Store", run_id: str, parts: "Parts") -> Resume:
         raise FileNotFoundError(f"run '{run_id}' has no checkpoint.pt to resume from "
                                 "(set --checkpoint-every to checkpoint during training)")
     data = torch.load(path, map_location="cpu", weights_only=False)
-    parts.world.generator.load_trainable_state(data["trainable"])
-    parts.optimizer.load_state_dict(data["optimizer"])
-    if isinstance(parts.state, dict) and isinstance(data["method_state"], dict):
-        parts.state.update(data["method_state"])
-    parts.meter.stats = {name: PhaseStat(**stat) for name, stat in data["meter"].items()}
+    stored, now = data.get("processes", 1), distributed.current().world
+    if stored != now:
+        raise ValueError(f"cannot resume run '{run_id}' with {now} process(es): it was trained with {stored} "
+                         f"(relaunch with `accelerate launch --num_processes {stored}`; the machines may differ)")
     store.set_status(run_id, "running", resumed_from=data["spend"]["updates"])
-    return Resume(spend=Spend(**data["spend"]), evaluated_upto=data["evaluated_upto"],
-                  selection=_selection(data.get("selection")))
+    return data
 
 
 def _check_same(manifest: dict, parts: "Parts") -> None:
-    stored, current = dict(manifest["run"]), config_dict(parts.cfg)
+    stored, current = stored_run(manifest["run"]), config_dict(parts.cfg)
     diffs = [k for k in set(stored) | set(current) if k not in IGNORED and stored.get(k) != current.get(k)]
     if manifest.get("method_config") != config_dict(parts.method_cfg):
         diffs.append("method config")

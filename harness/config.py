@@ -101,6 +101,15 @@ class RunConfig:
     """Free-form label stored in the manifest (tables group runs by it)."""
     count_flops: bool = True
     """Count FLOPs (a one-off counting pass per component and input shape)."""
+    mixed_precision: str = "fp16"
+    """no, fp16 or bf16: the dtype of the frozen weights (generator, reference, reward, feature encoder) on
+    a GPU; the LoRA weights and the optimizer stay float32. On CPU everything runs in float32 (recorded)."""
+    log_with: tuple[str, ...] = ()
+    """Experiment trackers to mirror the record to: tensorboard, wandb, mlflow, trackio (the JSON record
+    stays the source of truth)."""
+    paper_processes: int = 0
+    """The process count the setting was published with (presets); with fewer processes the harness
+    accumulates more micro-batches per process and says so in the manifest (0: none named)."""
 
     def budget(self) -> Budget:
         return Budget(updates=self.updates or None, images=self.max_images or None,
@@ -118,6 +127,8 @@ class RunConfig:
             raise ValueError(f"eval_at fractions must lie in [0, 1], got {self.eval_at}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device '{self.device}'; valid devices: auto, cpu, cuda")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"unknown mixed precision '{self.mixed_precision}'; valid: {', '.join(PRECISIONS)}")
         self.budget()
 
     def replace(self, **changes: Any) -> "RunConfig":
@@ -146,8 +157,25 @@ def from_dict(cls: type, data: dict[str, Any]):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+PRECISIONS = ("no", "fp16", "bf16")
+
+NOT_IN_KEY = ("out", "run_id", "log_with", "paper_processes")
+"""Fields that say where a run is stored, what it is called, where it is mirrored and what it was designed
+for; they do not change what it computes."""
+
+ADDED_FIELDS = {"mixed_precision": "fp16"}
+"""Fields added after results were first stored, with their defaults: at the default they are left out of
+:func:`run_key` (stored runs keep their keys), and a stored manifest without one reads as the default."""
+
+
+def stored_run(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored manifest's run config with the fields it predates filled in at their defaults."""
+    return {**ADDED_FIELDS, **data}
+
+
 def run_key(run_cfg: RunConfig, method_cfg: Any) -> str:
     """A short hash of everything that defines a run except where it is stored and what it is called."""
-    data = {k: v for k, v in config_dict(run_cfg).items() if k not in ("out", "run_id")}
+    data = {k: v for k, v in config_dict(run_cfg).items()
+            if k not in NOT_IN_KEY and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
     blob = json.dumps({"run": data, "method": config_dict(method_cfg)}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

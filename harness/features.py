@@ -167,6 +167,7 @@ class LatentFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, latents: Tensor) -> dict[str, Tensor]:
-        """latents (B, C, h, w) -> {key: (B, N, D)}."""
-        stages = self.encoder.forward_stages(latents, upto=self._upto)
+        """latents (B, C, h, w) -> {key: (B, N, D)}, in the encoder's dtype (the run's mixed precision)."""
+        dtype = next(self.encoder.parameters()).dtype
+        stages = self.encoder.forward_stages(latents.to(dtype), upto=self._upto)
         return multiscale_features(stages, self.keys)

@@ -4,6 +4,11 @@ The trainable map is the UNet called once at t=999 on the noise z:
 
     eps = unet(z, 999, text);   x0 = (z - sqrt(1 - abar_999) eps) / sqrt(abar_999)
 
+The schedule (betas, hence abar), the prediction type and the one-step timestep come from the model's
+own scheduler config (``scheduler/scheduler_config.json``; the tiny profiles carry SD-Turbo's): a single
+step with "trailing" spacing is t = num_train_timesteps - 1 = 999. A config this sampler cannot serve
+(v-prediction, zero-terminal-SNR betas, a spacing whose one step is not the last timestep) is refused.
+
 SD-Turbo then follows the official DrPO code (``src/drpo/sdturbo.py``@61329a4 ``one_step_clean_latent``),
 which re-noises x0 to the t=0 point of the schedule, ``sqrt(abar_0) x0 + sqrt(1 - abar_0) eps``
 (0.9996 x0 + 0.0292 eps), where the paper writes plain x0; ``renoise_t0=False`` gives the paper's x0,
@@ -32,11 +37,53 @@ from harness.lora import DEFAULT_TARGETS, adapters_disabled, add_lora, load_lora
 TIMESTEP = 999
 """SD-Turbo and SDXL-Turbo are one-step models at the last training timestep (trailing spacing)."""
 
+SD_TURBO_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+    "steps_offset": 1, "timestep_spacing": "trailing", "trained_betas": None,
+}
+"""stabilityai/sd-turbo ``scheduler/scheduler_config.json`` (the sampling-relevant keys); SDXL-Turbo's
+schedule is the same. The tiny and random-weight profiles carry it."""
+
 
 def scaled_linear_alphas(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> Tensor:
     """The cumulative alphas of Stable Diffusion's "scaled_linear" schedule, (steps,) float64."""
     betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def one_step_schedule(config: Mapping) -> tuple[Tensor, int]:
+    """(abar (T,) float64, the one-step timestep) from a diffusers scheduler config; raises what it cannot serve."""
+    import math
+
+    steps = int(config.get("num_train_timesteps", 1000))
+    kind = config.get("beta_schedule", "linear")
+    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+    if config.get("trained_betas") is not None:
+        betas = torch.tensor(config["trained_betas"], dtype=torch.float64)
+    elif kind == "linear":
+        betas = torch.linspace(start, end, steps, dtype=torch.float64)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(start ** 0.5, end ** 0.5, steps, dtype=torch.float64) ** 2
+    elif kind == "squaredcos_cap_v2":  # Nichol & Dhariwal's cosine schedule, as diffusers builds it
+        bar = [math.cos((i / steps + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(steps + 1)]
+        betas = torch.tensor([min(1 - bar[i + 1] / bar[i], 0.999) for i in range(steps)], dtype=torch.float64)
+    else:
+        raise ValueError(f"scheduler beta_schedule '{kind}' is not supported; valid: linear, scaled_linear, "
+                         "squaredcos_cap_v2 (or trained_betas)")
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"scheduler prediction_type '{prediction}' is not supported: the one-step sampler "
+                         "computes x0 from an epsilon prediction only")
+    if config.get("rescale_betas_zero_snr"):
+        raise ValueError("scheduler rescale_betas_zero_snr=true makes abar at the last step 0, where an epsilon "
+                         "prediction determines no x0; not supported")
+    spacing = config.get("timestep_spacing", "leading")
+    if spacing != "trailing":
+        t = int(config.get("steps_offset", 0)) if spacing == "leading" else 0
+        raise ValueError(f"scheduler timestep_spacing '{spacing}' puts a single step at t={t}, not at the last "
+                         f"training timestep {steps - 1}; one-step models need 'trailing'")
+    return torch.cumprod(1.0 - betas, dim=0), steps - 1
 
 
 class OneStepGenerator:
@@ -49,7 +96,8 @@ class OneStepGenerator:
     def __init__(self, *, name: str, family: str, unet, vae, text_encoders: Sequence, tokenizers: Sequence,
                  resolution: int, lora_rank: int = 16, lora_alpha: float | None = None,
                  lora_targets: Sequence[str] = DEFAULT_TARGETS, renoise_t0: bool | None = None,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+                 scheduler: Mapping | None = None):
         if family not in ("sd", "sdxl"):
             raise ValueError(f"unknown generator family '{family}'; valid families: sd, sdxl")
         self.name, self.family, self.resolution = name, family, resolution
@@ -57,19 +105,23 @@ class OneStepGenerator:
         self.unet, self.vae = unet, vae
         self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)
         self.lora = {"r": lora_rank, "lora_alpha": lora_alpha or lora_rank, "target_modules": list(lora_targets)}
+        alphas, self.timestep = one_step_schedule(SD_TURBO_SCHEDULER if scheduler is None else scheduler)
+        # diffusers' SDXL pipeline decodes in float32 when the VAE config asks (it overflows in fp16).
+        upcast = family == "sdxl" and dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        self.vae_dtype = torch.float32 if upcast else dtype
         for module in [unet, vae, *self.text_encoders]:
             # Casting to float32 explicitly makes diffusers warn; only cast when the dtype changes.
             module.to(self.device).eval().requires_grad_(False)
-            if dtype != torch.float32:
-                module.to(dtype)
+            target = self.vae_dtype if module is vae else dtype
+            if target != torch.float32:
+                module.to(target)
         add_lora(unet, rank=lora_rank, alpha=lora_alpha, targets=lora_targets, seed=seed)
         # Keep the adapter weights in float32 even when the frozen base runs in half precision.
         for p in self.trainable():
             p.data = p.data.float()
         scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_shape = (unet.config.in_channels, resolution // scale, resolution // scale)
-        alphas = scaled_linear_alphas()
-        self._a999, self._a0 = float(alphas[TIMESTEP]), float(alphas[0])
+        self._a999, self._a0 = float(alphas[self.timestep]), float(alphas[0])
         self.renoise_t0 = (family == "sd") if renoise_t0 is None else renoise_t0
 
     # -- conditioning and noise ---------------------------------------------------------------
@@ -105,7 +157,7 @@ class OneStepGenerator:
         if noise.shape[1:] != self.latent_shape or len(cond) != noise.shape[0]:
             raise ValueError(f"noise {tuple(noise.shape)} and {len(cond)} conditions do not match "
                              f"latent shape {self.latent_shape}")
-        t = torch.full((noise.shape[0],), TIMESTEP, device=self.device, dtype=torch.long)
+        t = torch.full((noise.shape[0],), self.timestep, device=self.device, dtype=torch.long)
         extra = {}
         if self.family == "sdxl":
             extra["added_cond_kwargs"] = {"text_embeds": cond.tensors["pooled"], "time_ids": cond.tensors["time_ids"]}
@@ -117,7 +169,7 @@ class OneStepGenerator:
 
     def decode(self, latents: Tensor) -> Tensor:
         """VAE decode to images (B, 3, H, W) in [0, 1]; differentiable with respect to ``latents``."""
-        image = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
+        image = self.vae.decode(latents.to(self.vae_dtype) / self.vae.config.scaling_factor).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     def reference(self) -> contextlib.AbstractContextManager[None]:
@@ -154,6 +206,7 @@ def from_pretrained(path_or_id: str, *, family: str, name: str, resolution: int 
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     root = resolve_local_model(path_or_id)
+    scheduler = scheduler_config(root)  # before any weights: a schedule the sampler cannot serve fails fast
     load = dict(local_files_only=True)
     encoders = [CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **load)]
     tokenizers = [CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **load)]
@@ -163,7 +216,16 @@ def from_pretrained(path_or_id: str, *, family: str, name: str, resolution: int 
     unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **load)
     vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **load)
     return OneStepGenerator(name=name, family=family, unet=unet, vae=vae, text_encoders=encoders,
-                            tokenizers=tokenizers, resolution=resolution, **kwargs)
+                            tokenizers=tokenizers, resolution=resolution, scheduler=scheduler, **kwargs)
+
+
+def scheduler_config(root: str) -> dict:
+    """The model directory's ``scheduler/scheduler_config.json``; raises naming the file when it is missing."""
+    path = Path(root, "scheduler", "scheduler_config.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"model directory {root} has no {path.relative_to(root)} (the one-step sampler "
+                                "reads the noise schedule, prediction type and timestep from it)")
+    return json.loads(path.read_text())
 
 
 def resolve_local_model(path_or_id: str) -> str:

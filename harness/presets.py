@@ -32,19 +32,20 @@ class Preset:
 
 
 # The paper's SD-Turbo setting (drpo.sh@61329a4): 4 GPUs x 1 prompt x K=24, grad-accum 8 -> 32 prompts
-# and 768 images per update, 1000 updates, LoRA r=16, PickScore. On one device the 4 GPUs become 4x the
-# accumulation.
+# and 768 images per update, 1000 updates, LoRA r=16, PickScore. grad_accum counts the micro-batches of the
+# whole update: `accelerate launch --num_processes 4` runs 8 per process, as the paper did; on fewer devices
+# each process accumulates more (the manifest's layout says so).
 PAPER_SD_TURBO = Preset(
     description="DrPO paper, SD-Turbo: K=24, M=8, 32 prompts/update, 1000 updates, LoRA 16, PickScore",
     run=RunConfig(profile="sd-turbo", reward="pickscore", k=24, prompts_per_step=1, grad_accum=32, updates=1000,
-                  lora_rank=16, eval_at=(0.0, 0.5, 1.0)),
+                  lora_rank=16, eval_at=(0.0, 0.5, 1.0), paper_processes=4),
     methods={"drpo": {"m": 8, "eta": 3000.0, "lam": 0.2, "lr": 1e-4}},
 )
 
 PAPER_SDXL_TURBO = Preset(
     description="DrPO paper, SDXL-Turbo (MAE variant): 8 GPUs, K=16, M=8, GA 8, lr 1e-5, 5000 updates, key mean",
     run=RunConfig(profile="sdxl-turbo", reward="pickscore", k=16, prompts_per_step=1, grad_accum=64, updates=5000,
-                  lora_rank=16),
+                  lora_rank=16, paper_processes=8),
     methods={"drpo": {"m": 8, "lr": 1e-5, "aggregation": "mean", "features": "pixel"}},
 )
 
@@ -52,7 +53,8 @@ PAPER_SDXL_TURBO = Preset(
 # an effective batch of 192 images; the DrPO timing run used ref-loss weight 0.
 PAPER_HPSV3_TIMING = Preset(
     description="DrPO paper, HPSv3 wall-clock setting: K=24, M=12, 8 prompts (192 images) per update",
-    run=RunConfig(profile="sd-turbo", reward="hpsv3", k=24, prompts_per_step=1, grad_accum=8, updates=20),
+    run=RunConfig(profile="sd-turbo", reward="hpsv3", k=24, prompts_per_step=1, grad_accum=8, updates=20,
+                  paper_processes=4),
     methods={"drpo": {"m": 12, "lam": 0.0}},
 )
 

@@ -80,11 +80,21 @@ class World:
 
 
 def device_for(cfg: RunConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The run's device; in a data-parallel run on GPUs, this process's own GPU."""
+    from harness import distributed
+
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but CUDA is not available")
-    return torch.device(cfg.device)
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", distributed.current().local_rank)
+
+
+def dtype_for(cfg: RunConfig) -> torch.dtype:
+    """The frozen weights' dtype under ``cfg.mixed_precision`` on the run's device (float32 on CPU)."""
+    from harness.precision import dtype_for as resolve
+
+    return resolve(cfg.mixed_precision, device_for(cfg))
 
 
 # -- feature spaces shared by every profile ---------------------------------------------------
@@ -165,7 +175,7 @@ def tiny(cfg: RunConfig) -> World:
     """
     from harness.generator import tiny_sd
 
-    gen = tiny_sd(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg))
+    gen = tiny_sd(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg), dtype=dtype_for(cfg))
     return _tiny_world("tiny", gen, seed=0, split_seed=cfg.split_seed)
 
 
@@ -173,7 +183,7 @@ def tiny_xl(cfg: RunConfig) -> World:
     """SDXL-Turbo's classes (two encoders, pooled embeddings, time ids) at toy size."""
     from harness.generator import tiny_sdxl
 
-    gen = tiny_sdxl(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg))
+    gen = tiny_sdxl(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg), dtype=dtype_for(cfg))
     return _tiny_world("tiny-xl", gen, seed=0, split_seed=cfg.split_seed)
 
 
@@ -182,18 +192,17 @@ def _real(cfg: RunConfig, family: str, name: str, resolution: int) -> World:
 
     if not cfg.model:
         raise ValueError(f"profile '{name}' needs --model PATH_OR_ID (a local diffusers directory or a cached Hub id)")
-    device = device_for(cfg)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    device, dtype = device_for(cfg), dtype_for(cfg)
     gen = from_pretrained(cfg.model, family=family, name=name, resolution=resolution,
                           lora_rank=cfg.lora_rank or 16, device=device, dtype=dtype)
     return World(name=name, generator=gen, splits={}, default_reward="pickscore",
                  default_evals=("pickscore",),
-                 feature_factories={"encoder": lambda: _mae256(cfg.features_path, device),
+                 feature_factories={"encoder": lambda: _mae256(cfg.features_path, device, dtype),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
                                     "pixel": pixel_features})
 
 
-def _mae256(path: str, device: torch.device) -> FeatureMap:
+def _mae256(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> FeatureMap:
     """The drifting release's latent MAE-256 (ResNet, base 256, layers [3,4,6,3]) from a local file."""
     from harness.features import LatentFeatures, ResNetEncoder
 
@@ -204,7 +213,7 @@ def _mae256(path: str, device: torch.device) -> FeatureMap:
     state = torch.load(path, map_location="cpu", weights_only=True)
     encoder.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
-    return LatentFeatures(encoder, keys).to(device)
+    return LatentFeatures(encoder, keys).to(device, dtype)
 
 
 def sd_turbo(cfg: RunConfig) -> World:
@@ -230,8 +239,7 @@ def _random_full_size(cfg: RunConfig, family: str) -> World:
     from harness import archs
     from harness.generator import OneStepGenerator, word_tokenizer
 
-    device = device_for(cfg)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    device, dtype = device_for(cfg), dtype_for(cfg)
     prefix = "sd" if family == "sd" else "sdxl"
     unet = archs.build_random(f"{prefix}-turbo-unet", device=device)
     vae = archs.build_random(f"{prefix}-vae", device=device)
@@ -244,18 +252,18 @@ def _random_full_size(cfg: RunConfig, family: str) -> World:
     gen = OneStepGenerator(name=f"{prefix}-turbo-random", family=family, unet=unet, vae=vae, text_encoders=encoders,
                            tokenizers=tokenizers, resolution=512, lora_rank=cfg.lora_rank or 16, device=device,
                            dtype=dtype)
-    features = {"encoder": lambda: _random_mae(device), "latent": raw_latent_features,
+    features = {"encoder": lambda: _random_mae(device, dtype), "latent": raw_latent_features,
                 "latent-tokens": latent_token_features, "pixel": pixel_features}
     return World(name=gen.name, generator=gen, splits=tiny_prompts(cfg.split_seed), default_reward="pickscore",
                  default_evals=("pickscore",), feature_factories=features)
 
 
-def _random_mae(device: torch.device) -> FeatureMap:
+def _random_mae(device: torch.device, dtype: torch.dtype = torch.float32) -> FeatureMap:
     from harness import archs
     from harness.features import LatentFeatures
 
     keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
-    return LatentFeatures(archs.build_random("mae-latent-256", device=device), keys).to(device)
+    return LatentFeatures(archs.build_random("mae-latent-256", device=device), keys).to(device, dtype)
 
 
 def sd_turbo_random(cfg: RunConfig) -> World:

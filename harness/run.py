@@ -4,6 +4,10 @@ The harness draws the prompts and the noise, samples the K candidates, runs the 
 and calls the reward; the method only turns that rollout into a loss. The harness then backpropagates,
 clips, steps the optimizer, meters every phase, evaluates at fixed budget fractions, checkpoints and
 writes the record. A method never touches the clock, the store, the budget or the filesystem.
+
+Under ``accelerate launch`` the same loop runs in every process (``harness/distributed.py``): each
+process runs its block of the update's micro-batches, gradients are summed once per update, spend is
+summed over processes, and process 0 alone writes the record.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness import economy
+from harness import distributed, economy
 from harness.api import Context, Needs, Rollout
 from harness.budget import Budget, Meter, Spend
 from harness.config import RunConfig, config_dict, run_key
@@ -65,6 +69,12 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     PROFILES.check(cfg.profile)
     for name in ([cfg.reward] if cfg.reward else []) + list(cfg.evals):
         reward_registry.REWARDS.check(name)
+    from harness import trackers
+    from harness.profiles import dtype_for
+
+    trackers.check(cfg.log_with)
+    distributed.check_divides(cfg.grad_accum, cfg.prompts_per_step, cfg.k, distributed.layout(cfg.device).world)
+    dtype = dtype_for(cfg)  # bf16 where the device has none fails here
     method = METHODS.get(cfg.method)
     method_cfg = method_cfg if method_cfg is not None else method.Config()
     if not isinstance(method_cfg, method.Config):
@@ -72,6 +82,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     options = reward_registry.parse_options(cfg.reward_options)
     world = PROFILES.get(cfg.profile)(cfg)
     reward_name = cfg.reward or world.default_reward
+    options = {n: _precision_options(n, options.get(n), dtype) for n in {reward_name, *cfg.evals, *world.default_evals}}
     reward = reward_registry.build(reward_name, options.get(reward_name))
     if method.REWARD_GRADIENT and not reward.differentiable:
         raise CapabilityError(f"method '{cfg.method}' backpropagates through the reward, but reward "
@@ -110,6 +121,14 @@ def _select_reward(cfg: RunConfig, eval_rewards: dict[str, Any]) -> None:
         from harness.registry import unknown
 
         raise unknown("select_metric reward", reward, list(eval_rewards))
+
+
+def _precision_options(name: str, options: dict[str, str] | None, dtype: torch.dtype) -> dict[str, str]:
+    """A reward's options with the run's mixed precision as its dtype, unless the options set one."""
+    import rewards as reward_registry
+    from harness.precision import reward_options
+
+    return reward_options(reward_registry.REWARDS.get(name), options, dtype)
 
 
 def _decode(meter: Meter, world: World, latents: Tensor) -> Tensor:
@@ -177,37 +196,66 @@ def sample(parts: Parts, prompts: list[str], seeds: list[int]) -> Rollout:
 
 
 def update(parts: Parts, step: int, spend: Spend) -> dict[str, float]:
-    """One optimizer update over ``grad_accum`` micro-batches; returns the averaged logs."""
+    """One optimizer update over ``grad_accum`` micro-batches (this process's block of them); adds what it
+    spent, summed over processes, to ``spend`` and returns the logs averaged over all micro-batches."""
     cfg, meter, gen = parts.cfg, parts.meter, parts.world.generator
     parts.optimizer.zero_grad(set_to_none=True)
     meter.trace.clear()  # keep only the latest update's computation pattern
+    before = meter.totals()
     logs: dict[str, float] = {}
-    for micro in range(cfg.grad_accum):
-        prompts, seeds = micro_batch(parts, step, micro)
-        parts.ctx.rng.manual_seed(int(np.random.SeedSequence([cfg.seed, step, micro, 7]).generate_state(1)[0]))
-        batch = sample(parts, prompts, seeds)
-        if step == 0 and micro == 0 and cfg.reward_economy != "exact":
-            logs.update({f"agreement_{k}": v for k, v in _agreement(parts, batch).items()})
-        with meter.phase("loss"):
-            loss, method_logs = parts.method.step(parts.method_cfg, parts.state, batch, parts.ctx)
-        if not torch.isfinite(loss.detach()).all():
-            raise FloatingPointError(f"method '{cfg.method}' produced a non-finite loss ({float(loss.detach())}) at update {step}")
-        if loss.requires_grad:  # a micro-batch with no preference signal can have a constant loss
-            with meter.phase("generator_backward"):
-                (loss / cfg.grad_accum).backward()
-        n = len(batch.rewards)
-        spend.images += n
-        spend.reward_calls += n
-        spend.reference_images += n if batch.ref_latents is not None else 0
-        r = batch.rewards.detach()
-        for key, value in {"loss": float(loss.detach()), "reward_mean": float(r.mean()), "reward_std": float(r.std()),
-                           **method_logs}.items():
-            logs[key] = logs.get(key, 0.0) + float(value) / cfg.grad_accum
+    counts = {"images": 0, "reward_calls": 0, "reference_images": 0}
+    try:
+        for micro in distributed.current().micro_batches(cfg.grad_accum):
+            _micro_step(parts, step, micro, logs, counts)
+        error = None
+    except Exception as exc:  # every process must learn of it before the gradient all-reduce
+        error = exc
+    distributed.agree(error)
     with meter.phase("optimizer"):
+        distributed.all_reduce_gradients(gen.trainable())
         norm = torch.nn.utils.clip_grad_norm_(gen.trainable(), cfg.grad_clip)
         parts.optimizer.step()
-    logs["grad_norm"] = float(norm)
-    return logs
+    after = meter.totals()
+    ranks = distributed.gather({"logs": logs, "counts": counts, "seconds": after[0] - before[0],
+                                "flops": after[1] - before[1], "total_seconds": after[0]})
+    for key in counts:
+        setattr(spend, key, getattr(spend, key) + sum(r["counts"][key] for r in ranks))
+    # The update ends when the slowest process does; FLOPs are all the processes' work.
+    spend.seconds += max(r["seconds"] for r in ranks)
+    spend.flops += sum(r["flops"] for r in ranks)
+    out: dict[str, float] = {}
+    for r in ranks:
+        for key, value in r["logs"].items():
+            out[key] = out.get(key, 0.0) + value
+    out["grad_norm"] = float(norm)
+    if len(ranks) > 1:
+        out.update({f"rank_seconds/{i}": r["total_seconds"] for i, r in enumerate(ranks)})
+    return out
+
+
+def _micro_step(parts: Parts, step: int, micro: int, logs: dict[str, float], counts: dict[str, int]) -> None:
+    """Sample, score and backpropagate global micro-batch ``micro`` of update ``step``."""
+    cfg, meter = parts.cfg, parts.meter
+    prompts, seeds = micro_batch(parts, step, micro)
+    parts.ctx.rng.manual_seed(int(np.random.SeedSequence([cfg.seed, step, micro, 7]).generate_state(1)[0]))
+    batch = sample(parts, prompts, seeds)
+    if step == 0 and micro == 0 and cfg.reward_economy != "exact":
+        logs.update({f"agreement_{k}": v for k, v in _agreement(parts, batch).items()})
+    with meter.phase("loss"):
+        loss, method_logs = parts.method.step(parts.method_cfg, parts.state, batch, parts.ctx)
+    if not torch.isfinite(loss.detach()).all():
+        raise FloatingPointError(f"method '{cfg.method}' produced a non-finite loss ({float(loss.detach())}) at update {step}")
+    if loss.requires_grad:  # a micro-batch with no preference signal can have a constant loss
+        with meter.phase("generator_backward"):
+            (loss / cfg.grad_accum).backward()
+    n = len(batch.rewards)
+    counts["images"] += n
+    counts["reward_calls"] += n
+    counts["reference_images"] += n if batch.ref_latents is not None else 0
+    r = batch.rewards.detach()
+    for key, value in {"loss": float(loss.detach()), "reward_mean": float(r.mean()), "reward_std": float(r.std()),
+                       **method_logs}.items():
+        logs[key] = logs.get(key, 0.0) + float(value) / cfg.grad_accum
 
 
 def _agreement(parts: Parts, batch: Rollout) -> dict[str, float]:
@@ -291,10 +339,38 @@ def manifest_for(parts: Parts) -> dict[str, Any]:
         "reward": parts.reward.name,
         "per_update": {"images": per_update, "reward_calls": per_update,
                        "reference_images": per_update if parts.needs.reference else 0,
-                       "prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k},
+                       "prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k, "noise_seeds": per_update},
+        "layout": layout_record(cfg),
+        "precision": _precision_record(parts),
         "budget": parts.budget.limits(),
         "environment": describe_environment(),
     }
+
+
+def layout_record(cfg: RunConfig) -> dict[str, Any]:
+    """The process layout: the global effective batch, and how the processes share its micro-batches."""
+    world = distributed.current().world
+    record = {"processes": world, "micro_batches": cfg.grad_accum, "micro_batches_per_process": cfg.grad_accum // world,
+              "effective_batch": {"prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k,
+                                  "images": cfg.prompts_per_step * cfg.k * cfg.grad_accum}}
+    if cfg.paper_processes:
+        record["paper_processes"] = cfg.paper_processes
+        if world < cfg.paper_processes:
+            record["note"] = (f"the setting ran on {cfg.paper_processes} processes x {cfg.grad_accum // cfg.paper_processes} "
+                              f"micro-batches; here {world} x {cfg.grad_accum // world}: the same effective batch, "
+                              "prompts and noise, accumulated on fewer devices")
+    return record
+
+
+def _precision_record(parts: Parts) -> dict[str, Any]:
+    from harness.precision import describe
+
+    gen = parts.world.generator
+    out = describe(parts.cfg.mixed_precision, gen.device)
+    vae_dtype = getattr(gen, "vae_dtype", None)
+    if vae_dtype is not None and vae_dtype != getattr(gen, "dtype", vae_dtype):
+        out["vae"] = f"{str(vae_dtype).removeprefix('torch.')} (its config sets force_upcast)"
+    return out
 
 
 def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, resume: str = "",
@@ -310,23 +386,47 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
     tick = time.perf_counter()
     parts = prepare(cfg, method_cfg)
     startup = time.perf_counter() - tick
+    distributed.stop_on_sigterm()
+    main = distributed.current().main
     if resume:
         run_id, start = resume, checkpoint.load(store, resume, parts)
+        manifest = distributed.on_main(lambda: store.manifest(run_id))
     else:
-        run_id = cfg.run_id or f"{cfg.method}__{parts.reward.name}__s{cfg.seed}__{utc_stamp()}"
+        run_id = distributed.broadcast(cfg.run_id or f"{cfg.method}__{parts.reward.name}__s{cfg.seed}__{utc_stamp()}")
         start = checkpoint.Resume()
-        store.start(run_id, manifest_for(parts))
+        manifest = manifest_for(parts)
+        distributed.on_main(lambda: store.start(run_id, manifest))
+    writer: Any = store if main else _Silent(store)
+    if main and cfg.log_with:
+        from harness.trackers import Mirrored
+
+        writer = Mirrored(store, cfg.log_with, run_id, manifest)
     try:
-        summary = _loop(parts, store, run_id, start, on_eval, progress)
+        summary = _loop(parts, writer, run_id, start, on_eval, progress and main)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
             "pruned" if type(exc).__name__ == "TrialPruned" else "failed")
-        store.set_status(run_id, status, error=f"{type(exc).__name__}: {exc}",
-                         traceback=traceback.format_exc(limit=8) if status == "failed" else None)
+        writer.set_status(run_id, status, error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(limit=8) if status == "failed" else None)
+        if hasattr(writer, "close"):
+            writer.close()
         raise
     summary["clock"]["startup_seconds"] = startup
-    store.finish(run_id, summary)
+    writer.finish(run_id, summary)
     return summary
+
+
+class _Silent:
+    """The store as processes other than 0 see it: they run the same loop but write nothing."""
+
+    def __init__(self, store: Store):
+        self.root, self.runs_dir = store.root, store.runs_dir
+        self.run_dir = store.run_dir
+
+    def start(self, *args: Any, **kwargs: Any) -> None: ...
+    def append(self, *args: Any, **kwargs: Any) -> None: ...
+    def set_status(self, *args: Any, **kwargs: Any) -> None: ...
+    def finish(self, *args: Any, **kwargs: Any) -> None: ...
 
 
 def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: bool) -> dict[str, Any]:
@@ -358,7 +458,6 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
             break
         logs = update(parts, spend.updates, spend)
         spend.updates += 1
-        spend.seconds, spend.flops = meter.totals()
         store.append(run_id, {"kind": "train", "step": spend.updates, **_budget_row(spend),
                               **{f"train/{k}": v for k, v in logs.items()}})
         if cfg.checkpoint_every and spend.updates % cfg.checkpoint_every == 0:
@@ -369,10 +468,11 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
     bar.close()
     run_dir = store.run_dir(run_id)
     checkpoint.save(store, run_id, parts, spend, start.evaluated_upto, selection)
-    gen.save_adapter(run_dir / "adapter")
-    if images is not None:
-        base_images, base_prompts, _ = parts.evals.base(gen)
-        save_samples(run_dir, images, (base_images, base_prompts), cfg.eval_seeds)
+    if distributed.current().main:
+        gen.save_adapter(run_dir / "adapter")
+        if images is not None:
+            base_images, base_prompts, _ = parts.evals.base(gen)
+            save_samples(run_dir, images, (base_images, base_prompts), cfg.eval_seeds)
     tick = time.perf_counter()
     tested = _test(parts, selection, spend.updates)
     clock["test"] = time.perf_counter() - tick

@@ -20,7 +20,9 @@ def test_run_writes_the_record(tmp_path):
     assert manifest["run"]["method"] == "drpo" and manifest["method_config"]["m"] == 2
     for key in ("git", "packages", "device"):
         assert key in manifest["environment"]
-    assert manifest["per_update"] == {"images": 4, "reward_calls": 4, "reference_images": 4, "prompts": 1, "k": 4}
+    assert manifest["per_update"] == {"images": 4, "reward_calls": 4, "reference_images": 4, "prompts": 1, "k": 4,
+                                   "noise_seeds": 4}
+    assert manifest["layout"]["processes"] == 1 and manifest["precision"]["frozen_weights"] == "float32"
     rows = Store(tmp_path).rows("r1")
     assert [r["kind"] for r in rows] == ["eval", "train", "train", "eval"]
     assert rows[-1]["budget/updates"] == 2 and rows[-1]["budget/flops"] > 0
