@@ -27,6 +27,7 @@ commands:
   pretrain       pretrain the Shapes world's generator, encoder and reward assets
   compute        FLOPs per update and per phase of every method at full size (meta device, no weights)
   profile-step   time real updates per phase (GPU: full-size random weights; CPU: the tiny profile)
+  bench-drift    time methods/drift.py against a plain torch drift field at DrPO's SD-Turbo size
   plots          redraw every figure from stored results (index in results/plots/README.md)
   rank-agreement how well the cheap reward economies (bf16, small decoder) keep the exact reward's ranking
   study          run or resume an Optuna study of a method's hyperparameters (--name, --n-workers, --space)
@@ -78,8 +79,11 @@ def train(argv: Sequence[str]) -> int:
     args = tyro.cli(Args, args=list(argv), prog="driftbench train",
                     description=f"Train '{method}' ({METHODS.get(method).__doc__.strip().splitlines()[0]})")
     summary = run(args.run, getattr(args, method), resume=args.command.resume, progress=not args.command.quiet)
+    from harness import distributed
+
     metrics = {k: round(v, 4) for k, v in summary.items() if k.startswith("eval/") and k.endswith(("/mean", "/overall"))}
-    print(f"run {summary['run_id']} complete: {metrics}")
+    if distributed.current().main:
+        print(f"run {summary['run_id']} complete: {metrics}")
     return 0
 
 
@@ -166,6 +170,18 @@ def profile_step(argv: Sequence[str]) -> int:
     return 0
 
 
+def bench_drift(argv: Sequence[str]) -> int:
+    import tyro
+
+    from harness.bench_drift import BenchDriftConfig
+    from harness.bench_drift import bench_drift as run_bench
+
+    _, path = run_bench(tyro.cli(BenchDriftConfig, args=list(argv), prog="driftbench bench-drift"))
+    print(path.with_suffix(".md").read_text())
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
+
+
 def serve_reward(argv: Sequence[str]) -> int:
     from harness.serve import main as serve_main
 
@@ -218,6 +234,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "study": study,
     "study-report": study_report,
     "profile-step": profile_step,
+    "bench-drift": bench_drift,
     "plots": plots,
     "rank-agreement": rank_agreement,
     "serve-reward": serve_reward,

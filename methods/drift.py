@@ -43,21 +43,30 @@ def canonical_kernel(kernel: str) -> str:
 
 def pairwise_distance(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
     """Unsquared L2 distances (B, N, M) between x (B, N, D) and y (B, M, D); eps inside the sqrt."""
-    sq = (x * x).sum(-1)[:, :, None] + (y * y).sum(-1)[:, None, :] - 2.0 * torch.einsum("bnd,bmd->bnm", x, y)
-    return sq.clamp_min(eps).sqrt()
+    sq = torch.baddbmm((x * x).sum(-1)[:, :, None] + (y * y).sum(-1)[:, None, :], x, y.transpose(1, 2), alpha=-2.0)
+    return sq.clamp_min_(eps).sqrt_()
 
 
-def kernel_logits(x: Tensor, y: Tensor, distance: Tensor, scale: Tensor, radius: float, kernel: str) -> Tensor:
-    """Kernel log-affinities (B, N, M) at bandwidth ``radius``; larger means closer.
+def kernel_logits(x: Tensor, y: Tensor, distance: Tensor, scale: Tensor, radius: float, kernel: str,
+                  cosine: Tensor | None = None) -> Tensor:
+    """Kernel log-affinities (B, N, M) at bandwidth ``radius``; larger means closer; a fresh tensor.
 
-    Laplacian: -d/(sR). RBF: -(d/(sR))^2 / 2. Cosine: cos(x, y)/R, which ignores the feature scale.
+    Laplacian: -d/(sR). RBF: -(d/(sR))^2 / 2. Cosine: cos(x, y)/R, which ignores the feature scale
+    (``cosine`` is the (B, N, M) cosine matrix, if already computed).
     """
     if kernel == "cosine":
-        xn = torch.nn.functional.normalize(x, dim=-1, eps=1e-8)
-        yn = torch.nn.functional.normalize(y, dim=-1, eps=1e-8)
-        return torch.einsum("bnd,bmd->bnm", xn, yn) / radius
-    z = distance / scale.clamp_min(1e-8) / radius
-    return -z if kernel == "laplacian" else -0.5 * z.square()
+        if cosine is None:
+            cosine = cosine_matrix(x, y)
+        return cosine / radius
+    inv = 1.0 / (scale.clamp_min(1e-8) * radius)
+    return distance * -inv if kernel == "laplacian" else (distance * inv).square_().mul_(-0.5)
+
+
+def cosine_matrix(x: Tensor, y: Tensor) -> Tensor:
+    """Cosine similarities (B, N, M) between x (B, N, D) and y (B, M, D)."""
+    xn = torch.nn.functional.normalize(x, dim=-1, eps=1e-8)
+    yn = torch.nn.functional.normalize(y, dim=-1, eps=1e-8)
+    return torch.bmm(xn, yn.transpose(1, 2))
 
 
 def drift_loss(
@@ -101,25 +110,35 @@ def drift_loss(
 
     # 2. One global scale for the whole call, so the mean distance of the scaled features is ~sqrt(D).
     distance = pairwise_distance(old, targets)
-    scale = ((distance * weights[:, None, :]).mean() / weights.mean().clamp_min(1e-8)).clamp_min(1e-3)
+    # mean_{b,i,t}(d w_t): reduce over i first, so no weighted (B, N, T) copy is made.
+    weighted = (distance.sum(dim=1) * weights).sum() / distance.numel()
+    scale = (weighted / weights.mean().clamp_min(1e-8)).clamp_min(1e-3)
     per_dim = (scale / math.sqrt(dim)).clamp_min(1e-3)
     old_s, targets_s = old / per_dim, targets / per_dim
-    mask = _self_mask(n, m, targets.shape[1], mask_negative_self, old)
+    idx = torch.arange(n, device=old.device)
+    cosine = cosine_matrix(old, targets) if kernel == "cosine" else None
 
-    # 3. One unit-RMS force per radius, summed.
+    # 3. One unit-RMS force per radius, summed. Every (B, N, T) step works in place on one buffer.
     force = torch.zeros_like(old_s)
     info: dict[str, Tensor] = {"scale": scale.detach()}
     mass_pos, mass_neg = old.new_zeros(()), old.new_zeros(())
+    floor = math.log(1e-3)  # sqrt of the official 1e-6 clamp, in log space
     for radius in radii:
-        logits = kernel_logits(old, targets, distance, scale, float(radius), kernel) - (_SELF_MASK / radius) * mask
-        # Geometric mean of the row and column softmax (the "double normalisation").
-        affinity = (logits.softmax(dim=-1) * logits.softmax(dim=-2)).clamp_min(1e-6).sqrt() * weights[:, None, :]
+        logits = kernel_logits(old, targets, distance, scale, float(radius), kernel, cosine)
+        logits[:, idx, idx] -= _SELF_MASK / radius  # a point's own copy leaves its target set
+        if mask_negative_self:
+            logits[:, idx, n + idx] -= _SELF_MASK / radius
+        # Geometric mean of the row and column softmax (the "double normalisation"):
+        # sqrt(softmax_t(l) softmax_i(l)) = exp(l - (lse_t(l) + lse_i(l)) / 2).
+        half_row, half_col = logits.logsumexp(dim=-1, keepdim=True) * 0.5, logits.logsumexp(dim=-2, keepdim=True) * 0.5
+        affinity = logits.sub_(half_row).sub_(half_col).clamp_min_(floor).exp_().mul_(weights[:, None, :])
         repel, attract = affinity[:, :, : n + m], affinity[:, :, n + m:]
         s_pos, s_neg = attract.sum(-1, keepdim=True), repel.sum(-1, keepdim=True)
-        coeff = torch.cat([-repel * s_pos, attract * s_neg], dim=-1)
-        f = torch.einsum("bnt,btd->bnd", coeff, targets_s) - coeff.sum(-1, keepdim=True) * old_s
-        rms = f.square().mean().clamp_min(1e-8).sqrt()
-        force = force + f / rms
+        repel.mul_(-s_pos)  # the coefficients: -A S+ on the negatives, +A S- on the positives
+        attract.mul_(s_neg)
+        f = torch.baddbmm(old_s * -affinity.sum(-1, keepdim=True), affinity, targets_s)
+        rms = (torch.linalg.vector_norm(f) / math.sqrt(f.numel())).clamp_min(1e-4)
+        force.add_(f.div_(rms))
         info[f"rms_{radius:g}"] = rms.detach()
         mass_pos, mass_neg = mass_pos + s_pos.mean(), mass_neg + s_neg.mean()
 
@@ -159,13 +178,3 @@ def _weights(value: float | Tensor, batch: int, count: int, like: Tensor) -> Ten
     if tuple(w.shape) != (batch, count):
         raise ValueError(f"anchor weights must be ({batch}, {count}), got {tuple(w.shape)}")
     return w
-
-
-def _self_mask(n: int, m: int, total: int, mask_negative: bool, like: Tensor) -> Tensor:
-    """(1, N, T) ones where target t is point i's own copy: the old block, and the negatives if asked."""
-    mask = like.new_zeros(1, n, total)
-    idx = torch.arange(n, device=like.device)
-    mask[0, idx, idx] = 1.0
-    if mask_negative:
-        mask[0, idx, n + idx] = 1.0
-    return mask

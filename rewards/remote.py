@@ -8,6 +8,12 @@ reward's ``name`` and ``version``, so a run records the same reward whether scor
 then sends images as raw uint8 arrays in batches of at most the server's ``max_batch`` and ``max_bytes``.
 Images are rounded to uint8 first, so scores equal the in-process reward's on the same uint8 images.
 
+Several servers (one per GPU or machine) are given as one comma-separated list,
+``remote:http://gpu0:8001,http://gpu1:8001``: each is health-checked on construction (a failing one is named;
+all must serve the same reward name and version), and a call's batches are sent to them concurrently, round
+robin, starting at the server of index ``rank % servers`` so that data-parallel processes start on different
+servers. Scores come back in the images' order.
+
 Connection errors, timeouts and 5xx answers are retried ``retries`` times with exponential backoff
 (``backoff * 2**attempt`` seconds); 4xx answers and malformed replies (not JSON, wrong number of scores,
 non-numbers, NaN) raise :class:`RuntimeError` at once, naming the URL. A remote reward is never
@@ -45,12 +51,11 @@ class RemoteReward:
                  batch: int | str = 0, backoff: float | str = 0.5):
         from harness.serve import TOKEN_ENV
 
-        if "://" not in url:
-            url = "http://" + url
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"remote reward URL must look like http://HOST:PORT, got '{url}'")
-        self.url = url.rstrip("/")
+        urls = [u.strip() for u in url.split(",")]
+        if not all(urls):
+            raise ValueError(f"remote reward URLs must be comma-separated http://HOST:PORT entries, got '{url}'")
+        self.urls = [_normalise(u) for u in urls]
+        self.url = self.urls[0]
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         self.timeout = float(timeout)
         self.retries = int(retries)
@@ -59,23 +64,33 @@ class RemoteReward:
         if self.timeout <= 0 or self.retries < 0 or self.requested_batch < 0 or self.backoff < 0:
             raise ValueError(f"remote reward options must be positive: timeout={timeout} retries={retries} "
                              f"batch={batch} backoff={backoff}")
-        self._opener = _opener(parts.hostname)
-        info = self._json(self._request("GET", "/health"), "/health")
-        if not isinstance(info, dict) or not isinstance(info.get("name"), str):
-            raise RuntimeError(f"reward server {self.url} answered /health without a reward name: {str(info)[:200]}")
+        self._openers = {u: _opener(urlsplit(u).hostname) for u in self.urls}
+        healths = [self._health(u) for u in self.urls]
+        info = healths[0]
+        for u, other in zip(self.urls[1:], healths[1:]):
+            if (other["name"], other.get("version", 0)) != (info["name"], info.get("version", 0)):
+                raise RuntimeError(f"reward server {u} serves '{other['name']}' v{other.get('version', 0)}, but "
+                                   f"{self.url} serves '{info['name']}' v{info.get('version', 0)}; all must serve the same")
         self.health = info
         self.name = info["name"]
         self.version = info.get("version", 0)
         self.resolution = info.get("resolution")
-        self.max_batch = int(info.get("max_batch") or 64)
-        self.max_bytes = int(info.get("max_bytes") or 2 ** 62)
+        self.max_batch = min(int(h.get("max_batch") or 64) for h in healths)
+        self.max_bytes = min(int(h.get("max_bytes") or 2 ** 62) for h in healths)
+
+    def _health(self, url: str) -> dict:
+        info = self._json(self._request("GET", "/health", url=url), "/health", url)
+        if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+            raise RuntimeError(f"reward server {url} answered /health without a reward name: {str(info)[:200]}")
+        return info
 
     # -- HTTP ------------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+    def _request(self, method: str, path: str, body: bytes | None = None, url: str | None = None) -> bytes:
         import http.client
         import urllib.error
         import urllib.request
 
+        url = url or self.url
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -86,9 +101,9 @@ class RemoteReward:
         for attempt in range(attempts):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+            request = urllib.request.Request(url + path, data=body, method=method, headers=headers)
             try:
-                with self._opener.open(request, timeout=self.timeout) as response:
+                with self._openers[url].open(request, timeout=self.timeout) as response:
                     return response.read()
             except urllib.error.HTTPError as exc:
                 message = _error_message(exc)
@@ -97,20 +112,20 @@ class RemoteReward:
                     continue
                 hint = {401: " (pass the server's token: option token=... or $DRIFTBENCH_REWARD_TOKEN)",
                         413: " (lower the remote reward's batch option)"}.get(exc.code, "")
-                raise RuntimeError(f"reward server {self.url}{path} refused the request: HTTP {exc.code}: "
+                raise RuntimeError(f"reward server {url}{path} refused the request: HTTP {exc.code}: "
                                    f"{message}{hint}") from None
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = f"{type(reason).__name__}: {reason}"
                 continue
-        raise RuntimeError(f"reward server {self.url} failed after {attempts} attempt(s) ({last}); is "
+        raise RuntimeError(f"reward server {url} failed after {attempts} attempt(s) ({last}); is "
                            f"`driftbench serve-reward` running there?")
 
-    def _json(self, raw: bytes, path: str) -> Any:
+    def _json(self, raw: bytes, path: str, url: str | None = None) -> Any:
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RuntimeError(f"reward server {self.url}{path} answered something that is not JSON: "
+            raise RuntimeError(f"reward server {url or self.url}{path} answered something that is not JSON: "
                                f"{raw[:120]!r}") from None
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -134,30 +149,57 @@ class RemoteReward:
         check_images(images, prompts, self.name)
         prompts = list(prompts)
         step = self.batch_size(images.shape[2], images.shape[3], prompts)
-        out: list[float] = []
-        for i in range(0, len(prompts), step):
-            chunk = prompts[i:i + step]
-            answer = self._json(self._request("POST", "/score", encode_request(images[i:i + step], chunk)), "/score")
-            out += self._check(answer, len(chunk))
-        return out
+        starts = list(range(0, len(prompts), step))
+        first = _rank() % len(self.urls)
+        jobs = [(self.urls[(first + j) % len(self.urls)], i) for j, i in enumerate(starts)]
 
-    def _check(self, answer: Any, n: int) -> list[float]:
+        def one(job: tuple[str, int]) -> list[float]:
+            url, i = job
+            chunk = prompts[i:i + step]
+            raw = self._request("POST", "/score", encode_request(images[i:i + step], chunk), url=url)
+            return self._check(self._json(raw, "/score", url), len(chunk), url)
+        if len(self.urls) == 1 or len(jobs) == 1:
+            parts = [one(job) for job in jobs]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=len(self.urls)) as pool:
+                parts = list(pool.map(one, jobs))
+        return [v for part in parts for v in part]
+
+    def _check(self, answer: Any, n: int, url: str | None = None) -> list[float]:
+        url = url or self.url
         scores = answer.get("scores") if isinstance(answer, dict) else None
         if not isinstance(scores, list):
-            raise RuntimeError(f"reward server {self.url}/score answered without a 'scores' list: {str(answer)[:200]}")
+            raise RuntimeError(f"reward server {url}/score answered without a 'scores' list: {str(answer)[:200]}")
         if len(scores) != n:
-            raise RuntimeError(f"reward server {self.url}/score answered {len(scores)} scores for {n} images")
+            raise RuntimeError(f"reward server {url}/score answered {len(scores)} scores for {n} images")
         bad = [s for s in scores if isinstance(s, bool) or not isinstance(s, (int, float))]
         if bad:
-            raise RuntimeError(f"reward server {self.url}/score answered non-numbers, e.g. {bad[0]!r}")
+            raise RuntimeError(f"reward server {url}/score answered non-numbers, e.g. {bad[0]!r}")
         values = [float(s) for s in scores]
         if not all(math.isfinite(v) for v in values):
-            raise RuntimeError(f"reward server {self.url}/score answered non-finite scores: "
+            raise RuntimeError(f"reward server {url}/score answered non-finite scores: "
                                f"{[v for v in values if not math.isfinite(v)][:3]}")
         return values
 
     def __repr__(self) -> str:
-        return f"RemoteReward({self.name!r} v{self.version} at {self.url})"
+        return f"RemoteReward({self.name!r} v{self.version} at {', '.join(self.urls)})"
+
+
+def _normalise(url: str) -> str:
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"remote reward URL must look like http://HOST:PORT, got '{url}'")
+    return url.rstrip("/")
+
+
+def _rank() -> int:
+    from harness import distributed
+
+    return distributed.current().rank
 
 
 def _opener(host: str):

@@ -238,6 +238,39 @@ def test_malformed_server_answers_raise_naming_the_url(fake, answer, match):
     assert _Fake.calls == (2 if answer[0] == 503 else 1)  # only 5xx is retried
 
 
+def test_several_servers_share_the_requests_and_a_failing_one_is_named(servers):
+    import socket
+
+    class Counted:
+        name, version, differentiable, resolution = "jpeg", 1, False, None
+
+        def __init__(self):
+            self.inner, self.calls = build("jpeg"), 0
+
+        def score(self, images, prompts):
+            self.calls += 1
+            return self.inner.score(images, prompts)
+
+    pair = [RewardServer(Counted(), port=0).start() for _ in range(2)]
+    try:
+        x, prompts = images(7), [f"p{i}" for i in range(7)]
+        remote = build(f"remote:{pair[0].url},{pair[1].url}", {"batch": "2"})  # 4 requests over 2 servers
+        got = remote.score(x, prompts)
+        want = build("jpeg").score(quantised(x), prompts)
+        np.testing.assert_allclose(got, [float(v) for v in want], rtol=1e-5, atol=1e-5)
+        assert [server.reward.calls for server in pair] == [2, 2]
+        with pytest.raises(RuntimeError, match="serves 'colorfulness' v1, but"):
+            build(f"remote:{servers['jpeg'].url},{servers['colorfulness'].url}")
+    finally:
+        for server in pair:
+            server.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RuntimeError, match=rf"http://127.0.0.1:{port} failed after 1 attempt"):
+        RemoteReward(f"{servers['jpeg'].url},127.0.0.1:{port}", retries=0, backoff=0, timeout=2)
+
+
 def test_unreachable_server_at_construction():
     import socket
 
