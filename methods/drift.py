@@ -137,7 +137,7 @@ def drift_loss(
         repel.mul_(-s_pos)  # the coefficients: -A S+ on the negatives, +A S- on the positives
         attract.mul_(s_neg)
         f = torch.baddbmm(old_s * -affinity.sum(-1, keepdim=True), affinity, targets_s)
-        rms = (torch.linalg.vector_norm(f) / math.sqrt(f.numel())).clamp_min(1e-4)
+        rms = f.square().mean().clamp_min(1e-8).sqrt()
         force.add_(f.div_(rms))
         info[f"rms_{radius:g}"] = rms.detach()
         mass_pos, mass_neg = mass_pos + s_pos.mean(), mass_neg + s_neg.mean()
