@@ -206,7 +206,8 @@ def from_pretrained(path_or_id: str, *, family: str, name: str, resolution: int 
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     root = resolve_local_model(path_or_id)
-    scheduler = scheduler_config(root)  # before any weights: a schedule the sampler cannot serve fails fast
+    scheduler = scheduler_config(root)
+    one_step_schedule(scheduler)  # before any weights: a schedule the sampler cannot serve fails fast
     load = dict(local_files_only=True)
     encoders = [CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **load)]
     tokenizers = [CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **load)]
