@@ -92,8 +92,12 @@ def table2(argv: Sequence[str]) -> int:
 
     from harness.reproduce import Table2Config, reproduce
 
+    from harness import distributed
+
     cfg = tyro.cli(Table2Config, args=list(argv), prog="driftbench table2")
     path = reproduce(cfg)
+    if not distributed.current().main:
+        return 0
     print(path.read_text())
     print(f"wrote {path} and {path.with_suffix('.csv')}")
     return 0
@@ -141,9 +145,13 @@ def compute(argv: Sequence[str]) -> int:
 def study(argv: Sequence[str]) -> int:
     import tyro
 
+    from harness import distributed
     from harness.study import StudyConfig
     from harness.study import study as run_study
 
+    if distributed.launched_world() > 1:
+        raise ValueError("driftbench study does not run under accelerate launch yet (its trials are not data-parallel); "
+                         "run it as one command with --n-workers N, one trial per worker")
     run_study(tyro.cli(StudyConfig, args=list(argv), prog="driftbench study"))
     return 0
 

@@ -318,11 +318,20 @@ def reproduce(cfg: Table2Config) -> Path:
         from harness.registry import unknown
 
         raise unknown("table profile", cfg.profile, list(SECTIONS))
+    from harness import distributed
+
     store = Store(cfg.out)
     started = time.time()
     bench = check_real(cfg) if cfg.profile in PAPER_TABLES else None
-    jobs = plan(SECTIONS[cfg.profile], cfg, store)
+    # Under accelerate launch every run spreads over all processes: process 0 plans, all run, 0 writes the table.
+    world = distributed.layout().world
+    if world > 1 and cfg.jobs > 1:
+        raise ValueError(f"table2 under accelerate launch runs each run on all {world} processes, one run at a "
+                         f"time; pass --jobs 1 (got --jobs {cfg.jobs})")
+    jobs = distributed.on_main(lambda: plan(SECTIONS[cfg.profile], cfg, store))
     ids = execute(jobs, cfg)
+    if not distributed.current().main:
+        return Path(cfg.out) / "table2.md"
     sections = [(s, [run_id for job, run_id in zip(jobs, ids) if job.section == i])
                 for i, s in enumerate(SECTIONS[cfg.profile])]
     extra: tuple[list[str], list[dict[str, Any]]] = ([], [])

@@ -43,7 +43,7 @@ def _launch(args: list[str], *, port: int, background: bool = False):
     if background:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -96,9 +96,9 @@ def two_process_drpo(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["drpo", "draft"])
-def test_two_processes_match_one_process_with_twice_the_accumulation(method, two_process_drpo, tmp_path):
+def test_two_processes_match_one_process_with_twice_the_accumulation(method, request, tmp_path):
     if method == "drpo":
-        out = two_process_drpo
+        out = request.getfixturevalue("two_process_drpo")
     else:
         out = tmp_path / "dp"
         done = _launch(_args(method, out, "p2"), port=29612)
