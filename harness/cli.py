@@ -90,9 +90,8 @@ def train(argv: Sequence[str]) -> int:
 def table2(argv: Sequence[str]) -> int:
     import tyro
 
-    from harness.reproduce import Table2Config, reproduce
-
     from harness import distributed
+    from harness.reproduce import Table2Config, reproduce
 
     cfg = tyro.cli(Table2Config, args=list(argv), prog="driftbench table2")
     path = reproduce(cfg)
