@@ -105,9 +105,13 @@ def table2(argv: Sequence[str]) -> int:
 def tune(argv: Sequence[str]) -> int:
     import tyro
 
+    from harness import distributed
     from harness.tune import TuneConfig
     from harness.tune import tune as run_tune
 
+    if distributed.launched_world() > 1:
+        raise ValueError("driftbench tune does not run under accelerate launch yet (its trials are not data-parallel); "
+                         "run it as one command")
     run_tune(tyro.cli(TuneConfig, args=list(argv), prog="driftbench tune"))
     return 0
 
