@@ -2,7 +2,8 @@
 
 Writes into ``<out>/studies/<name>/``:
 
-* ``trials.csv``: every trial (number, state, values, parameters, seconds, error);
+* ``trials.csv``: every trial (number, state, values, parameters, seconds, error: the exception, a stopped
+  worker, a missed heartbeat, or a surplus trial that found the study full);
 * ``importances.csv`` / ``.png`` / ``.pdf``: Optuna's parameter importances (PED-ANOVA), per objective;
 * ``slices.png`` / ``.pdf``: the objective against each parameter; ``contours.png`` / ``.pdf``: the objective
   over pairs of the most important numeric parameters;
@@ -30,6 +31,7 @@ import tyro
 from matplotlib.ticker import MaxNLocator
 
 from harness.study import DRIFT_KEY, dumps, load_study, objective_value
+from harness.study_storage import trial_error
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """Colour-blind-safe categorical palette (Okabe and Ito); continuous values use ``cividis``."""
@@ -74,7 +76,7 @@ def report(cfg: StudyReportConfig, log: Callable[[str], None] = print) -> Path:
     out = Path(cfg.out) / "studies" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
-    _trials_csv(trials, out / "trials.csv")
+    _trials_csv(trials, out / "trials.csv", study.user_attrs)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         states = ", ".join(f"{t.number}: {t.state.name.lower()}" for t in trials) or "none"
@@ -115,7 +117,7 @@ def _reward_unit(reward: str) -> str:
         return "reward units"
 
 
-def _trials_csv(trials: Sequence[Any], path: Path) -> None:
+def _trials_csv(trials: Sequence[Any], path: Path, study_attrs: dict[str, Any]) -> None:
     import pandas as pd
 
     records = []
@@ -125,7 +127,7 @@ def _trials_csv(trials: Sequence[Any], path: Path) -> None:
                         "value": values[0] if values else None, "drift": values[1] if len(values) > 1 else None,
                         "seconds": t.duration.total_seconds() if t.duration else None,
                         **{f"param:{k}": v for k, v in t.params.items()},
-                        "runs": ";".join(t.user_attrs.get("run_ids", [])), "error": t.user_attrs.get("error", "")})
+                        "runs": ";".join(t.user_attrs.get("run_ids", [])), "error": trial_error(t, study_attrs)})
     pd.DataFrame.from_records(records).to_csv(path, index=False)
 
 
