@@ -15,6 +15,7 @@ import torch
 
 from harness.budget import PhaseStat, Spend
 from harness.config import config_dict
+from harness.store import publish
 
 if TYPE_CHECKING:
     from harness.run import Parts, Selection
@@ -50,7 +51,7 @@ def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_up
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
     os.close(fd)
     torch.save(data, tmp)
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def load(store: "Store", run_id: str, parts: "Parts") -> Resume:
