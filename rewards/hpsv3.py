@@ -195,7 +195,7 @@ class _PackagePath:
         except Exception as exc:  # ImportError, or torchvision failing beside a CPU torch
             raise isolated_env_error("hpsv3", "hpsv3", SESSION,
                                      "--option checkpoint=/data/HPSv3.safetensors --option qwen=/data/Qwen2-VL-7B-Instruct",
-                                     exc) from None
+                                     exc, module="hpsv3") from None
         if not checkpoint:
             raise FileNotFoundError("reward 'hpsv3' needs a local checkpoint (no Hub downloads): pass "
                                     "checkpoint=/path/to/HPSv3.safetensors")
