@@ -102,11 +102,12 @@ REWARD_ENVS = {
         "reward": "imagereward",
         # image-reward 1.5 pins timm 0.6.13 and fairscale 0.4.13; its BLIP code imports helpers that newer
         # transformers moved, so transformers stays at 4.45.2.
-        # It imports OpenAI's `clip` without declaring it: clip-anytorch is that package on PyPI, and its
-        # `from pkg_resources import packaging` needs setuptools < 70. An unpinned diffusers (0.39) breaks against
+        # It imports OpenAI's `clip` without declaring it: clip-anytorch is that package on PyPI. Its
+        # `from pkg_resources import packaging` fails on setuptools 70 and on >= 82 (no pkg_resources), and torch
+        # 2.14.1 needs setuptools >= 77.0.3: 77 to 81 serve both. An unpinned diffusers (0.39) breaks against
         # transformers 4.45.2 at import, as in the hpsv3 environment.
         "packages": ("torch==2.14.1", "torchvision==0.29.1", "image-reward==1.5", "timm==0.6.13", "fairscale==0.4.13",
-                     "transformers==4.45.2", "diffusers<=0.36", "clip-anytorch==2.6.0", "setuptools<70"),
+                     "transformers==4.45.2", "diffusers<=0.36", "clip-anytorch==2.6.0", "setuptools<82"),
         "required": (("checkpoint",), ("med_config",)),
         "example": "--option checkpoint=/data/ImageReward.pt --option med_config=/data/med_config.json",
     },
