@@ -19,6 +19,10 @@ The tiny models:
 * **hpsv2**: an OpenCLIP ViT (64 wide, 2 layers) registered from a model-config JSON (``arch=``) and loaded
   from a checkpoint in HPSv2's format.
 
+**geneval** has no weight-free model check: Mask2Former's config and GenEval's colour classifier need their
+real checkpoints. On a CUDA machine its check imports the stack (``_import_stack``: mmcv, mmdet 2.x,
+open_clip) and runs one of mmcv's compiled CUDA ops, which is what its environment build can get wrong.
+
 Writes ``results/reward_envs/NAME.json`` (package versions, scores, differences, seconds) and exits 1 with
 the failing check's message.
 """
@@ -40,7 +44,8 @@ from typing import Any, Callable
 PROMPTS = ["a red cat on a blue car", "two dogs in the snow", "a red cat on a blue car"]
 PACKAGES = {"hpsv3": ("hpsv3", "transformers", "torch", "torchvision", "diffusers"),
             "imagereward": ("image-reward", "transformers", "timm", "clip-anytorch", "torch", "torchvision"),
-            "hpsv2": ("hpsv2", "torch", "torchvision", "protobuf")}
+            "hpsv2": ("hpsv2", "torch", "torchvision", "protobuf"),
+            "geneval": ("mmcv-full", "mmdet", "open-clip-torch", "torch", "torchvision")}
 HEALTH_TIMEOUT = 600.0
 """Seconds to wait for a server's /health (it loads the model first)."""
 
@@ -340,12 +345,35 @@ def versions(name: str) -> dict[str, str | None]:
     return out
 
 
+def geneval_build_check(report: dict[str, Any]) -> None:
+    """GenEval's stack imports, is mmdet 2.x, and mmcv's compiled CUDA ops run (no model: see the docstring)."""
+    import torch
+    from mmcv.ops import nms
+
+    from rewards.geneval_mmdet import _import_stack
+
+    _import_stack()
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], device="cuda")
+    kept, index = nms(boxes, torch.tensor([0.9, 0.8, 0.7], device="cuda"), iou_threshold=0.5)
+    report["mmcv_cuda_nms_kept"] = index.tolist()
+    if index.tolist() != [0, 2]:
+        raise AssertionError(f"mmcv's CUDA nms kept {index.tolist()}, expected [0, 2]")
+
+
 def check(name: str, out_dir: Path = Path("results/reward_envs")) -> dict[str, Any]:
     """Run every check of environment ``name``; writes and returns the record (``passed`` true or false)."""
-    make_files, compare = CHECKS[name]
     report: dict[str, Any] = {"env": name, "date": time.strftime("%Y-%m-%d"), "versions": versions(name),
                               "passed": False, "seconds": {}}
     out_dir.mkdir(parents=True, exist_ok=True)
+    if name == "geneval":
+        try:
+            geneval_build_check(report)
+            report["passed"] = True
+        except Exception as exc:  # noqa: BLE001 - recorded, printed, and the exit code says it failed
+            report["error"] = f"{type(exc).__name__}: {exc}"
+        (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
+    make_files, compare = CHECKS[name]
     try:
         with tempfile.TemporaryDirectory(prefix=f"driftbench-envcheck-{name}-") as tmp:
             os.environ["HF_HUB_CACHE"] = str(Path(tmp) / "hf")  # read by the server too; nothing is downloaded
@@ -367,8 +395,8 @@ def check(name: str, out_dir: Path = Path("results/reward_envs")) -> dict[str, A
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in CHECKS:
-        print(f"usage: python -m rewards.envcheck NAME, NAME one of {', '.join(CHECKS)}", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in (*CHECKS, "geneval"):
+        print(f"usage: python -m rewards.envcheck NAME, NAME one of {', '.join(CHECKS)}, geneval", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report = check(argv[0])
