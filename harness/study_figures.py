@@ -83,6 +83,7 @@ def importances(study: Any, labels: list[str], out: Path):
             sign = -1.0 if study.directions[i] == optuna.study.StudyDirection.MAXIMIZE else 1.0
             with warnings.catch_warnings():  # its reminder to negate maximised targets, done above
                 warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 values = optuna.importance.get_param_importances(
                     study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
                     target=lambda t, i=i, s=sign: s * t.values[i])

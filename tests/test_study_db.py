@@ -91,7 +91,8 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def wait(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+def wait(proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
+    """A generous limit: on a loaded 2-core machine the first trial's imports alone took 140 s."""
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
