@@ -12,9 +12,9 @@ optuna #820); ``--n-workers N`` starts N spawned processes on it that split the 
 study completes exactly ``trials`` trials. Re-running the same command resumes: complete, pruned and
 failed trials are kept, and a trial left RUNNING by a stopped worker is marked FAIL and enqueued again
 with its parameters. Database URLs (``postgresql+psycopg://``, ``mysql+pymysql://``) serve workers spread
-over several machines, with heartbeats instead (``harness/study_storage.py``). Every worker seeds its TPE
-sampler from OS entropy mixed with ``--sampler-seed`` (recorded per trial as ``sampler_seed``), so separate
-commands never replay each other's suggestions, and a trial that finds the study already full when it
+over several machines, with heartbeats instead (``harness/study_storage.py``). There every worker seeds its
+TPE sampler from OS entropy mixed with ``--sampler-seed`` (the seed is recorded per trial as ``sampler_seed``),
+so separate commands never replay each other's suggestions, and a trial that finds the study already full when it
 starts is marked surplus and not run, so a study holds exactly ``trials`` trials however many commands
 share it.
 """
@@ -100,7 +100,8 @@ class StudyConfig:
     updates: int = 0
     """Per-run budget in optimizer updates (0: the preset's)."""
     sampler_seed: int = 0
-    """Mixed with OS entropy into each worker's TPE seed (the seed used is recorded on every trial)."""
+    """Each worker's TPE seed is derived from it (mixed with OS entropy on database storages); the seed used
+    is recorded on every trial."""
     out: str = "results"
     """Results root: runs in ``<out>/runs``, the study in ``<out>/studies``."""
 
@@ -306,12 +307,13 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
 # ---------------------------------------------------------------------------------------------------
 
 def _sampler_seed(cfg: StudyConfig, index: int, existing: int) -> int:
-    """A TPE seed per worker from OS entropy mixed with the sampler seed, the worker index and the trial
-    count: workers of one command, of a resumed command and of identical commands on other machines never
-    replay each other's random start-up suggestions (a seed from the command line alone would repeat)."""
+    """A TPE seed per worker from the sampler seed, the worker index and the trial count, so parallel or
+    resumed workers of one command do not replay each other's random start-up suggestions (and a journal
+    study is reproducible from its command). Database storages mix in OS entropy: identical commands on
+    other machines would otherwise derive the very same seeds."""
     import numpy as np
 
-    entropy = [secrets.randbits(64), cfg.sampler_seed % 2 ** 32, index, existing]
+    entropy = [cfg.sampler_seed % 2 ** 32, index, existing] + ([secrets.randbits(64)] if is_rdb(cfg.storage) else [])
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
