@@ -154,7 +154,7 @@ def killed(pg_url, tmp_path_factory):
     out, name = tmp_path_factory.mktemp("killed"), unique("killed")
     cmd = command(out, name, pg_url, 3, "--heartbeat", "1", "--grace", "2")
     first = start(cmd, out / "first.log")
-    store, deadline = Store(out), time.monotonic() + 180
+    store, deadline = Store(out), time.monotonic() + 900  # generous: see wait()
     while True:
         assert first.poll() is None, "the study ended before it could be killed:\n" + (out / "first.log").read_text()
         assert time.monotonic() < deadline, "no trial was running after a complete one"
