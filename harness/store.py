@@ -77,8 +77,8 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
 
 
 REPORTING_ONLY = ("harness/cli.py", "harness/plots.py", "harness/tables.py", "harness/reproduce.py",
-                  "harness/study_report.py", "harness/reporting/", "harness/tune.py", "harness/tuned/",
-                  "harness/run_time.py")
+                  "harness/study_report.py", "harness/study_figures.py", "harness/reporting/", "harness/tune.py",
+                  "harness/tuned/", "harness/run_time.py", "rewards/envcheck.py")
 """Modules that read stored results but never change what a run computes; the source hash leaves them out."""
 
 
