@@ -7,9 +7,14 @@
     nox -s lint                   ruff
     nox -s reward_env-hpsv3       an isolated env per reward package (hpsv3, geneval, imagereward, hpsv2) that runs
                                   `driftbench serve-reward` for remote:URL; see the section at the end of this file
+    nox -s reward_envs_check      build every reward env and check it with tiny random models (no weights, no GPU)
 """
 
+import json
 import os
+import subprocess
+import sys
+import time
 
 import nox
 
@@ -97,14 +102,20 @@ REWARD_ENVS = {
         "reward": "imagereward",
         # image-reward 1.5 pins timm 0.6.13 and fairscale 0.4.13; its BLIP code imports helpers that newer
         # transformers moved, so transformers stays at 4.45.2.
+        # It imports OpenAI's `clip` without declaring it: clip-anytorch is that package on PyPI. Its
+        # `from pkg_resources import packaging` fails on setuptools 70 and on >= 82 (no pkg_resources), and torch
+        # 2.14.1 needs setuptools >= 77.0.3: 77 to 81 serve both. An unpinned diffusers (0.39) breaks against
+        # transformers 4.45.2 at import, as in the hpsv3 environment.
         "packages": ("torch==2.14.1", "torchvision==0.29.1", "image-reward==1.5", "timm==0.6.13", "fairscale==0.4.13",
-                     "transformers==4.45.2"),
+                     "transformers==4.45.2", "diffusers<=0.36", "clip-anytorch==2.6.0", "setuptools<82"),
         "required": (("checkpoint",), ("med_config",)),
         "example": "--option checkpoint=/data/ImageReward.pt --option med_config=/data/med_config.json",
     },
     "hpsv2": {
         "reward": "hpsv2",
-        # hpsv2 1.2.0 pins protobuf<4, pytest==7.2.0 and pytest-split==0.8.0 itself (harmless in its own venv).
+        # hpsv2 1.2.0 pins protobuf<4, pytest==7.2.0 and pytest-split==0.8.0 itself (harmless in its own venv). Its
+        # wheel lacks OpenCLIP's BPE vocabulary, without which its tokenizer fails at import: the session copies
+        # bpe_simple_vocab_16e6.txt.gz from the open-clip-torch wheel (VOCAB_FROM) into the package.
         "packages": ("torch==2.14.1", "torchvision==0.29.1", "hpsv2==1.2.0"),
         "required": (("checkpoint",),),
         "example": "--option checkpoint=/data/HPS_v2.1_compressed.pt",
@@ -126,6 +137,11 @@ REWARD_ENVS = {
     },
 }
 MMDET_CONFIG = "configs/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py"
+VOCAB_FROM = "open-clip-torch==2.20.0"
+"""The wheel whose open_clip/bpe_simple_vocab_16e6.txt.gz the hpsv2 environment borrows."""
+CHECK = "--check"
+"""`nox -s reward_env-NAME -- --check`: build the environment and run `python -m rewards.envcheck NAME` instead of
+the server (tiny random models written in code, the real package classes, a server started and asked /health)."""
 
 
 def serve_args(env: str, posargs) -> tuple[list, dict]:
@@ -177,8 +193,10 @@ def _serve_reward_env(session: nox.Session, env: str) -> None:
     import shutil
 
     spec = REWARD_ENVS[env]
+    check = list(session.posargs) == [CHECK]
     try:
-        args, own = serve_args(env, session.posargs)
+        args, own = ([], {"mmdet_src": os.environ.get("DRIFTBENCH_MMDET_SRC", "")}) if check else serve_args(
+            env, session.posargs)
     except ValueError as exc:
         session.error(str(exc))
     if env == "geneval":
@@ -191,8 +209,24 @@ def _serve_reward_env(session: nox.Session, env: str) -> None:
         session.install(*spec["after"], *SERVER_PACKAGES)
     else:
         session.install(*spec["packages"], *SERVER_PACKAGES)
+    if env == "hpsv2":
+        _hpsv2_vocab(session)
     session.install("--no-deps", "-e", ".")
-    session.run("driftbench", "serve-reward", spec["reward"], *args, env={"HF_HUB_OFFLINE": "1"})
+    if check:
+        session.run("python", "-m", "rewards.envcheck", env, env={"HF_HUB_OFFLINE": "1"})
+    else:
+        session.run("driftbench", "serve-reward", spec["reward"], *args, env={"HF_HUB_OFFLINE": "1"})
+
+
+def _hpsv2_vocab(session: nox.Session) -> None:
+    """Copy OpenCLIP's BPE vocabulary, missing from the hpsv2 1.2.0 wheel, into the installed package."""
+    script = ("import importlib.util, os, shutil, sys; "
+              "src = importlib.util.find_spec('open_clip').submodule_search_locations[0]; "
+              "dst = os.path.join(importlib.util.find_spec('hpsv2').submodule_search_locations[0], 'src', 'open_clip'); "
+              "shutil.copy(os.path.join(src, 'bpe_simple_vocab_16e6.txt.gz'), dst)")
+    session.install("--no-deps", VOCAB_FROM)  # only for the file: open_clip itself is not used here
+    session.run("python", "-c", script)
+    session.run("python", "-m", "pip", "uninstall", "--quiet", "-y", VOCAB_FROM.split("==")[0])
 
 
 def _reward_env_session(env: str) -> None:
@@ -207,3 +241,44 @@ def _reward_env_session(env: str) -> None:
 
 for _env in REWARD_ENVS:
     _reward_env_session(_env)
+
+
+def system_needs(env: str) -> str:
+    """What this machine lacks for a reward environment's check ('' when nothing): GenEval needs CUDA and mmdet 2.x."""
+    import shutil
+
+    if env != "geneval":
+        return ""
+    if not (shutil.which("nvcc") or os.environ.get("CUDA_HOME")):
+        return "needs CUDA (nvcc on PATH or CUDA_HOME) to compile mmcv-full's ops and run Mask2Former, as GenEval does"
+    if not os.environ.get("DRIFTBENCH_MMDET_SRC"):
+        return "needs DRIFTBENCH_MMDET_SRC, a local mmdetection 2.x checkout (GenEval installs mmdet from source)"
+    return ""
+
+
+@nox.session(python=False)
+def reward_envs_check(session: nox.Session) -> None:
+    """Build every isolated reward env (or those named after --) and check it without weights: tiny random models
+    through the real package classes and the harness's reward, then `serve-reward` and /health. Writes
+    results/reward_envs/check.json (per env: passed, failed or skipped with the reason, seconds)."""
+    envs = list(session.posargs) or list(REWARD_ENVS)
+    unknown = [e for e in envs if e not in REWARD_ENVS]
+    if unknown:
+        session.error(f"unknown reward env(s) {', '.join(unknown)}; valid: {', '.join(REWARD_ENVS)}")
+    results = {}
+    for env in envs:
+        missing = system_needs(env)
+        if missing:
+            session.warn(f"reward_envs_check: {env} skipped: {missing}")
+            results[env] = {"result": "skipped", "reason": missing}
+            continue
+        started = time.perf_counter()
+        code = subprocess.run([sys.executable, "-m", "nox", "-f", __file__, "-s", f"reward_env-{env}", "--", CHECK]).returncode
+        results[env] = {"result": "passed" if code == 0 else "failed", "seconds": round(time.perf_counter() - started, 1)}
+        session.log(f"reward_envs_check: {env} {results[env]['result']} in {results[env]['seconds']} s")
+    os.makedirs("results/reward_envs", exist_ok=True)
+    with open("results/reward_envs/check.json", "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d"), "results": results}, f, indent=2)
+    session.log("reward_envs_check: " + "; ".join(f"{e} {r['result']}" for e, r in results.items()))
+    if any(r["result"] == "failed" for r in results.values()):
+        session.error("reward_envs_check: some environments failed (see above)")

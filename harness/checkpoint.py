@@ -21,6 +21,7 @@ import torch
 from harness import distributed
 from harness.budget import PhaseStat, Spend
 from harness.config import config_dict, stored_run
+from harness.store import publish
 
 if TYPE_CHECKING:
     from harness.run import Parts, Selection
@@ -61,7 +62,7 @@ def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_up
     os.close(fd)
     try:
         torch.save(data, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:  # never leave a half-written file behind
         if os.path.exists(tmp):
             os.remove(tmp)

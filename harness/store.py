@@ -10,7 +10,8 @@ Layout under ``<root>/runs/<run_id>/``:
 * ``checkpoint.pt``: the latest resumable state; ``samples.png``: evaluation samples; ``adapter/``.
 
 Files are replaced atomically (write to a temporary name, then ``os.replace``), so a crash never leaves
-a half-written JSON file.
+a half-written JSON file; they get the mode any new file gets under the umask, like ``metrics.jsonl``
+(``mkstemp`` alone would make them 0600, unreadable to a group sharing the results).
 """
 
 from __future__ import annotations
@@ -37,7 +38,25 @@ def write_json(path: Path, data: Any) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
+    publish(tmp, path)
+
+
+def publish(tmp: str | os.PathLike, path: Path) -> None:
+    """Move the finished temporary file ``tmp`` over ``path`` with the mode of a newly created file."""
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it (os.umask can only be read by setting it)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: Path) -> Any:
@@ -58,8 +77,8 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
 
 
 REPORTING_ONLY = ("harness/cli.py", "harness/plots.py", "harness/tables.py", "harness/reproduce.py",
-                  "harness/study_report.py", "harness/reporting/", "harness/tune.py", "harness/tuned/",
-                  "harness/run_time.py")
+                  "harness/study_report.py", "harness/study_figures.py", "harness/reporting/", "harness/tune.py",
+                  "harness/tuned/", "harness/run_time.py", "rewards/envcheck.py")
 """Modules that read stored results but never change what a run computes; the source hash leaves them out."""
 
 

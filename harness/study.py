@@ -11,8 +11,12 @@ Storage is a journal file under ``<out>/studies/`` by default (SQLite locks unde
 optuna #820); ``--n-workers N`` starts N spawned processes on it that split the remaining trials, so a
 study completes exactly ``trials`` trials. Re-running the same command resumes: complete, pruned and
 failed trials are kept, and a trial left RUNNING by a stopped worker is marked FAIL and enqueued again
-with its parameters. RDB URLs (postgresql://, mysql://) get heartbeats and ``RetryHeartbeatStaleTrialCallback``
-(the successor of ``RetryFailedTrialCallback``) instead, for workers spread over several machines.
+with its parameters. Database URLs (``postgresql+psycopg://``, ``mysql+pymysql://``) serve workers spread
+over several machines, with heartbeats instead (``harness/study_storage.py``). There every worker seeds its
+TPE sampler from OS entropy mixed with ``--sampler-seed`` (the seed is recorded per trial as ``sampler_seed``),
+so separate commands never replay each other's suggestions, and a trial that finds the study already full when it
+starts is marked surplus and not run, so a study holds exactly ``trials`` trials however many commands
+share it.
 """
 
 from __future__ import annotations
@@ -22,23 +26,34 @@ import json
 import math
 import os
 import re
+import secrets
 import socket
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import RunConfig, config_dict, run_key
 from harness.registry import unknown
+from harness.study_space import Override, SpaceTrial, method_space, parse_space  # noqa: F401 - re-exported
+from harness.study_storage import (  # noqa: F401 - the storage API, re-exported for callers of harness.study
+    HEARTBEAT_SECONDS,
+    check_heartbeat,
+    counted,
+    create_or_load,
+    fail_stale,
+    hide_password,
+    is_rdb,
+    journal_path,
+    open_storage,
+    requeue_stopped,
+    storage_label,
+)
 
 if TYPE_CHECKING:
     import optuna
 
 PRUNERS = ("median", "hyperband", "none")
-HEARTBEAT_SECONDS = 60
-"""RDB storages: a worker's heartbeat interval; a trial silent for three intervals is failed and retried."""
 DRIFT_KEY = "eval/drift/pixel_rms"
 
 
@@ -67,8 +82,14 @@ class StudyConfig:
     pruner: str = "median"
     """Pruner: "median", "hyperband" or "none"."""
     storage: str = ""
-    """Empty: a journal file under ``<out>/studies/``; a path: that journal file; an Optuna RDB URL
-    (postgresql://..., mysql://...): heartbeats and automatic retries, for workers on several machines."""
+    """Empty: a journal file under ``<out>/studies/``; a path: that journal file; a database URL
+    (postgresql+psycopg://USER:PASSWORD@HOST/DB with driftbench[postgres], mysql+pymysql://... with
+    driftbench[mysql]): heartbeats and automatic retries, for workers on several machines."""
+    heartbeat: int = HEARTBEAT_SECONDS
+    """Database storages: seconds between a running trial's heartbeats."""
+    grace: int = 0
+    """Database storages: seconds without a heartbeat after which a trial is failed and re-run with its
+    parameters (0: three heartbeat intervals); at least the heartbeat interval."""
     n_workers: int = 1
     """Worker processes on this machine sharing the storage; they split the remaining trials."""
     space: tuple[str, ...] = ()
@@ -79,156 +100,10 @@ class StudyConfig:
     updates: int = 0
     """Per-run budget in optimizer updates (0: the preset's)."""
     sampler_seed: int = 0
-    """Seed of the TPE sampler (each worker derives its own from it)."""
+    """Each worker's TPE seed is derived from it (mixed with OS entropy on database storages); the seed used
+    is recorded on every trial."""
     out: str = "results"
     """Results root: runs in ``<out>/runs``, the study in ``<out>/studies``."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Search space: overrides and the proxy trial
-# ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Override:
-    """One parameter's replacement distribution: numeric range (low, high, log) or categorical choices."""
-
-    name: str
-    integer: bool = False
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    choices: tuple[Any, ...] | None = None
-
-    def suggest(self, trial: Any) -> Any:
-        if self.choices is not None:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.integer:
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
-
-    def text(self) -> str:
-        if self.choices is not None:
-            return f"{self.name}={','.join(str(c) for c in self.choices)}"
-        return f"{self.name}={self.low}:{self.high}" + (":log" if self.log else "")
-
-
-class SpaceTrial:
-    """An Optuna trial whose ``suggest_*`` take a parameter's distribution from the overrides when there
-    is one; everything else passes through to the wrapped trial."""
-
-    def __init__(self, trial: Any, overrides: Sequence[Override] = ()):
-        self._trial = trial
-        self._overrides = {o.name: o for o in overrides}
-
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> Any:
-        if name in self._overrides:
-            return self._overrides[name].suggest(self._trial)
-        return self._trial.suggest_float(name, low, high, step=step, log=log)
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Any:
-        if name in self._overrides:
-            return self._overrides[name].suggest(self._trial)
-        return self._trial.suggest_int(name, low, high, step=step, log=log)
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        if name in self._overrides:
-            return self._overrides[name].suggest(self._trial)
-        return self._trial.suggest_categorical(name, choices)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._trial, name)
-
-
-class _Recorder:
-    """A stand-in trial that records what ``space(trial)`` asks for: {name: ("float"|"int", low, high, log)
-    or ("categorical", choices)}. Returns the low end or first choice, so the space runs once cheaply."""
-
-    def __init__(self):
-        self.params: dict[str, tuple] = {}
-
-    def suggest_float(self, name, low, high, *, step=None, log=False):
-        self.params[name] = ("float", low, high, log)
-        return low
-
-    def suggest_int(self, name, low, high, *, step=1, log=False):
-        self.params[name] = ("int", low, high, log)
-        return low
-
-    def suggest_categorical(self, name, choices):
-        self.params[name] = ("categorical", tuple(choices))
-        return choices[0]
-
-
-def method_space(method: Any) -> dict[str, tuple]:
-    """The parameters a method's ``space(trial)`` suggests, plus the run's ``k``."""
-    recorder = _Recorder()
-    method.space(recorder)
-    return {**recorder.params, "k": ("int", 2, 64, False)}
-
-
-def parse_space(entries: Sequence[str], method: Any) -> tuple[Override, ...]:
-    """Validate ``NAME=LOW:HIGH[:log]`` / ``NAME=A,B,...`` / ``NAME=VALUE`` entries against the method's
-    space; raises a one-line ``ValueError`` naming the entry and the valid names."""
-    known = method_space(method)
-    out: dict[str, Override] = {}
-    for entry in entries:
-        name, sep, spec = entry.partition("=")
-        name, spec = name.strip(), spec.strip()
-        if not sep or not name:
-            raise ValueError(f"space entry '{entry}' must be NAME=LOW:HIGH[:log], NAME=A,B,... or NAME=VALUE; "
-                             f"valid names: {', '.join(known)}")
-        if name not in known:
-            raise unknown("search-space parameter", name, list(known))
-        if name in out:
-            raise ValueError(f"space entry '{entry}': parameter '{name}' is given twice")
-        if not spec:
-            raise ValueError(f"space entry '{entry}' has an empty range; give LOW:HIGH[:log], A,B,... or VALUE")
-        out[name] = _parse_one(entry, name, spec, known[name])
-    return tuple(out.values())
-
-
-def _parse_one(entry: str, name: str, spec: str, original: tuple) -> Override:
-    kind = original[0]
-    if ":" in spec:
-        if kind == "categorical":
-            raise ValueError(f"space entry '{entry}': '{name}' is categorical; give choices, e.g. "
-                             f"{name}={','.join(str(c) for c in original[1])}")
-        parts = spec.split(":")
-        log = parts[-1].strip().lower() == "log"
-        bounds = parts[:-1] if log else parts
-        if len(bounds) != 2 or not all(b.strip() for b in bounds):
-            raise ValueError(f"space entry '{entry}' must be {name}=LOW:HIGH or {name}=LOW:HIGH:log")
-        low, high = (_number(entry, b, kind == "int") for b in bounds)
-        if low == high:
-            raise ValueError(f"space entry '{entry}' is an empty range ({low} to {high}); "
-                             f"use {name}={low} to fix the parameter")
-        if low > high:
-            raise ValueError(f"space entry '{entry}' is an inverted range: low {low} > high {high}")
-        if log and low <= 0:
-            raise ValueError(f"space entry '{entry}' is a bad log range: a log scale needs low > 0, got {low}")
-        return Override(name, integer=kind == "int", low=low, high=high, log=log)
-    items = [s.strip() for s in spec.split(",")]
-    if not all(items):
-        raise ValueError(f"space entry '{entry}' has an empty choice")
-    if kind == "categorical":
-        by_text = {str(c): c for c in original[1]}
-        for item in items:
-            if item not in by_text:
-                raise ValueError(f"space entry '{entry}': unknown {name} '{item}'; "
-                                 f"valid values: {', '.join(by_text)}")
-        choices = [by_text[i] for i in items]
-    else:
-        choices = [_number(entry, i, kind == "int") for i in items]
-    return Override(name, integer=kind == "int", choices=tuple(dict.fromkeys(choices)))
-
-
-def _number(entry: str, text: str, integer: bool) -> float | int:
-    try:
-        return int(text) if integer else float(text)
-    except ValueError:
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"space entry '{entry}': '{text}' is not {kind}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,6 +135,7 @@ def resolve(cfg: StudyConfig) -> Setup:
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {tuple(cfg.seeds)}")
     if cfg.pruner not in PRUNERS:
         raise unknown("pruner", cfg.pruner, list(PRUNERS))
+    check_heartbeat(cfg.heartbeat, cfg.grace)
     method = METHODS.get(cfg.method)
     if not hasattr(method, "space"):
         raise ValueError(f"method '{cfg.method}' defines no search space (space(trial))")
@@ -295,136 +171,6 @@ def _check_objective(objective: str, run_cfg: RunConfig) -> None:
         if objective not in evaluated:
             raise ValueError(f"objective '{objective}' is not evaluated by these runs; evaluated rewards: "
                              f"{', '.join(evaluated)}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Storage
-# ---------------------------------------------------------------------------------------------------
-
-def journal_path(out: str, name: str) -> Path:
-    return Path(out) / "studies" / f"{name}.journal"
-
-
-def is_rdb(spec: str) -> bool:
-    return "://" in spec
-
-
-def open_storage(spec: str, out: str, name: str) -> Any:
-    """The study's storage: a journal file (default or a path) or an RDB URL with heartbeats."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    if not is_rdb(spec):
-        path = Path(spec) if spec else journal_path(out, name)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        except OSError as exc:
-            raise ValueError(f"cannot open journal storage '{path}': {exc}") from None
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
-            return optuna.storages.RDBStorage(spec, heartbeat_interval=HEARTBEAT_SECONDS,
-                                              grace_period=3 * HEARTBEAT_SECONDS,
-                                              heartbeat_stale_trial_callback=retry)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many types (dialect, driver, connection)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"cannot open storage '{_hide_password(spec)}': {type(exc).__name__}: {reason}") from None
-
-
-def _hide_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def storage_label(cfg: StudyConfig) -> str:
-    return _hide_password(cfg.storage) if cfg.storage else str(journal_path(cfg.out, cfg.name))
-
-
-def _directions(multi: bool) -> list[str]:
-    return ["maximize", "minimize"] if multi else ["maximize"]
-
-
-def create_or_load(cfg: StudyConfig, setup: Setup, storage: Any) -> optuna.Study:
-    """Create the study with its fingerprint, or load it and check the fingerprint matches."""
-    import optuna
-
-    try:
-        study = optuna.create_study(storage=storage, study_name=cfg.name,
-                                    directions=_directions(cfg.multi_objective))
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=cfg.name, storage=storage)
-        stored = study.user_attrs.get("fingerprint")
-        if stored != setup.fingerprint:
-            if stored is None:
-                raise ValueError(f"study '{cfg.name}' in {storage_label(cfg)} was not created by "
-                                 "driftbench study; use another --name") from None
-            diff = "; ".join(f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in setup.fingerprint.items()
-                             if stored.get(k) != v)
-            raise ValueError(f"study '{cfg.name}' already exists in {storage_label(cfg)} with a different search "
-                             f"space or setup ({diff}); use another --name or the original settings") from None
-        return study
-    study.set_user_attr("fingerprint", setup.fingerprint)
-    study.set_user_attr("setup", {"study": config_dict(cfg), "run": config_dict(setup.base_run),
-                                  "method_config": config_dict(setup.base_method),
-                                  "overrides": [o.text() for o in setup.overrides]})
-    return study
-
-
-# ---------------------------------------------------------------------------------------------------
-# Counting and resume
-# ---------------------------------------------------------------------------------------------------
-
-def counted(trials: Sequence[Any]) -> list[Any]:
-    """Trials that count towards ``StudyConfig.trials``: complete, pruned and failed, except failures that
-    were enqueued again (a stopped worker's trial, or a stale RDB trial retried by its callback)."""
-    from optuna.trial import TrialState
-
-    # RetryHeartbeatStaleTrialCallback marks a retry with the failed trial's number ("failed_trial").
-    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and not t.user_attrs.get("requeued") and t.number not in retried)]
-
-
-def _alive(worker: str | None) -> bool:
-    """Whether the worker that owns a RUNNING trial ("host:pid") is a live process on this machine."""
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return int(pid) != os.getpid()  # this process runs no trial while it resumes
-
-
-def requeue_stopped(study: optuna.Study, rdb: bool, out: str = "results") -> list[int]:
-    """Mark trials left RUNNING by a stopped worker (journal storages) or interrupted by Ctrl-C as FAIL and
-    enqueue their parameters again; returns the numbers requeued. RDB storages find stale RUNNING trials
-    by heartbeat instead (Optuna fails and retries them when a worker next asks for a trial)."""
-    from optuna.trial import TrialState
-
-    from harness.store import Store
-
-    storage, requeued, store = study._storage, [], Store(out)
-    for t in study.get_trials(deepcopy=False):
-        stopped = t.state == TrialState.RUNNING and not rdb and not _alive(t.user_attrs.get("worker"))
-        interrupted = (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
-                       and not t.user_attrs.get("requeued"))
-        if not (stopped or interrupted):
-            continue
-        storage.set_trial_user_attr(t._trial_id, "requeued", True)
-        if stopped:
-            storage.set_trial_user_attr(t._trial_id, "error", "worker stopped while the trial was running")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            for run_id in t.user_attrs.get("run_ids", []):  # its run directory still says "running"
-                if store.run_dir(run_id).is_dir() and store.manifest(run_id).get("status") == "running":
-                    store.set_status(run_id, "interrupted", error="the study worker running it stopped")
-        study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
-        requeued.append(t.number)
-    return requeued
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -478,14 +224,22 @@ class _Reporter:
             raise optuna.TrialPruned(f"pruned at {step}% of the trial's spend")
 
 
-def make_objective(cfg: StudyConfig, setup: Setup) -> Callable[[Any], Any]:
+class StudyFull(Exception):
+    """A trial that started when the study already held ``trials`` trials (another command got there)."""
+
+
+def make_objective(cfg: StudyConfig, setup: Setup, *, sampler_seed: int | None = None) -> Callable[[Any], Any]:
     """The Optuna objective: mean held-out objective over ``cfg.seeds`` (and mean pixel drift when
-    multi-objective); failures are recorded in the trial's ``error`` user attribute."""
+    multi-objective); failures are recorded in the trial's ``error`` user attribute. ``sampler_seed``, the
+    worker's TPE seed, is recorded on each trial."""
     import optuna
 
     def objective(trial: optuna.Trial) -> Any:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if sampler_seed is not None:
+            trial.set_user_attr("sampler_seed", sampler_seed)
         try:
+            _check_room(trial, cfg.trials)
             return _evaluate(trial, cfg, setup)
         except optuna.TrialPruned:
             raise
@@ -498,6 +252,21 @@ def make_objective(cfg: StudyConfig, setup: Setup) -> Callable[[Any], Any]:
             trial.set_user_attr("error", f"{type(exc).__name__}: {text}")
             raise
     return objective
+
+
+def _check_room(trial: Any, total: int) -> None:
+    """Raise :class:`StudyFull` (marking the trial surplus, so it does not count) when ``total`` trials
+    that count or still run were created before this one: commands sharing a database can ask for a trial
+    at the same moment, and trial numbers order them."""
+    from optuna.trial import TrialState
+
+    trials = trial.study.get_trials(deepcopy=False)
+    ahead = {t.number for t in counted(trials)} | {t.number for t in trials if t.state == TrialState.RUNNING}
+    held = sum(n < trial.number for n in ahead)
+    if held >= total:
+        trial.set_user_attr("surplus", True)
+        raise StudyFull(f"the study already held {held} of {total} trials when trial {trial.number} started; "
+                        "not run")
 
 
 def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
@@ -537,14 +306,15 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
 # Workers
 # ---------------------------------------------------------------------------------------------------
 
-def _sampler(cfg: StudyConfig, index: int, existing: int) -> Any:
-    """TPE seeded per worker and per resume, so parallel or resumed workers do not replay each other's
-    random start-up suggestions."""
+def _sampler_seed(cfg: StudyConfig, index: int, existing: int) -> int:
+    """A TPE seed per worker from the sampler seed, the worker index and the trial count, so parallel or
+    resumed workers of one command do not replay each other's random start-up suggestions (and a journal
+    study is reproducible from its command). Database storages mix in OS entropy: identical commands on
+    other machines would otherwise derive the very same seeds."""
     import numpy as np
-    import optuna
 
-    seed = int(np.random.SeedSequence([cfg.sampler_seed, index, existing]).generate_state(1)[0])
-    return optuna.samplers.TPESampler(seed=seed)
+    entropy = [cfg.sampler_seed % 2 ** 32, index, existing] + ([secrets.randbits(64)] if is_rdb(cfg.storage) else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _pruner(cfg: StudyConfig, setup: Setup) -> Any:
@@ -580,18 +350,19 @@ def optimize(cfg: StudyConfig, setup: Setup, n_trials: int, index: int = 0,
     import optuna
     from optuna.trial import TrialState
 
-    storage = open_storage(cfg.storage, cfg.out, cfg.name)
+    storage = open_storage(cfg.storage, cfg.out, cfg.name, heartbeat=cfg.heartbeat, grace=cfg.grace)
     existing = len(storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False))
-    study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=_sampler(cfg, index, existing),
+    seed = _sampler_seed(cfg, index, existing)
+    study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed),
                               pruner=_pruner(cfg, setup))
-    objective = make_objective(cfg, setup)
+    objective = make_objective(cfg, setup, sampler_seed=seed)
     prefix = f"[worker {index}] " if cfg.n_workers > 1 else ""
 
     def progress(_study: Any, trial: Any) -> None:
         log(_line(trial, prefix))
     done = 0
     for _ in range(n_trials):
-        _fail_stale(study)
+        fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if len(counted(trials)) + running >= cfg.trials:  # another command on the same study got there
@@ -599,15 +370,6 @@ def optimize(cfg: StudyConfig, setup: Setup, n_trials: int, index: int = 0,
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress], gc_after_trial=False)
         done += 1
     return done
-
-
-def _fail_stale(study: Any) -> None:
-    """RDB storages: fail (and, through the callback, retry) trials whose worker stopped beating."""
-    import optuna
-
-    with warnings.catch_warnings():  # a no-op without heartbeats
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
 
 
 def _worker(cfg: StudyConfig, setup: Setup, n_trials: int, index: int) -> None:
@@ -637,10 +399,10 @@ def study(cfg: StudyConfig, log: Callable[[str], None] = print) -> optuna.Study:
 
     setup = resolve(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(cfg.storage, cfg.out, cfg.name)
+    storage = open_storage(cfg.storage, cfg.out, cfg.name, heartbeat=cfg.heartbeat, grace=cfg.grace)
     the_study = create_or_load(cfg, setup, storage)
-    _fail_stale(the_study)
-    requeued = requeue_stopped(the_study, rdb=is_rdb(cfg.storage), out=cfg.out)
+    fail_stale(the_study)
+    requeued = requeue_stopped(the_study, rdb=is_rdb(cfg.storage), out=cfg.out, storage=storage)
     remaining = cfg.trials - len(counted(the_study.get_trials(deepcopy=False)))
     log(f"study '{cfg.name}' in {storage_label(cfg)}: {cfg.trials - max(remaining, 0)} of {cfg.trials} trials done"
         + (f", re-enqueued trial(s) {requeued} left by a stopped worker" if requeued else "")
@@ -694,7 +456,7 @@ def load_study(name: str, out: str = "results", storage: str = "") -> optuna.Stu
     backend = open_storage(storage, out, name)
     names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
     if name not in names:
-        where = _hide_password(storage) if storage else str(journal_path(out, name))
+        where = hide_password(storage) if storage else str(journal_path(out, name))
         others = f"; studies there: {', '.join(names)}" if names else ""
         raise ValueError(f"no study '{name}' in {where}{others}")
     return optuna.load_study(study_name=name, storage=backend)

@@ -2,7 +2,8 @@
 
 Writes into ``<out>/studies/<name>/``:
 
-* ``trials.csv``: every trial (number, state, values, parameters, seconds, error);
+* ``trials.csv``: every trial (number, state, values, parameters, seconds, error: the exception, a stopped
+  worker, a missed heartbeat, or a surplus trial that found the study full);
 * ``importances.csv`` / ``.png`` / ``.pdf``: Optuna's parameter importances (PED-ANOVA), per objective;
 * ``slices.png`` / ``.pdf``: the objective against each parameter; ``contours.png`` / ``.pdf``: the objective
   over pairs of the most important numeric parameters;
@@ -20,25 +21,16 @@ Writes into ``<out>/studies/<name>/``:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import tyro
-from matplotlib.ticker import MaxNLocator
 
 from harness.study import DRIFT_KEY, dumps, load_study, objective_value
-
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
-"""Colour-blind-safe categorical palette (Okabe and Ito); continuous values use ``cividis``."""
-CMAP = "cividis"
-PARAM_UNITS = {"lr": "AdamW step size", "radius_scale": "x default kernel radii", "eta": "anchor weight",
-               "lam": "reference weight, dimensionless", "m": "anchors per side", "k": "candidates per prompt",
-               "kernel": "kernel family"}
-"""Axis units of known search-space parameters; others are labelled "as suggested"."""
-DRIFT_LABEL = "pixel RMS change from base (images in [0, 1])"
+from harness.study_figures import DRIFT_LABEL, draw, pareto
+from harness.study_storage import trial_error
 
 
 @dataclass(frozen=True)
@@ -74,20 +66,17 @@ def report(cfg: StudyReportConfig, log: Callable[[str], None] = print) -> Path:
     out = Path(cfg.out) / "studies" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
-    _trials_csv(trials, out / "trials.csv")
+    _trials_csv(trials, out / "trials.csv", study.user_attrs)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         states = ", ".join(f"{t.number}: {t.state.name.lower()}" for t in trials) or "none"
         raise ValueError(f"study '{cfg.name}' has no complete trial yet (trials {states})")
     multi = len(study.directions) > 1
     labels = _labels(complete[0].user_attrs.get("objective", "?"), multi)
-    importance = _importances(study, labels, out)
-    _slices(complete, labels, out)
-    if not _contours(complete, importance, labels[0], out):
-        log("no contour plot: fewer than two numeric parameters with more than one value")
+    draw(study, complete, labels, out, log)
     best = _best(study, multi)
     if multi:
-        _pareto(complete, study.best_trials, labels, out)
+        pareto(complete, study.best_trials, labels, out)
     (out / "best.json").write_text(dumps(_best_record(best, study, multi, setup)) + "\n")
     if cfg.robustness:
         robustness(cfg, setup, best, out, log)
@@ -115,7 +104,7 @@ def _reward_unit(reward: str) -> str:
         return "reward units"
 
 
-def _trials_csv(trials: Sequence[Any], path: Path) -> None:
+def _trials_csv(trials: Sequence[Any], path: Path, study_attrs: dict[str, Any]) -> None:
     import pandas as pd
 
     records = []
@@ -125,7 +114,7 @@ def _trials_csv(trials: Sequence[Any], path: Path) -> None:
                         "value": values[0] if values else None, "drift": values[1] if len(values) > 1 else None,
                         "seconds": t.duration.total_seconds() if t.duration else None,
                         **{f"param:{k}": v for k, v in t.params.items()},
-                        "runs": ";".join(t.user_attrs.get("run_ids", [])), "error": t.user_attrs.get("error", "")})
+                        "runs": ";".join(t.user_attrs.get("run_ids", [])), "error": trial_error(t, study_attrs)})
     pd.DataFrame.from_records(records).to_csv(path, index=False)
 
 
@@ -147,188 +136,6 @@ def _best_record(best: Any, study: Any, multi: bool, setup: dict[str, Any]) -> d
         record |= {"pixel_drift": best.values[1], "pareto": front,
                    "selection": "the Pareto-optimal trial with the highest objective"}
     return record
-
-
-# ---------------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------------
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _save(fig: Any, stem: Path) -> None:
-    for suffix in (".png", ".pdf"):
-        fig.savefig(stem.with_suffix(suffix), dpi=150)
-
-
-def _axis_label(name: str, dist: Any) -> str:
-    log = getattr(dist, "log", False)
-    return f"{name} ({PARAM_UNITS.get(name, 'as suggested')}{', log scale' if log else ''})"
-
-
-def _importances(study: Any, labels: list[str], out: Path):
-    """PED-ANOVA importances per objective -> importances.csv and a bar chart; returns the DataFrame."""
-    import optuna
-    import pandas as pd
-
-    names = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
-    table = pd.DataFrame({"param": names})
-    notes = []
-    for i, label in enumerate(labels):
-        column = "objective" if i == 0 else "pixel_drift"
-        try:
-            # PED-ANOVA ranks parameters by how they reach *low* targets: negate maximised objectives.
-            sign = -1.0 if study.directions[i] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-            with warnings.catch_warnings():  # its reminder to negate maximised targets, done above
-                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
-                values = optuna.importance.get_param_importances(
-                    study, target=lambda t, i=i, s=sign: s * t.values[i])
-        except (ValueError, RuntimeError) as exc:  # too few trials, or no parameter that varies
-            values, notes = {}, notes + [f"{column}: {exc}"]
-        table[column] = [values.get(n, float("nan")) for n in names]
-    table = table.sort_values("objective", ascending=False, na_position="last")
-    table.to_csv(out / "importances.csv", index=False)
-    fig = _figure(6, 0.5 + 0.45 * max(len(names), 1))
-    ax = fig.add_subplot()
-    height = 0.8 / len(labels)
-    for i, column in enumerate(table.columns[1:]):
-        ax.barh([y + i * height for y in range(len(table))], table[column].fillna(0), height=height,
-                color=OKABE_ITO[i], label=labels[i])
-    ax.set_yticks([y + (len(labels) - 1) * height / 2 for y in range(len(table))], table["param"])
-    ax.invert_yaxis()
-    ax.set_xlabel("importance (PED-ANOVA, normalised to sum to 1)")
-    ax.set_ylabel("parameter")
-    note = f"\n({'; '.join(notes)})" if notes else ""
-    ax.set_title(f"Parameter importances, study '{study.study_name}'{note}", fontsize=9)
-    ax.legend(fontsize=7)
-    _save(fig, out / "importances")
-    return table
-
-
-def _positions(values: list[Any], dist: Any) -> tuple[list[float], list[Any] | None]:
-    """Plot positions of a parameter's values; categorical values map to their choice index."""
-    from optuna.distributions import CategoricalDistribution
-
-    if isinstance(dist, CategoricalDistribution):
-        choices = list(dist.choices)
-        return [float(choices.index(v)) for v in values], choices
-    return [float(v) for v in values], None
-
-
-def _format_axis(axis: Any, dist: Any, choices: list[Any] | None) -> None:
-    """Categorical ticks at choice indices, integer ticks for integer parameters, 1-2-5 ticks on log axes."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
-
-    if choices is not None:
-        axis.set_ticks(range(len(choices)), [str(c) for c in choices])
-        axis.axes.set_xlim(-0.5, len(choices) - 0.5)
-    elif getattr(dist, "log", False):
-        axis.axes.set_xscale("log")
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        axis.set_minor_locator(NullLocator())
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    elif type(dist).__name__ == "IntDistribution":
-        axis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _slices(complete: Sequence[Any], labels: list[str], out: Path) -> None:
-    """One panel per parameter (and per objective): value against parameter, coloured by trial number."""
-    names = sorted({p for t in complete for p in t.params})
-    cols = max(1, min(3, len(names)))
-    rows = math.ceil(max(len(names), 1) / cols)
-    fig = _figure(4 * cols, 3.2 * rows * len(labels))
-    axes = fig.subplots(rows * len(labels), cols, squeeze=False)
-    numbers = [t.number for t in complete]
-    for j, label in enumerate(labels):
-        for i, name in enumerate(names):
-            ax = axes[j * rows + i // cols][i % cols]
-            having = [t for t in complete if name in t.params]
-            dist = having[-1].distributions[name]
-            x, choices = _positions([t.params[name] for t in having], dist)
-            points = ax.scatter(x, [t.values[j] for t in having], c=[t.number for t in having], cmap=CMAP,
-                                vmin=min(numbers), vmax=max(numbers), edgecolors="black", linewidths=0.4)
-            _format_axis(ax.xaxis, dist, choices)
-            ax.set_xlabel(_axis_label(name, dist), fontsize=8)
-            if i % cols == 0:  # the rows share the objective; a label per panel overprints its left neighbour
-                ax.set_ylabel(label, fontsize=8)
-        for i in range(len(names), rows * cols):
-            axes[j * rows + i // cols][i % cols].set_visible(False)
-    if names:
-        bar = fig.colorbar(points, ax=axes.ravel().tolist(), label="trial number")
-        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle("Slice plots: each complete trial's value against one parameter", fontsize=10)
-    _save(fig, out / "slices")
-
-
-def _contours(complete: Sequence[Any], importance: Any, label: str, out: Path) -> bool:
-    """The objective over pairs of the three most important numeric parameters; False if there is no pair."""
-    from optuna.distributions import CategoricalDistribution
-
-    numeric = []
-    for name in list(importance["param"]):
-        having = [t for t in complete if name in t.params]
-        dist = having[-1].distributions[name] if having else None
-        if dist is None or isinstance(dist, CategoricalDistribution) or len({t.params[name] for t in having}) < 2:
-            continue
-        numeric.append((name, dist))
-    numeric = numeric[:3]
-    pairs = [(a, b) for i, a in enumerate(numeric) for b in numeric[i + 1:]]
-    if not pairs:
-        return False
-    fig = _figure(4.2 * len(pairs), 3.6)
-    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
-    for ax, ((a, da), (b, db)) in zip(axes, pairs):
-        having = [t for t in complete if a in t.params and b in t.params]
-        x = [math.log10(t.params[a]) if da.log else float(t.params[a]) for t in having]
-        y = [math.log10(t.params[b]) if db.log else float(t.params[b]) for t in having]
-        z = [t.values[0] for t in having]
-        try:  # interpolation needs three points that are not on one line
-            filled = ax.tricontourf(x, y, z, levels=12, cmap=CMAP)
-            fig.colorbar(filled, ax=ax, label=label.split(" (")[0])
-        except (ValueError, RuntimeError):
-            pass
-        ax.scatter(x, y, c=OKABE_ITO[3], s=18, edgecolors="white", linewidths=0.5)
-        ax.margins(0.06)
-        ax.set_xlabel(_log10_label(a, da), fontsize=8)
-        ax.set_ylabel(_log10_label(b, db), fontsize=8)
-    fig.suptitle(f"Objective ({label}) over parameter pairs, interpolated; dots: trials", fontsize=10)
-    _save(fig, out / "contours")
-    return True
-
-
-def _log10_label(name: str, dist: Any) -> str:
-    """Contours interpolate log-scale parameters in log10 units."""
-    return ("log10 " if dist.log else "") + _axis_label(name, dist).replace(", log scale", "")
-
-
-def _pareto(complete: Sequence[Any], front: Sequence[Any], labels: list[str], out: Path) -> None:
-    import pandas as pd
-
-    on_front = {t.number for t in front}
-    ordered = sorted(front, key=lambda t: t.values[1])
-    pd.DataFrame.from_records([{"number": t.number, "objective": t.values[0], "pixel_drift": t.values[1],
-                                **{f"param:{k}": v for k, v in t.params.items()}}
-                               for t in ordered]).to_csv(out / "pareto.csv", index=False)
-    fig = _figure(5.5, 4.2)
-    ax = fig.add_subplot()
-    others = [t for t in complete if t.number not in on_front]
-    ax.scatter([t.values[1] for t in others], [t.values[0] for t in others], color=OKABE_ITO[0], alpha=0.6,
-               label="trials")
-    ax.step([t.values[1] for t in ordered], [t.values[0] for t in ordered], where="post", color=OKABE_ITO[3],
-            linewidth=1)
-    ax.scatter([t.values[1] for t in ordered], [t.values[0] for t in ordered], color=OKABE_ITO[3], marker="D",
-               label="Pareto front")
-    for t in ordered:
-        ax.annotate(str(t.number), (t.values[1], t.values[0]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xlabel(labels[1] + ", lower is better")
-    ax.set_ylabel(labels[0])
-    ax.set_title("Held-out reward against drift from the base generator", fontsize=10)
-    ax.legend(fontsize=8)
-    _save(fig, out / "pareto")
 
 
 # ---------------------------------------------------------------------------------------------------

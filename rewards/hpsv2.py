@@ -2,17 +2,19 @@
 
 ``hpsv2`` 1.2.0 pins protobuf<4 and pytest==7.2.0 and needs torchvision, so it is not installed beside the
 harness: inside its environment ``driftbench serve-reward hpsv2`` serves it, and runs use ``remote:URL``.
-Built anywhere the package does not import, this reward raises a RuntimeError with the command that starts
-its server.
+Built where the package is not installed, this reward raises a RuntimeError with the command that starts
+its server; where it is installed but fails to import, the error names what is missing.
 
 The model is built once (``hpsv2.score`` would reload the checkpoint on every call) with the package's
 bundled OpenCLIP and **no pretrained download**, then loaded from ``checkpoint=`` (the local
 ``HPS_v2.1_compressed.pt``). ``hps_version`` is recorded for clarity (default ``v2.1``, unlike the
 package's v2.0 default); the checkpoint decides the weights. Score = cos(image, text) of the normalised
 OpenCLIP features (about 0.2-0.35), under ``torch.no_grad``, preprocessed by the package's own validation
-transform; not differentiable. The 1.2.0 wheel lacks OpenCLIP's ``bpe_simple_vocab_16e6.txt.gz``; if its
-tokenizer fails to load, copy that file into the package's ``src/open_clip`` directory.
-Options: ``device`` (cuda when available), ``batch`` (images per forward, 16).
+transform; not differentiable. The 1.2.0 wheel lacks OpenCLIP's ``bpe_simple_vocab_16e6.txt.gz``, without
+which the package fails at import; ``nox -s reward_env-hpsv2`` copies it in from the open-clip-torch wheel.
+Options: ``device`` (cuda when available), ``batch`` (images per forward, 16), ``arch`` (the OpenCLIP
+architecture, ``ViT-H-14`` as HPSv2.1's checkpoint has, or a model-config JSON file registered under its
+file stem, which ``python -m rewards.envcheck hpsv2`` uses for a tiny random model).
 """
 
 from __future__ import annotations
@@ -37,16 +39,16 @@ class HPSv2:
                 "HPS_v2.1_compressed.pt")
 
     def __init__(self, checkpoint: str | None = None, hps_version: str = "v2.1", device: str | None = None,
-                 batch: int | str = 16):
+                 batch: int | str = 16, arch: str = "ViT-H-14"):
         from rewards.clip_rewards import default_device
         from rewards.remote import isolated_env_error
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
-            from hpsv2.src.open_clip import create_model_and_transforms, get_tokenizer
+            from hpsv2.src.open_clip import add_model_config, create_model_and_transforms, get_tokenizer
         except Exception as exc:
             raise isolated_env_error("hpsv2", "hpsv2", SESSION, "--option checkpoint=/data/HPS_v2.1_compressed.pt",
-                                     exc) from None
+                                     exc, module="hpsv2") from None
         if not checkpoint:
             raise FileNotFoundError("reward 'hpsv2' needs a local checkpoint (no Hub downloads): pass "
                                     "checkpoint=/path/to/HPS_v2.1_compressed.pt")
@@ -58,8 +60,13 @@ class HPSv2:
         self.hps_version = hps_version
         self.device = default_device(device)
         self.batch = int(batch)
+        if arch.endswith(".json"):
+            if not os.path.isfile(os.path.expanduser(arch)):
+                raise FileNotFoundError(f"reward 'hpsv2': arch file '{arch}' does not exist")
+            add_model_config(os.path.expanduser(arch))
+            arch = os.path.basename(arch)[: -len(".json")]
         model, _, self.preprocess = create_model_and_transforms(
-            "ViT-H-14", pretrained=None, precision="amp" if self.device.type == "cuda" else "fp32",
+            arch, pretrained=None, precision="amp" if self.device.type == "cuda" else "fp32",
             device=self.device, jit=False, force_quick_gelu=False, force_custom_text=False,
             force_patch_dropout=False, force_image_size=None, pretrained_image=False, image_mean=None,
             image_std=None, light_augmentation=True, aug_cfg={}, output_dict=True, with_score_predictor=False,
@@ -67,7 +74,7 @@ class HPSv2:
         state = torch.load(checkpoint, map_location="cpu")
         model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
         self.model = model.eval().requires_grad_(False)
-        self.tokenizer = get_tokenizer("ViT-H-14")
+        self.tokenizer = get_tokenizer(arch)
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: Sequence[str]) -> list[float]:

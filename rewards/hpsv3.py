@@ -11,7 +11,8 @@ Inside that environment, from **local files only** (``HF_HUB_OFFLINE=1`` is set 
 * ``qwen=``: a local Qwen2-VL-7B-Instruct directory (weights and processor); it replaces
   ``model_name_or_path`` of the YAML config (a temporary copy is written).
 * ``config=``: the HPSv3 YAML (default: the package's own ``HPSv3_7B.yaml``).
-* ``device`` (cuda when available), ``batch`` (images per forward, 4).
+* ``device`` (cuda when available), ``batch`` (images per forward, 4). Off CUDA the model runs in float32:
+  the package's config loads bfloat16 and relies on CUDA autocast for its float32 ``rm_head``.
 
 Scoring without gradients calls ``reward(prompts=..., image_paths=...)`` **with keywords** (its argument
 order differs between hpsv3 versions) under ``torch.no_grad`` and keeps column 0 (mu). Images go in as
@@ -195,7 +196,7 @@ class _PackagePath:
         except Exception as exc:  # ImportError, or torchvision failing beside a CPU torch
             raise isolated_env_error("hpsv3", "hpsv3", SESSION,
                                      "--option checkpoint=/data/HPSv3.safetensors --option qwen=/data/Qwen2-VL-7B-Instruct",
-                                     exc) from None
+                                     exc, module="hpsv3") from None
         if not checkpoint:
             raise FileNotFoundError("reward 'hpsv3' needs a local checkpoint (no Hub downloads): pass "
                                     "checkpoint=/path/to/HPSv3.safetensors")
@@ -211,6 +212,10 @@ class _PackagePath:
             self.inferencer = HPSv3RewardInferencer(config_path=config_path, checkpoint_path=os.path.expanduser(checkpoint),
                                                     device=str(device), differentiable=True)
         self.inferencer.model.requires_grad_(False)
+        if device.type != "cuda":
+            # HPSv3_7B.yaml loads the model in bfloat16 and runs its float32 rm_head under CUDA-only autocast: on
+            # CPU the bfloat16 hidden states reach the float32 head and the matmul fails. Run it in float32.
+            self.inferencer.model.float()
         self.device = device
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:

@@ -2,8 +2,9 @@
 
 ``image-reward`` 1.5 pins timm 0.6.13 and fairscale and needs torchvision, so it is not installed beside the
 harness: inside its environment ``driftbench serve-reward imagereward`` serves it, and runs use
-``remote:URL``. Built anywhere the package does not import, this reward raises a RuntimeError with the
-command that starts its server.
+``remote:URL``. Built where the package is not installed, this reward raises a RuntimeError with the
+command that starts its server; where it is installed but fails to import, the error names what is missing.
+The package imports OpenAI's ``clip`` without declaring it (its environment installs ``clip-anytorch``).
 
 Local files only: ``checkpoint=`` the ``ImageReward.pt`` state dict and ``med_config=`` its
 ``med_config.json`` (both from THUDM/ImageReward; without them the package would download). Its BLIP text
@@ -44,7 +45,7 @@ class ImageReward:
         except Exception as exc:
             raise isolated_env_error("imagereward", "image-reward", SESSION,
                                      "--option checkpoint=/data/ImageReward.pt --option med_config=/data/med_config.json",
-                                     exc) from None
+                                     exc, module="ImageReward") from None
         for option, path in (("checkpoint", checkpoint), ("med_config", med_config)):
             if not path:
                 raise FileNotFoundError(f"reward 'imagereward' needs a local {option} (no Hub downloads): pass "
@@ -52,12 +53,8 @@ class ImageReward:
             if not os.path.isfile(os.path.expanduser(path)):
                 raise FileNotFoundError(f"reward 'imagereward': {option} file '{path}' does not exist")
         self.device = default_device(device)
-        try:
-            self.model = RM.load(os.path.expanduser(checkpoint), device=str(self.device),
-                                 med_config=os.path.expanduser(med_config))
-        except TypeError:  # some releases call it med_config_path
-            self.model = RM.load(os.path.expanduser(checkpoint), device=str(self.device),
-                                 med_config_path=os.path.expanduser(med_config))
+        self.model = RM.load(os.path.expanduser(checkpoint), device=str(self.device),
+                             med_config=os.path.expanduser(med_config))
         self.model.eval().requires_grad_(False)
 
     @torch.no_grad()

@@ -222,11 +222,23 @@ def _error_message(exc) -> str:
         return str(exc.reason)
 
 
-def isolated_env_error(reward: str, package: str, session: str, options: str, exc: BaseException) -> RuntimeError:
-    """The error a reward that lives in its own environment raises when built elsewhere.
+def isolated_env_error(reward: str, package: str, session: str, options: str, exc: BaseException, *,
+                       module: str = "") -> RuntimeError:
+    """The error a reward that lives in its own environment raises when its package does not import.
 
-    It says which environment provides the reward and how to serve it for ``remote:URL``.
+    Where ``module`` (the package's import name) is not installed, it says which environment provides the
+    reward and how to serve it for ``remote:URL``; where it is installed, i.e. inside that environment, it
+    says what the import lacks.
     """
+    import importlib.util
+
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if module and importlib.util.find_spec(module) is not None:
+        missing = getattr(exc, "name", None) or getattr(exc, "filename", None)
+        what = f"'{missing}' is missing" if missing else "it fails"
+        return RuntimeError(f"reward '{reward}': the '{package}' package is installed here but does not import: "
+                            f"{what} ({reason}); rebuild the environment with `nox -s {session}`, which installs "
+                            "what the package needs")
     return RuntimeError(
         f"reward '{reward}' needs the '{package}' package, which pins its own dependencies and lives in its own environment (nox session "
         f"'{session}'), not this one ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "

@@ -205,3 +205,16 @@ def test_reward_gradient_method_trains_through_tiny_pickscore(tmp_path):
                            evals=(), updates=1, eval_at=(1.0,), eval_prompt_limit=1, count_flops=False,
                            run_id="draft-ps"), progress=False)
     assert np.isfinite(summary["eval/pickscore/mean"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hpsv2") is not None, reason="the hpsv2 package is installed here")
+def test_a_broken_reward_environment_names_what_is_missing(tmp_path, monkeypatch):
+    """Inside a reward's own environment (its package installed) a failing import says what it lacks instead of
+    sending the user to the environment they are in."""
+    (tmp_path / "hpsv2").mkdir()
+    (tmp_path / "hpsv2" / "__init__.py").write_text("import driftbench_no_such_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="the 'hpsv2' package is installed here but does not import: "
+                                           "'driftbench_no_such_module' is missing") as info:
+        build("hpsv2", {"checkpoint": "/data/HPS_v2.1_compressed.pt"})
+    assert "serve-reward" not in str(info.value)

@@ -178,11 +178,42 @@ def test_existing_study_with_a_different_space_raises(tiny_preset, tmp_path):
 
 
 @pytest.mark.parametrize("url", ["nosuchdb://nowhere/db", "sqlite:////no/such/dir/study.db",
-                                 "postgresql://user:secret@127.0.0.1:1/db"])
+                                 "postgresql+psycopg://user:secret@127.0.0.1:1/db"])
 def test_bad_storage_url_raises(tiny_preset, tmp_path, url):
     with pytest.raises(ValueError, match="cannot open storage") as info:
         study(config(tmp_path, "db", storage=url))
+    assert "secret" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("url,module,package,hint", [
+    ("mysql+mysqldb://u:secret@127.0.0.1/db", "MySQLdb", "mysqlclient", r"driftbench\[mysql\]' and use a URL mysql\+pymysql://"),
+    ("postgresql+psycopg2://u:secret@127.0.0.1/db", "psycopg2", "psycopg2-binary",
+     r"driftbench\[postgres\]' and use a URL postgresql\+psycopg://"),
+])
+def test_missing_database_driver_is_named_with_its_extra(tmp_path, url, module, package, hint):
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    with pytest.raises(ValueError, match=f"needs the database driver '{module}' \\(pip package {package}\\).*{hint}") as info:
+        open_storage(url, str(tmp_path), "x")
     assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--heartbeat", "0"], "heartbeat must be > 0 seconds, got 0"),
+    (["--heartbeat", "-5"], "heartbeat must be > 0 seconds, got -5"),
+    (["--heartbeat", "10", "--grace", "5"], r"grace must be >= the heartbeat interval \(10 s\)"),
+])
+def test_bad_heartbeat_options_are_one_line_errors(tmp_path, capsys, flags, match):
+    import re
+
+    from harness.cli import main
+
+    assert main(["study", "--name", "hb", "--out", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(match, err) and "\n" not in err
+    assert not (tmp_path / "studies").exists()
 
 
 def test_reports_land_at_fixed_fractions_of_the_trial_spend():

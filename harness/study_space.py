@@ -1,0 +1,157 @@
+"""A study's search space: the method's own ``space(trial)`` with single parameters overridden.
+
+``StudyConfig.space`` entries (``NAME=LOW:HIGH[:log]``, ``NAME=A,B,...``, ``NAME=VALUE``) are validated against
+what the method's ``space`` asks for (:func:`method_space`, read with a recording stand-in trial) and applied
+through :class:`SpaceTrial`, a proxy whose ``suggest_*`` consult the overrides, so method files stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.registry import unknown
+
+
+@dataclass(frozen=True)
+class Override:
+    """One parameter's replacement distribution: numeric range (low, high, log) or categorical choices."""
+
+    name: str
+    integer: bool = False
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def suggest(self, trial: Any) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+    def text(self) -> str:
+        if self.choices is not None:
+            return f"{self.name}={','.join(str(c) for c in self.choices)}"
+        return f"{self.name}={self.low}:{self.high}" + (":log" if self.log else "")
+
+
+class SpaceTrial:
+    """An Optuna trial whose ``suggest_*`` take a parameter's distribution from the overrides when there
+    is one; everything else passes through to the wrapped trial."""
+
+    def __init__(self, trial: Any, overrides: Sequence[Override] = ()):
+        self._trial = trial
+        self._overrides = {o.name: o for o in overrides}
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> Any:
+        if name in self._overrides:
+            return self._overrides[name].suggest(self._trial)
+        return self._trial.suggest_float(name, low, high, step=step, log=log)
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Any:
+        if name in self._overrides:
+            return self._overrides[name].suggest(self._trial)
+        return self._trial.suggest_int(name, low, high, step=step, log=log)
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if name in self._overrides:
+            return self._overrides[name].suggest(self._trial)
+        return self._trial.suggest_categorical(name, choices)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+
+class _Recorder:
+    """A stand-in trial that records what ``space(trial)`` asks for: {name: ("float"|"int", low, high, log)
+    or ("categorical", choices)}. Returns the low end or first choice, so the space runs once cheaply."""
+
+    def __init__(self):
+        self.params: dict[str, tuple] = {}
+
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        self.params[name] = ("float", low, high, log)
+        return low
+
+    def suggest_int(self, name, low, high, *, step=1, log=False):
+        self.params[name] = ("int", low, high, log)
+        return low
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = ("categorical", tuple(choices))
+        return choices[0]
+
+
+def method_space(method: Any) -> dict[str, tuple]:
+    """The parameters a method's ``space(trial)`` suggests, plus the run's ``k``."""
+    recorder = _Recorder()
+    method.space(recorder)
+    return {**recorder.params, "k": ("int", 2, 64, False)}
+
+
+def parse_space(entries: Sequence[str], method: Any) -> tuple[Override, ...]:
+    """Validate ``NAME=LOW:HIGH[:log]`` / ``NAME=A,B,...`` / ``NAME=VALUE`` entries against the method's
+    space; raises a one-line ``ValueError`` naming the entry and the valid names."""
+    known = method_space(method)
+    out: dict[str, Override] = {}
+    for entry in entries:
+        name, sep, spec = entry.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name:
+            raise ValueError(f"space entry '{entry}' must be NAME=LOW:HIGH[:log], NAME=A,B,... or NAME=VALUE; "
+                             f"valid names: {', '.join(known)}")
+        if name not in known:
+            raise unknown("search-space parameter", name, list(known))
+        if name in out:
+            raise ValueError(f"space entry '{entry}': parameter '{name}' is given twice")
+        if not spec:
+            raise ValueError(f"space entry '{entry}' has an empty range; give LOW:HIGH[:log], A,B,... or VALUE")
+        out[name] = _parse_one(entry, name, spec, known[name])
+    return tuple(out.values())
+
+
+def _parse_one(entry: str, name: str, spec: str, original: tuple) -> Override:
+    kind = original[0]
+    if ":" in spec:
+        if kind == "categorical":
+            raise ValueError(f"space entry '{entry}': '{name}' is categorical; give choices, e.g. "
+                             f"{name}={','.join(str(c) for c in original[1])}")
+        parts = spec.split(":")
+        log = parts[-1].strip().lower() == "log"
+        bounds = parts[:-1] if log else parts
+        if len(bounds) != 2 or not all(b.strip() for b in bounds):
+            raise ValueError(f"space entry '{entry}' must be {name}=LOW:HIGH or {name}=LOW:HIGH:log")
+        low, high = (_number(entry, b, kind == "int") for b in bounds)
+        if low == high:
+            raise ValueError(f"space entry '{entry}' is an empty range ({low} to {high}); "
+                             f"use {name}={low} to fix the parameter")
+        if low > high:
+            raise ValueError(f"space entry '{entry}' is an inverted range: low {low} > high {high}")
+        if log and low <= 0:
+            raise ValueError(f"space entry '{entry}' is a bad log range: a log scale needs low > 0, got {low}")
+        return Override(name, integer=kind == "int", low=low, high=high, log=log)
+    items = [s.strip() for s in spec.split(",")]
+    if not all(items):
+        raise ValueError(f"space entry '{entry}' has an empty choice")
+    if kind == "categorical":
+        by_text = {str(c): c for c in original[1]}
+        for item in items:
+            if item not in by_text:
+                raise ValueError(f"space entry '{entry}': unknown {name} '{item}'; "
+                                 f"valid values: {', '.join(by_text)}")
+        choices = [by_text[i] for i in items]
+    else:
+        choices = [_number(entry, i, kind == "int") for i in items]
+    return Override(name, integer=kind == "int", choices=tuple(dict.fromkeys(choices)))
+
+
+def _number(entry: str, text: str, integer: bool) -> float | int:
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"space entry '{entry}': '{text}' is not {kind}") from None
