@@ -249,6 +249,8 @@ def system_needs(env: str) -> str:
 
     if env != "geneval":
         return ""
+    if not (os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi")):
+        return "needs a CUDA GPU (no /dev/nvidia0, no nvidia-smi) to run mmcv's CUDA ops and Mask2Former, as GenEval does"
     if not (shutil.which("nvcc") or os.environ.get("CUDA_HOME")):
         return "needs CUDA (nvcc on PATH or CUDA_HOME) to compile mmcv-full's ops and run Mask2Former, as GenEval does"
     if not os.environ.get("DRIFTBENCH_MMDET_SRC"):
