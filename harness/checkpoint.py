@@ -24,7 +24,8 @@ from harness.config import config_dict, stored_run
 from harness.store import publish
 
 if TYPE_CHECKING:
-    from harness.run import Parts, Selection
+    from harness.run import Parts
+    from harness.selection import Selection
     from harness.store import Store
 
 IGNORED = {"run_id", "out", "log_with", "paper_processes"}
@@ -41,7 +42,7 @@ class Resume:
 
 
 def _selection(data: dict | None = None):
-    from harness.run import Selection
+    from harness.selection import Selection
 
     return Selection(**(data or {}))
 

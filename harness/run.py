@@ -25,8 +25,9 @@ from harness import distributed, economy
 from harness.api import Context, Needs, Rollout
 from harness.budget import Budget, Meter, Spend
 from harness.config import RunConfig, config_dict, run_key
-from harness.evaluation import EVAL_SEED_BASE, EvalSet, headline_key
+from harness.evaluation import EVAL_SEED_BASE, EvalSet
 from harness.profiles import PROFILES, World
+from harness.selection import check_select_metric, evaluate_test
 from harness.store import Store, describe_environment, source_hash, utc_stamp
 
 __all__ = ["EVAL_SEED_BASE", "CapabilityError", "Parts", "prepare", "run", "update"]
@@ -97,7 +98,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
                     cfg.eval_seed_base, eval_rewards)
     test = EvalSet("test", world.prompts(cfg.test_split), cfg.test_seeds, cfg.test_seed_base,
                    eval_rewards) if cfg.test_split else None
-    _select_reward(cfg, eval_rewards)
+    check_select_metric(cfg, eval_rewards)
     meter = Meter(world.generator.device, count_flops=cfg.count_flops)
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),
                   features=lambda space: _features(meter, world, space), rng=torch.Generator(),
@@ -110,17 +111,6 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
                  eval_rewards=eval_rewards, needs=method.needs(method_cfg),
                  train_prompts=world.prompts(cfg.prompts), evals=evals, test=test, budget=cfg.budget(), meter=meter,
                  ctx=ctx, state=state, optimizer=optimizer)
-
-
-def _select_reward(cfg: RunConfig, eval_rewards: dict[str, Any]) -> None:
-    """``select_metric`` must name an evaluation reward (REWARD or REWARD/METRIC)."""
-    if not cfg.select_metric:
-        return
-    reward = cfg.select_metric.split("/")[0]
-    if reward not in eval_rewards:
-        from harness.registry import unknown
-
-        raise unknown("select_metric reward", reward, list(eval_rewards))
 
 
 def _precision_options(name: str, options: dict[str, str] | None, dtype: torch.dtype) -> dict[str, str]:
@@ -268,59 +258,6 @@ def _agreement(parts: Parts, batch: Rollout) -> dict[str, float]:
     exact = check_scores(exact, len(prompts_k), parts.reward.name)
     m = getattr(parts.method_cfg, "m", max(1, batch.k // 4))
     return economy.agreement(exact, batch.rewards, batch.k, m)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checkpoint selection on the evaluation split
-# ---------------------------------------------------------------------------------------------------
-
-@dataclass
-class Selection:
-    """The best evaluation point so far by ``select_metric`` (ties keep the earlier point) and its weights."""
-
-    metric: str = ""
-    value: float = float("-inf")
-    step: int = -1
-    state: dict[str, Tensor] | None = None
-
-    def offer(self, parts: "Parts", step: int, metrics: dict[str, float]) -> None:
-        if not parts.cfg.select_metric:
-            return
-        key = _select_key(parts.cfg.select_metric, metrics)
-        value = metrics[key]
-        if np.isfinite(value) and value > self.value:
-            self.metric, self.value, self.step = key, float(value), step
-            self.state = {k: v.detach().clone() for k, v in parts.world.generator.trainable_state().items()}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "value": self.value, "step": self.step, "state": self.state}
-
-
-def _select_key(select: str, metrics: dict[str, float]) -> str:
-    reward, _, metric = select.partition("/")
-    key = f"eval/{reward}/{metric}" if metric else headline_key(metrics, "eval", reward)
-    if key not in metrics:
-        raise KeyError(f"select_metric '{select}' is not among the evaluation metrics; valid: "
-                       + ", ".join(sorted(k[5:] for k in metrics if k.startswith("eval/"))))
-    return key
-
-
-def _test(parts: Parts, selection: Selection, final_step: int) -> dict[str, Any]:
-    """The test split at the final weights ("test/...") and at the selected checkpoint ("test_selected/...")."""
-    if parts.test is None:
-        return {}
-    gen = parts.world.generator
-    final, _ = parts.test.evaluate(gen)
-    out: dict[str, Any] = dict(final)
-    if selection.state is None or selection.step == final_step:
-        out.update({"test_selected/" + k[5:]: v for k, v in final.items()})
-    else:
-        current = {k: v.detach().clone() for k, v in gen.trainable_state().items()}
-        gen.load_trainable_state(selection.state)
-        chosen, _ = parts.test.evaluate(gen)
-        gen.load_trainable_state(current)
-        out.update({"test_selected/" + k[5:]: v for k, v in chosen.items()})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -474,7 +411,7 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
             base_images, base_prompts, _ = parts.evals.base(gen)
             save_samples(run_dir, images, (base_images, base_prompts), cfg.eval_seeds)
     tick = time.perf_counter()
-    tested = _test(parts, selection, spend.updates)
+    tested = evaluate_test(parts, selection, spend.updates)
     clock["test"] = time.perf_counter() - tick
     chosen = {"select/metric": selection.metric, "select/value": selection.value, "select/step": selection.step} \
         if cfg.select_metric else {}

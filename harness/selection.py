@@ -1,0 +1,81 @@
+"""Checkpoint selection on the evaluation split, and the test split read once after training.
+
+The run keeps the weights of its best evaluation point by ``RunConfig.select_metric`` (ties keep the earlier
+point; update 0, the base itself, is a candidate, so a method that never beats its base on validation is
+reported as the base). After training, the test split is evaluated at the final weights and at the selected
+ones; nothing during training reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import Tensor
+
+from harness.config import RunConfig
+from harness.evaluation import headline_key
+
+if TYPE_CHECKING:
+    from harness.run import Parts
+
+
+def check_select_metric(cfg: RunConfig, eval_rewards: dict[str, Any]) -> None:
+    """``select_metric`` must name an evaluation reward (REWARD or REWARD/METRIC)."""
+    if not cfg.select_metric:
+        return
+    reward = cfg.select_metric.split("/")[0]
+    if reward not in eval_rewards:
+        from harness.registry import unknown
+
+        raise unknown("select_metric reward", reward, list(eval_rewards))
+
+
+@dataclass
+class Selection:
+    """The best evaluation point so far by ``select_metric`` (ties keep the earlier point) and its weights."""
+
+    metric: str = ""
+    value: float = float("-inf")
+    step: int = -1
+    state: dict[str, Tensor] | None = None
+
+    def offer(self, parts: "Parts", step: int, metrics: dict[str, float]) -> None:
+        if not parts.cfg.select_metric:
+            return
+        key = _select_key(parts.cfg.select_metric, metrics)
+        value = metrics[key]
+        if np.isfinite(value) and value > self.value:
+            self.metric, self.value, self.step = key, float(value), step
+            self.state = {k: v.detach().clone() for k, v in parts.world.generator.trainable_state().items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": self.value, "step": self.step, "state": self.state}
+
+
+def _select_key(select: str, metrics: dict[str, float]) -> str:
+    reward, _, metric = select.partition("/")
+    key = f"eval/{reward}/{metric}" if metric else headline_key(metrics, "eval", reward)
+    if key not in metrics:
+        raise KeyError(f"select_metric '{select}' is not among the evaluation metrics; valid: "
+                       + ", ".join(sorted(k[5:] for k in metrics if k.startswith("eval/"))))
+    return key
+
+
+def evaluate_test(parts: "Parts", selection: Selection, final_step: int) -> dict[str, Any]:
+    """The test split at the final weights ("test/...") and at the selected checkpoint ("test_selected/...")."""
+    if parts.test is None:
+        return {}
+    gen = parts.world.generator
+    final, _ = parts.test.evaluate(gen)
+    out: dict[str, Any] = dict(final)
+    if selection.state is None or selection.step == final_step:
+        out.update({"test_selected/" + k[5:]: v for k, v in final.items()})
+    else:
+        current = {k: v.detach().clone() for k, v in gen.trainable_state().items()}
+        gen.load_trainable_state(selection.state)
+        chosen, _ = parts.test.evaluate(gen)
+        gen.load_trainable_state(current)
+        out.update({"test_selected/" + k[5:]: v for k, v in chosen.items()})
+    return out
