@@ -84,6 +84,7 @@ def train(argv: Sequence[str]) -> int:
     metrics = {k: round(v, 4) for k, v in summary.items() if k.startswith("eval/") and k.endswith(("/mean", "/overall"))}
     if distributed.current().main:
         print(f"run {summary['run_id']} complete: {metrics}")
+    distributed.shutdown()
     return 0
 
 

@@ -84,6 +84,14 @@ def layout(device: str = "auto") -> Layout:
     return _LAYOUT
 
 
+def shutdown() -> None:
+    """End a launched run cleanly: wait for every process, then tear the process group down, so no process
+    exits while a peer still holds the gloo connection (which can abort the peer at interpreter shutdown)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def current() -> Layout:
     """The layout set up by :func:`layout`, or the single-process one."""
     return _LAYOUT or Layout()
