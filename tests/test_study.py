@@ -185,6 +185,16 @@ def test_bad_storage_url_raises(tiny_preset, tmp_path, url):
     assert "secret" not in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_database_storage_is_opened_once_per_process(tmp_path):
+    """Reopening a database study reuses its storage (and so its connection pool) instead of leaving one
+    pool per call for the garbage collector; another results root or heartbeat gets its own."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = open_storage(url, str(tmp_path), "x")
+    assert open_storage(url, str(tmp_path), "y") is first
+    assert open_storage(url, str(tmp_path / "other"), "x") is not first
+    assert open_storage(url, str(tmp_path), "x", heartbeat=5) is not first
+
+
 @pytest.mark.parametrize("url,module,package,hint", [
     ("mysql+mysqldb://u:secret@127.0.0.1/db", "MySQLdb", "mysqlclient", r"driftbench\[mysql\]' and use a URL mysql\+pymysql://"),
     ("postgresql+psycopg2://u:secret@127.0.0.1/db", "psycopg2", "psycopg2-binary",

@@ -219,3 +219,25 @@ def test_database_errors_are_one_line_with_the_password_hidden(pg_url, tmp_path)
     with pytest.raises(ValueError, match="cannot open storage .*password authentication failed") as info:
         open_storage(bad, str(tmp_path), "x")
     assert "not-the-password" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_reopening_a_study_holds_no_more_connections(toy_preset, pg_url, tmp_path):
+    """A process that opens the same study over and over (a report polling it) holds a bounded number of
+    server connections: before the storages were shared, each dropped one kept its pool until garbage
+    collection, and the polling fixture above exhausted the server's 100 slots in CI."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    cfg = config(tmp_path, unique("reopen"), storage=pg_url)
+    create_or_load(cfg, resolve(cfg), open_storage(cfg.storage, cfg.out, cfg.name))
+    admin = make_url(pg_url).set(drivername="postgresql")
+
+    def connections() -> int:
+        with psycopg.connect(admin.render_as_string(hide_password=False)) as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            return conn.execute(query, (admin.database,)).fetchone()[0]
+
+    before = connections()
+    for _ in range(30):
+        load_study(cfg.name, cfg.out, pg_url).get_trials()
+    assert connections() - before <= 2
