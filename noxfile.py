@@ -1,6 +1,7 @@
 """nox sessions. The virtualenvs are reused between runs (``nox.options.reuse_venv``).
 
     nox -s tests                  the whole test suite on CPU (unit, smoke, slow tiers)
+    nox -s faults                 the fault-injection suite alone (kills, full disk, bad input, server load)
     nox -s reproduce_table2       the main comparison on the embedded default; `-- --profile tiny` for the toy table
     nox -s tune_table2            re-run the equal-effort tuning the main comparison reads (harness/tuned/shapes.json)
     nox -s plots                  redraw every figure from stored results
@@ -38,6 +39,14 @@ def tests(session: nox.Session) -> None:
     """Every test tier that runs on CPU; GPU tests skip themselves without CUDA."""
     install(session, "test")
     session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """tests/test_faults.py alone: kill -9 at every phase of a run, SIGTERM, a full disk, locks, secrets, 60 bad
+    inputs, the reward server under 100 concurrent clients (also part of `tests`)."""
+    install(session, "test")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py", *session.posargs)
 
 
 @nox.session

@@ -28,10 +28,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+
+from harness.validate import Bound, at_least
 
 BENCHMARKS = ("geneval", "hpdv3", "pickapic-parti")
 """The evaluators ``driftbench evaluate`` runs (``heldout`` runs inside training, per reward)."""
@@ -57,6 +59,9 @@ class EvaluateOptions:
     """Override the stored device: auto, cpu or cuda."""
     batch_size: int = 16
     """Images generated per forward pass."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1)}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -95,10 +100,11 @@ def load_weights(gen: Any, run_dir: str | Path) -> str:
 
 def load_run(out: str, run_id: str, *, model: str = "", device: str = "", base: bool = False):
     """(world, manifest, run_dir, weights file or "") for a stored run, its trained weights loaded unless ``base``."""
-    from harness.config import RunConfig, from_dict
+    from harness.config import RunConfig, from_dict, plain_name
     from harness.profiles import PROFILES
     from harness.store import Store
 
+    plain_name("--run", run_id)
     store = Store(out)
     manifest = store.manifest(run_id)
     cfg = from_dict(RunConfig, manifest["run"])
@@ -315,6 +321,8 @@ def main(argv: Sequence[str]) -> int:
     """``driftbench evaluate NAME --run RUN_ID [--base] [evaluator options ...]``."""
     import tyro
 
+    from harness.validate import check as check_bounds
+
     argv = list(argv)
     if not argv or argv[0].startswith("-"):
         print(f"usage: driftbench evaluate NAME --run RUN_ID [--base] [options]   NAME: {', '.join(BENCHMARKS)}\n"
@@ -328,6 +336,12 @@ def main(argv: Sequence[str]) -> int:
     ], frozen=True)
     args = tyro.cli(Args, args=rest, prog=f"driftbench evaluate {name}",
                     description=(cls.__doc__ or name).strip().splitlines()[0])
+    check_bounds(args.command)
+    check_bounds(args.bench)
+    if args.command.run:
+        from harness.config import plain_name
+
+        plain_name("--run", args.command.run)
     summary = evaluate(name, args.bench, args.command)
     print(json.dumps(summary.get("scores", summary), indent=2, default=str))
     print(f"wrote {summary['dest']}")

@@ -49,7 +49,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ from evals.geneval import (
     filter_detections,
     summarize,
 )
+from harness.validate import Bound, at_least, nonnegative, within
 
 SAMPLES = 4
 """Images per prompt (GenEval's ``--n_samples`` default)."""
@@ -400,6 +401,12 @@ class Config:
     """Also write each prompt's grid.png."""
     score_batch: int = 16
     """Images per detector or reward call."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"samples": at_least(1), "seed": nonnegative(), "threshold": within(0, 1),
+                                          "counting_threshold": within(0, 1), "max_objects": at_least(1),
+                                          "max_overlap": within(0, 1), "position_threshold": nonnegative(),
+                                          "limit": nonnegative(), "score_batch": at_least(1)}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 class GenEvalBenchmark:

@@ -30,9 +30,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from evals.bench import read_prompts
+from harness.validate import Bound, at_least, nonnegative
 
 CATEGORIES = ("Characters", "Arts", "Design", "Architecture", "Animals", "Natural Scenery", "Transportation",
               "Products", "Plants", "Food", "Science", "Others")
@@ -142,6 +143,9 @@ class Config:
     """Images per prompt (HPSv3's benchmark: 1)."""
     save_images: bool = False
     """Also write images/<category>/<i:05d>_<j>.png with the prompt in a .txt beside it (HPSv3's layout)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"per_category": nonnegative(), "images_per_prompt": at_least(1)}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 class HPDv3Benchmark:

@@ -29,7 +29,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from harness.validate import Bound, at_least, nonnegative
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Config:
     """Images per prompt."""
     limit: int = 0
     """Use the first N prompts of each set (0: all)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"images_per_prompt": at_least(1), "limit": nonnegative()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 class PickapicPartiBenchmark:

@@ -11,6 +11,7 @@ running state per process), so another count would not continue the same run.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness import distributed
+from harness import distributed, faults
 from harness.budget import PhaseStat, Spend
 from harness.config import config_dict, stored_run
+from harness.redact import redact
 from harness.store import publish
 
 if TYPE_CHECKING:
@@ -49,7 +51,8 @@ def _selection(data: dict | None = None):
 
 def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_upto: float,
          selection: "Selection | None" = None) -> None:
-    """Atomically write ``checkpoint.pt`` in the run directory (every process calls this; process 0 writes)."""
+    """Atomically write ``checkpoint.pt`` in the run directory (every process calls this; process 0 writes); a
+    failed write leaves no temporary file."""
     ranks = distributed.gather({"method_state": parts.state, "meter": parts.meter.snapshot()})
     if not distributed.current().main:
         return
@@ -62,7 +65,13 @@ def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_up
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(data, tmp)
+        try:
+            torch.save(data, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (full disk, file size limit) this way
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "write failed"
+            raise OSError(errno.EIO, f"cannot write the checkpoint ({reason})", str(path)) from None
+        faults.point("write", path)
+        faults.point("checkpoint", path)
         publish(tmp, path)
     except BaseException:  # never leave a half-written file behind
         if os.path.exists(tmp):
@@ -70,9 +79,12 @@ def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_up
         raise
 
 
-def load(store: "Store", run_id: str, parts: "Parts") -> Resume:
-    """Restore ``parts`` from run ``run_id``'s checkpoint after checking the configs and layout match."""
+def load(store: "Store", run_id: str, parts: "Parts") -> Resume | None:
+    """Restore ``parts`` from run ``run_id``'s checkpoint after checking the configs and layout match; None
+    when the run has no checkpoint yet (it then restarts from the beginning)."""
     data = distributed.on_main(lambda: _read(store, run_id, parts))
+    if data is None:
+        return None
     layout = distributed.current()
     mine = data if layout.rank == 0 else data["ranks"][layout.rank - 1]
     parts.world.generator.load_trainable_state(data["trainable"])
@@ -84,28 +96,28 @@ def load(store: "Store", run_id: str, parts: "Parts") -> Resume:
                   selection=_selection(data.get("selection")))
 
 
-def _read(store: "Store", run_id: str, parts: "Parts") -> dict:
+def _read(store: "Store", run_id: str, parts: "Parts") -> dict | None:
     manifest = store.manifest(run_id)
-    if manifest.get("status") == "complete":
-        raise ValueError(f"run '{run_id}' is already complete; nothing to resume")
     _check_same(manifest, parts)
     path = store.run_dir(run_id) / "checkpoint.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"run '{run_id}' has no checkpoint.pt to resume from "
-                                "(set --checkpoint-every to checkpoint during training)")
-    data = torch.load(path, map_location="cpu", weights_only=False)
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - pickle and zip raise many types for a damaged file
+        raise ValueError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to "
+                         "restart the run from the beginning") from None
     stored, now = data.get("processes", 1), distributed.current().world
     if stored != now:
         raise ValueError(f"cannot resume run '{run_id}' with {now} process(es): it was trained with {stored} "
                          f"(relaunch with `accelerate launch --num_processes {stored}`; the machines may differ)")
-    store.set_status(run_id, "running", resumed_from=data["spend"]["updates"])
     return data
 
 
 def _check_same(manifest: dict, parts: "Parts") -> None:
-    stored, current = stored_run(manifest["run"]), config_dict(parts.cfg)
+    stored, current = stored_run(manifest["run"]), redact(config_dict(parts.cfg))
     diffs = [k for k in set(stored) | set(current) if k not in IGNORED and stored.get(k) != current.get(k)]
-    if manifest.get("method_config") != config_dict(parts.method_cfg):
+    if manifest.get("method_config") != redact(config_dict(parts.method_cfg)):
         diffs.append("method config")
     if diffs:
         raise ValueError(f"cannot resume run '{manifest['run_id']}': its config differs in {sorted(diffs)}")

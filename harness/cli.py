@@ -6,13 +6,17 @@
     driftbench table2 --profile shapes               the main comparison, resumable
     driftbench pretrain generator|encoder|reward|all the Shapes world's assets
 
-Bad input ends with a one-line error naming the value and the valid choices, and a non-zero exit.
+Bad input ends with a one-line error naming the value and the valid choices, and a non-zero exit; so does
+an operating-system failure (read-only directory, full disk, port in use), naming the path or the port.
+SIGTERM is handled like Ctrl-C: a training run stops at its next update boundary, marked interrupted.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field, make_dataclass
 from typing import Callable, Sequence
 
@@ -59,6 +63,31 @@ def _peek(argv: Sequence[str], flag: str) -> str | None:
     return None
 
 
+def _once(argv: Sequence[str]) -> None:
+    """Refuse a flag given twice (the parser would keep one of them silently)."""
+    seen: set[str] = set()
+    for arg in argv:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and len(name) > 2:
+            if name in seen:
+                raise ValueError(f"{name} is given twice; give it once")
+            seen.add(name)
+
+
+def _cli(cls: type, argv: Sequence[str], prog: str):
+    """Parse ``argv`` into config ``cls`` and check every numeric field's bound before anything is built."""
+    import tyro
+
+    from harness.validate import check
+
+    _once(argv)
+    cfg = tyro.cli(cls, args=list(argv), prog=prog)
+    check(cfg)
+    return cfg
+
+
 def train(argv: Sequence[str]) -> int:
     import tyro
 
@@ -67,6 +96,7 @@ def train(argv: Sequence[str]) -> int:
     from harness.run import run
     from methods import METHODS
 
+    _once(argv)
     preset = presets.get(_peek(argv, "--preset")) if _peek(argv, "--preset") else None
     run_default = preset.run if preset else RunConfig()
     method = METHODS.check(_peek(argv, "--method") or run_default.method)
@@ -89,12 +119,10 @@ def train(argv: Sequence[str]) -> int:
 
 
 def table2(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness import distributed
     from harness.reproduce import Table2Config, reproduce
 
-    cfg = tyro.cli(Table2Config, args=list(argv), prog="driftbench table2")
+    cfg = _cli(Table2Config, argv, "driftbench table2")
     path = reproduce(cfg)
     if not distributed.current().main:
         return 0
@@ -134,12 +162,10 @@ def pretrain(argv: Sequence[str]) -> int:
 
 
 def compute(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness.compute import ComputeConfig
     from harness.compute import compute as run_compute
 
-    cfg = tyro.cli(ComputeConfig, args=list(argv), prog="driftbench compute")
+    cfg = _cli(ComputeConfig, argv, "driftbench compute")
     _, path = run_compute(cfg)
     print(path.read_text())
     print(f"wrote {path} and {path.with_suffix('.csv')}")
@@ -147,8 +173,6 @@ def compute(argv: Sequence[str]) -> int:
 
 
 def study(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness import distributed
     from harness.study import StudyConfig
     from harness.study import study as run_study
@@ -156,26 +180,22 @@ def study(argv: Sequence[str]) -> int:
     if distributed.launched_world() > 1:
         raise ValueError("driftbench study does not run under accelerate launch yet (its trials are not data-parallel); "
                          "run it as one command with --n-workers N, one trial per worker")
-    run_study(tyro.cli(StudyConfig, args=list(argv), prog="driftbench study"))
+    run_study(_cli(StudyConfig, argv, "driftbench study"))
     return 0
 
 
 def study_report(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness.study_report import StudyReportConfig, report
 
-    report(tyro.cli(StudyReportConfig, args=list(argv), prog="driftbench study-report"))
+    report(_cli(StudyReportConfig, argv, "driftbench study-report"))
     return 0
 
 
 def profile_step(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness.profile_step import ProfileConfig
     from harness.profile_step import profile_step as run_profile
 
-    cfg = tyro.cli(ProfileConfig, args=list(argv), prog="driftbench profile-step")
+    cfg = _cli(ProfileConfig, argv, "driftbench profile-step")
     _, path = run_profile(cfg)
     print(path.read_text())
     print(f"wrote {path} and {path.with_suffix('.csv')}")
@@ -207,23 +227,19 @@ def evaluate(argv: Sequence[str]) -> int:
 
 
 def plots(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness.plots import PlotsConfig
     from harness.plots import plots as draw
 
-    index = draw(tyro.cli(PlotsConfig, args=list(argv), prog="driftbench plots"))
+    index = draw(_cli(PlotsConfig, argv, "driftbench plots"))
     print(index.read_text())
     return 0
 
 
 def rank_agreement(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness.economy import AgreementConfig
     from harness.economy import rank_agreement as measure
 
-    path = measure(tyro.cli(AgreementConfig, args=list(argv), prog="driftbench rank-agreement"))
+    path = measure(_cli(AgreementConfig, argv, "driftbench rank-agreement"))
     print(path.read_text())
     return 0
 
@@ -264,14 +280,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    previous = _on_sigterm()
     try:
         if command not in COMMANDS:
             raise unknown("command", command, list(COMMANDS))
         return COMMANDS[command](rest)
-    except KeyboardInterrupt:
-        print("driftbench: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"driftbench: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError, KeyError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"driftbench: error: {message}", file=sys.stderr)
         return 2 if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, KeyError)) else 1
+    except OSError as exc:  # read-only directory, full disk, port in use: one line naming the path or port
+        print(f"driftbench: error: {os_message(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def os_message(exc: OSError) -> str:
+    """One line for an operating-system error: the path (or what failed) and the reason."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = exc.strerror or first
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{where}: {text}" if where else text
+
+
+def _on_sigterm():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does; returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    return signal.signal(signal.SIGTERM, interrupt) or signal.SIG_DFL

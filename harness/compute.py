@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from harness.budget import PHASES, TraceEntry
+from harness.validate import Bound, at_least
 
 GENERATORS = {
     "sd-turbo": {"text": "openclip-h-text", "unet": "sd-turbo-unet", "decoder": "sd-vae", "tiny": "tiny"},
@@ -63,6 +64,10 @@ class ComputeConfig:
     recompute that lets a 7B reward's backward fit in memory)."""
     out: str = "results"
     """Writes <out>/compute/<generator>__<reward>__b<batch>.csv and .md."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"effective_batch": at_least(1), "k": at_least(2), "devices": at_least(1),
+                                          "grad_accum": at_least(1)}
+    """Valid range of every numeric field (``harness.validate``)."""
 
     def prompts_per_update(self) -> int:
         """E / K, checked to split evenly over devices x grad-accum micro-steps."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from harness.budget import Budget
 from harness.evaluation import EVAL_SEED_BASE, TEST_SEED_BASE
+from harness.validate import Bound, at_least, nonnegative, positive, within
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,17 @@ class RunConfig:
     """The process count the setting was published with (presets); with fewer processes the harness
     accumulates more micro-batches per process and says so in the manifest (0: none named)."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "split_seed": nonnegative(), "k": at_least(2), "prompts_per_step": at_least(1), "grad_accum": at_least(1),
+        "updates": nonnegative(), "max_images": nonnegative(), "max_reward_calls": nonnegative(),
+        "max_seconds": nonnegative(), "max_flops": nonnegative(), "seed": nonnegative(), "eval_at": within(0, 1),
+        "eval_seeds": at_least(1), "eval_prompt_limit": nonnegative(), "lora_rank": nonnegative(),
+        "weight_decay": nonnegative(), "grad_clip": positive(), "checkpoint_every": nonnegative(),
+        "eval_seed_base": nonnegative(), "test_seeds": at_least(1), "test_seed_base": nonnegative(),
+        "paper_processes": nonnegative(),
+    }
+    """Valid range of every numeric field (``harness.validate``), checked before any component is built."""
+
     def budget(self) -> Budget:
         return Budget(updates=self.updates or None, images=self.max_images or None,
                       reward_calls=self.max_reward_calls or None, seconds=self.max_seconds or None,
@@ -118,13 +131,11 @@ class RunConfig:
 
     def validate(self) -> None:
         """Cheap checks that need no component (component checks happen when they are built)."""
-        for name in ("k", "prompts_per_step", "grad_accum", "eval_seeds", "test_seeds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.k < 2:
-            raise ValueError(f"k must be >= 2 to rank candidates, got {self.k}")
-        if any(not 0.0 <= f <= 1.0 for f in self.eval_at):
-            raise ValueError(f"eval_at fractions must lie in [0, 1], got {self.eval_at}")
+        from harness.validate import check
+
+        check(self)
+        if self.run_id:
+            plain_name("--run-id", self.run_id)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device '{self.device}'; valid devices: auto, cpu, cuda")
         if self.mixed_precision not in PRECISIONS:
@@ -133,6 +144,17 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
+
+
+def plain_name(what: str, name: str) -> str:
+    """``name`` if it is a plain file name (no separators, no '..', not absolute), else a one-line error."""
+    if not PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} '{name}' must be a plain name: letters, digits and . _ = + - (no '/', no '..'), "
+                         "starting with a letter or digit")
+    return name
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
@@ -174,8 +196,11 @@ def stored_run(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_key(run_cfg: RunConfig, method_cfg: Any) -> str:
-    """A short hash of everything that defines a run except where it is stored and what it is called."""
-    data = {k: v for k, v in config_dict(run_cfg).items()
+    """A short hash of everything that defines a run except where it is stored, what it is called and the
+    secrets it is given (a new token is the same run)."""
+    from harness.redact import redact
+
+    data = {k: v for k, v in redact(config_dict(run_cfg)).items()
             if k not in NOT_IN_KEY and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
     blob = json.dumps({"run": data, "method": config_dict(method_cfg)}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

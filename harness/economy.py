@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from harness.validate import Bound, at_least
 
 ECONOMIES = ("exact", "bf16", "small-decoder", "bf16+small-decoder")
 
@@ -92,6 +94,9 @@ class AgreementConfig:
     """auto, cpu or cuda."""
     out: str = "results"
     """Writes <out>/compute/rank_agreement__<profile>__<reward>.md and .csv."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"prompts": at_least(1), "k": at_least(2), "m": at_least(1)}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def rank_agreement(cfg: AgreementConfig) -> Path:

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from harness import faults
+
 EVAL_SEED_BASE = 10_000_000
 """Default base of the evaluation noise seeds (validation during training and tuning)."""
 TEST_SEED_BASE = 20_000_000
@@ -84,6 +86,7 @@ class EvalSet:
 
         base_images, prompts, base_latents = self.base(gen)
         images, _, latents = generate(gen, self.prompts, self.seeds, seed_base=self.seed_base)
+        faults.point(self.prefix)  # "eval" or "test": the fault suite kills a run inside an evaluation
         out = {f"{self.prefix}/drift/{k}": v for k, v in distances(latents, base_latents, images, base_images).items()}
         for name, reward in self.rewards.items():
             judge = HeldoutReward(reward)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from harness.budget import PHASES, Spend
+from harness.validate import Bound, at_least, nonnegative
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class ProfileConfig:
     """auto, cpu or cuda."""
     out: str = "results"
     """Results root."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"k": at_least(2), "prompts_per_step": at_least(1), "grad_accum": at_least(1),
+                                          "warmup": nonnegative(), "steps": at_least(1)}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def profile_method(cfg: ProfileConfig, method: str) -> dict[str, Any]:

@@ -52,6 +52,8 @@ class World:
     lora_rank: int = 16
     small_decoder: Callable[[Tensor], Tensor] | None = None
     """A cheaper decoder (latents -> images in [0, 1]) for the small-decoder reward economy, if any."""
+    check_prompt: Callable[[str], None] | None = None
+    """Raises ValueError for a prompt this world cannot use (checked on prompt files before any run starts)."""
     _features: dict[str, FeatureMap] = field(default_factory=dict)
 
     def features(self, space: str) -> FeatureMap:
@@ -66,7 +68,20 @@ class World:
         if spec in self.splits:
             prompts = list(self.splits[spec])
         elif Path(spec).is_file():
-            prompts = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+            try:
+                lines = Path(spec).read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"prompt file {spec} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                                 f"offset {exc.start})") from None
+            prompts = [line.strip() for line in lines if line.strip()]
+            if self.check_prompt is not None:
+                for lineno, prompt in enumerate((p.strip() for p in lines), start=1):
+                    if prompt:
+                        try:
+                            self.check_prompt(prompt)
+                        except ValueError as exc:
+                            raise ValueError(f"{spec}:{lineno}: {exc} (profile '{self.name}' needs prompts "
+                                             "it can score)") from None
         elif self.splits and "/" not in spec and "." not in spec:
             from harness.registry import unknown
 

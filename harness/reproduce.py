@@ -1,9 +1,11 @@
 """``reproduce_table2``: the comparison behind the paper's main table, on the embedded default or on a GPU.
 
 Each section of the table is one preset (a shared ``RunConfig``) and a list of methods, run for every
-seed. Runs already complete in the store with the same configuration are reused and interrupted ones
-resume from their checkpoints, so the command can be stopped and restarted. The table is then written
-from the stored results only.
+seed. Runs already complete in the store with the same configuration are reused and every unfinished one
+(interrupted, failed, or killed however it was killed) resumes from its last checkpoint, so the command can
+be stopped and restarted; a run another live process is writing is never started twice. One table2 at a
+time writes a results root (``<out>/.table2.lock``; a second one refuses, or waits with ``--wait``). The
+table is then written from the stored results only.
 
 On a GPU, ``--profile sd-turbo`` / ``sdxl-turbo`` run the paper's setting (presets ``paper-sd-turbo`` /
 ``paper-sdxl-turbo``: PickScore training reward, the paper's K, M, LoRA rank and update counts) for all six
@@ -24,7 +26,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from harness.config import config_dict, run_key
 from harness.presets import Preset
@@ -32,6 +34,7 @@ from harness.presets import get as get_preset
 from harness.store import Store, git_state
 from harness.tables import fmt, method_rows
 from harness.tune import tuned_configs, tuned_entries
+from harness.validate import Bound, at_least, nonnegative
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,12 @@ class Table2Config:
     """Benchmark images per prompt."""
     bench_limit: int = 0
     """Benchmark: only the first N prompts of each set (0: all)."""
+    wait: bool = False
+    """When another table2 (or a run this table needs) is being written, wait for it instead of refusing."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": nonnegative(), "jobs": at_least(1), "bench_images": at_least(1),
+                                          "bench_limit": nonnegative()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def _tuned_profile(profile: str) -> str:
@@ -173,17 +182,46 @@ def same_code(manifest: dict[str, Any], method: str) -> bool:
 
 
 def _find(store: Store, key: str, method: str) -> tuple[str | None, str | None]:
-    """(run id, status) of the newest stored run with this key that ran the current code, preferring complete
-    runs (the key covers the configs; the reward's version is in the code hash's reach)."""
-    found = {}
+    """(run id, status) of the stored run with this key that ran the current code: a complete one if any, else
+    one a live process is writing ("running"), else the unfinished one furthest along (its checkpoint written
+    last). The key covers the configs; the reward's version is in the code hash's reach."""
+    found: dict[str, list[str]] = {}
     for run_id in store.run_ids(status=None):
         manifest = store.manifest(run_id)
         if manifest.get("key") == key and same_code(manifest, method):
-            found.setdefault(manifest.get("status"), run_id)
-    for status in ("complete", "interrupted", "failed", "running"):
+            found.setdefault(store.status(run_id, manifest), []).append(run_id)
+    for status in ("complete", "running"):
         if status in found:
-            return found[status], status
-    return None, None
+            return found[status][0], status
+    unfinished = [r for runs in found.values() for r in runs]
+    if not unfinished:
+        return None, None
+
+    def progress(run_id: str) -> float:
+        path = store.run_dir(run_id) / "checkpoint.pt"
+        return path.stat().st_mtime if path.is_file() else 0.0
+    best = max(unfinished, key=progress)
+    return best, store.status(best)
+
+
+def _table_lock(cfg: Table2Config):
+    from harness.store import RunLock
+
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    return RunLock(Path(cfg.out) / ".table2.lock", f"table2 in {cfg.out}", hint="pass --wait to wait for it, or "
+                   "--out DIR for another results root").acquire(wait=cfg.wait)
+
+
+def _settled(store: Store, key: str, method: str, wait: bool) -> tuple[str | None, str | None]:
+    """:func:`_find`, waiting (``wait``) or refusing while another live process writes the run."""
+    while True:
+        run_id, status = _find(store, key, method)
+        if status != "running":
+            return run_id, status
+        if not wait:
+            raise RuntimeError(f"run '{run_id}' is being written by {store.holder(run_id) or 'another process'}; "
+                               "pass --wait to wait for it")
+        time.sleep(2.0)
 
 
 @dataclass(frozen=True)
@@ -244,7 +282,7 @@ def check_real(cfg: Table2Config):
 
 
 def plan(sections: Sequence[Section], cfg: Table2Config, store: Store) -> list[Job]:
-    """Every method x seed of every section, reusing complete runs and resuming interrupted ones."""
+    """Every method x seed of every section, reusing complete runs and resuming unfinished ones."""
     jobs = []
     for i, section in enumerate(sections):
         preset: Preset = get_preset(section.preset)
@@ -258,11 +296,11 @@ def plan(sections: Sequence[Section], cfg: Table2Config, store: Store) -> list[J
                                              **_test_overrides(cfg, preset))
                 method_cfg = tuned[method] if section.tuned else preset.method_config(method)
                 key = run_key(run_cfg, method_cfg)
-                run_id, status = _find(store, key, method)
+                run_id, status = _settled(store, key, method, cfg.wait)
                 if status == "complete":
                     jobs.append(Job(i, run_cfg, method_cfg, "", run_id))
                     continue
-                resume = run_id if status == "interrupted" and (store.run_dir(run_id) / "checkpoint.pt").is_file() else ""
+                resume = run_id or ""  # any unfinished run resumes (from its checkpoint, or from the start)
                 name = f"{section.preset}__{method}__s{seed}__{key}"
                 if not resume and store.run_dir(name).exists():  # a failed attempt keeps its record
                     name = f"{name}__{int(time.time())}"
@@ -299,17 +337,30 @@ def execute(jobs: list[Job], cfg: Table2Config) -> list[str]:
     else:
         with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_execute, jobs[i], 1): i for i in pending}
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    ids[i] = future.result()
-                except Exception as exc:  # keep the other runs going; report every failure at the end
-                    failures.append(f"{jobs[i].run_cfg.method} seed {jobs[i].run_cfg.seed}: {exc}")
-                bar.update(1)
+            try:
+                for future in as_completed(futures):
+                    i = futures[future]
+                    try:
+                        ids[i] = future.result()
+                    except Exception as exc:  # keep the other runs going; report every failure at the end
+                        failures.append(f"{jobs[i].run_cfg.method} seed {jobs[i].run_cfg.seed}: {exc}")
+                    bar.update(1)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: each worker checkpoints its run and stops
+                _stop_workers(pool)
+                raise
     bar.close()
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed: " + "; ".join(failures))
     return ids
+
+
+def _stop_workers(pool: Any) -> None:
+    """Cancel the queued runs and send every worker SIGTERM (a run stops at its next update boundary, after a
+    checkpoint, marked interrupted); then wait for them."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def reproduce(cfg: Table2Config) -> Path:
@@ -319,6 +370,7 @@ def reproduce(cfg: Table2Config) -> Path:
 
         raise unknown("table profile", cfg.profile, list(SECTIONS))
     from harness import distributed
+    from harness.store import RunLock
 
     store = Store(cfg.out)
     started = time.time()
@@ -328,8 +380,14 @@ def reproduce(cfg: Table2Config) -> Path:
     if world > 1 and cfg.jobs > 1:
         raise ValueError(f"table2 under accelerate launch runs each run on all {world} processes, one run at a "
                          f"time; pass --jobs 1 (got --jobs {cfg.jobs})")
-    jobs = distributed.on_main(lambda: plan(SECTIONS[cfg.profile], cfg, store))
-    ids = execute(jobs, cfg)
+    locks: list[RunLock] = []  # one table2 per results root; process 0 holds the lock
+    distributed.on_main(lambda: locks.append(_table_lock(cfg)))
+    try:
+        jobs = distributed.on_main(lambda: plan(SECTIONS[cfg.profile], cfg, store))
+        ids = execute(jobs, cfg)
+    finally:
+        for lock in locks:
+            lock.release()
     if not distributed.current().main:
         return Path(cfg.out) / "table2.md"
     sections = [(s, [run_id for job, run_id in zip(jobs, ids) if job.section == i])

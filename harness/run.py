@@ -13,7 +13,6 @@ summed over processes, and process 0 alone writes the record.
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,14 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness import distributed, economy
+from harness import distributed, economy, faults
 from harness.api import Context, Needs, Rollout
 from harness.budget import Budget, Meter, Spend
-from harness.config import RunConfig, config_dict, run_key
+from harness.config import RunConfig, config_dict, plain_name, run_key
 from harness.evaluation import EVAL_SEED_BASE, EvalSet
+from harness.lifecycle import StopSignals, open_run, record_end
 from harness.profiles import PROFILES, World
 from harness.selection import check_select_metric, evaluate_test
-from harness.store import Store, describe_environment, source_hash, utc_stamp
+from harness.store import Store, describe_environment, source_hash
+from harness.validate import check as check_bounds
 
 __all__ = ["EVAL_SEED_BASE", "CapabilityError", "Parts", "prepare", "run", "update"]
 
@@ -80,6 +81,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     method_cfg = method_cfg if method_cfg is not None else method.Config()
     if not isinstance(method_cfg, method.Config):
         raise TypeError(f"method config for '{cfg.method}' must be {method.__name__}.Config")
+    check_bounds(method_cfg, cfg.method)
     options = reward_registry.parse_options(cfg.reward_options)
     world = PROFILES.get(cfg.profile)(cfg)
     reward_name = cfg.reward or world.default_reward
@@ -92,8 +94,13 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
         raise CapabilityError(f"method '{cfg.method}' backpropagates through the reward; reward economy "
                               f"'{cfg.reward_economy}' only serves ranking (use exact)")
     economy.decoder(world, economy.check(cfg.reward_economy))  # the profile must offer it
-    eval_names = list(dict.fromkeys([reward_name, *(cfg.evals or world.default_evals)]))
-    eval_rewards = {n: reward if n == reward_name else reward_registry.build(n, options.get(n)) for n in eval_names}
+    # Keyed by the built reward's name (a remote reward's is the served reward's, read from /health), so
+    # metrics do not change with a server's port and one reward reached two ways is evaluated once.
+    eval_rewards = {reward.name: reward}
+    for name in dict.fromkeys(cfg.evals or world.default_evals):
+        if name != reward_name:
+            built = reward_registry.build(name, options.get(name))
+            eval_rewards.setdefault(built.name, built)
     evals = EvalSet("eval", world.prompts(cfg.eval_split)[: cfg.eval_prompt_limit or None], cfg.eval_seeds,
                     cfg.eval_seed_base, eval_rewards)
     test = EvalSet("test", world.prompts(cfg.test_split), cfg.test_seeds, cfg.test_seed_base,
@@ -238,6 +245,7 @@ def _micro_step(parts: Parts, step: int, micro: int, logs: dict[str, float], cou
     if loss.requires_grad:  # a micro-batch with no preference signal can have a constant loss
         with meter.phase("generator_backward"):
             (loss / cfg.grad_accum).backward()
+    faults.point("update")
     n = len(batch.rewards)
     counts["images"] += n
     counts["reward_calls"] += n
@@ -314,42 +322,40 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
         on_eval: Callable[[float, dict[str, float]], None] | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.method`` under ``cfg``'s budget and record it; returns the run's summary.
 
-    ``on_eval(fraction, metrics)`` is called after each evaluation (Optuna reports and prunes there; an
-    exception it raises, such as ``optuna.TrialPruned``, ends the run with status "pruned").
+    ``resume`` continues a stored run from its checkpoint (or restarts it when it has none). The run holds
+    its lock throughout; SIGINT and SIGTERM stop it at the next update boundary after a checkpoint, marked
+    "interrupted". ``on_eval(fraction, metrics)`` is called after each evaluation (Optuna reports and prunes
+    there; an exception it raises, such as ``optuna.TrialPruned``, ends the run with status "pruned").
     """
-    from harness import checkpoint
-
     store = store or Store(cfg.out)
     tick = time.perf_counter()
+    if resume:
+        plain_name("--resume", resume)
     parts = prepare(cfg, method_cfg)
     startup = time.perf_counter() - tick
     distributed.stop_on_sigterm()
     main = distributed.current().main
-    if resume:
-        run_id, start = resume, checkpoint.load(store, resume, parts)
-        manifest = distributed.on_main(lambda: store.manifest(run_id))
-    else:
-        run_id = distributed.broadcast(cfg.run_id or f"{cfg.method}__{parts.reward.name}__s{cfg.seed}__{utc_stamp()}")
-        start = checkpoint.Resume()
-        manifest = manifest_for(parts)
-        distributed.on_main(lambda: store.start(run_id, manifest))
-    writer: Any = store if main else _Silent(store)
-    if main and cfg.log_with:
-        from harness.trackers import Mirrored
+    # One process: SIGINT/SIGTERM stop at a safe point. Several: the launcher's SIGTERM means another process
+    # died, so the run stops at once (distributed.stop_on_sigterm) rather than wait in a collective.
+    with StopSignals(enabled=distributed.current().world <= 1) as stop:
+        run_id, start, manifest = open_run(store, parts, resume, manifest_for)
+        writer: Any = store if main else _Silent(store)
+        if main and cfg.log_with:
+            from harness.trackers import Mirrored
 
-        writer = Mirrored(store, cfg.log_with, run_id, manifest)
-    try:
-        summary = _loop(parts, writer, run_id, start, on_eval, progress and main)
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
-            "pruned" if type(exc).__name__ == "TrialPruned" else "failed")
-        writer.set_status(run_id, status, error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc(limit=8) if status == "failed" else None)
-        if hasattr(writer, "close"):
-            writer.close()
-        raise
-    summary["clock"]["startup_seconds"] = startup
-    writer.finish(run_id, summary)
+            writer = Mirrored(store, cfg.log_with, run_id, manifest)
+        try:
+            try:
+                summary = _loop(parts, writer, run_id, start, on_eval, progress and main, stop)
+            except BaseException as exc:
+                record_end(writer, run_id, exc)
+                if hasattr(writer, "close"):
+                    writer.close()
+                raise
+            summary["clock"]["startup_seconds"] = startup
+            writer.finish(run_id, summary)
+        finally:
+            store.release(run_id)
     return summary
 
 
@@ -366,12 +372,19 @@ class _Silent:
     def finish(self, *args: Any, **kwargs: Any) -> None: ...
 
 
-def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: bool) -> dict[str, Any]:
+def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: bool,
+          stop: StopSignals | None = None) -> dict[str, Any]:
     from harness import checkpoint
     from harness.images import save_samples
 
     cfg, meter, spend, gen = parts.cfg, parts.meter, start.spend, parts.world.generator
     clock = {"eval": 0.0, "test": 0.0, "checkpoint": 0.0}
+
+    def save() -> None:
+        tick = time.perf_counter()
+        checkpoint.save(store, run_id, parts, spend, start.evaluated_upto, selection)
+        clock["checkpoint"] += time.perf_counter() - tick
+
     tick = time.perf_counter()
     parts.evals.base(gen)  # the base side of every curve, once
     clock["eval"] += time.perf_counter() - tick
@@ -379,7 +392,14 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
     bar = _progress(parts, spend, progress)
     metrics, images, selection = {}, None, start.selection
     while True:
-        fraction = parts.budget.fraction(spend)
+        if stop is not None:
+            stop.check(save, run_id, spend.updates)
+        fraction, done = parts.budget.fraction(spend), parts.budget.done(spend)
+        if done:
+            # The final checkpoint comes before the final evaluation: a run stopped from here on resumes
+            # into that evaluation rather than claiming results that were never written.
+            save()
+            faults.point("final-checkpoint")
         if pending and fraction >= pending[0] - 1e-12:
             tick = time.perf_counter()
             metrics, images = parts.evals.evaluate(gen)
@@ -391,20 +411,17 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
                 start.evaluated_upto = pending.pop(0)
             if on_eval is not None:
                 on_eval(fraction, metrics)
-        if parts.budget.done(spend):
+        if done:
             break
         logs = update(parts, spend.updates, spend)
         spend.updates += 1
         store.append(run_id, {"kind": "train", "step": spend.updates, **_budget_row(spend),
                               **{f"train/{k}": v for k, v in logs.items()}})
-        if cfg.checkpoint_every and spend.updates % cfg.checkpoint_every == 0:
-            tick = time.perf_counter()
-            checkpoint.save(store, run_id, parts, spend, start.evaluated_upto, selection)
-            clock["checkpoint"] += time.perf_counter() - tick
+        if cfg.checkpoint_every and spend.updates % cfg.checkpoint_every == 0 and not parts.budget.done(spend):
+            save()
         bar.update(spend, logs)
     bar.close()
     run_dir = store.run_dir(run_id)
-    checkpoint.save(store, run_id, parts, spend, start.evaluated_upto, selection)
     if distributed.current().main:
         gen.save_adapter(run_dir / "adapter")
         if images is not None:

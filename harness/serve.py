@@ -17,10 +17,17 @@ Wire format (protocol 1, JSON over HTTP/1.1, loopback by default)::
 Raw ``uint8`` arrays are row-major (B, H, W, 3) RGB; PNGs may be any mode PIL reads (converted to RGB).
 All images of one request share one size. The reward sees them as floats ``uint8 / 255`` of shape
 (B, 3, H, W), exactly what it would see in-process after the same uint8 rounding. Errors answer
-``{"error": message}`` with 400 (malformed JSON, images or lengths; a reward rejecting its input),
-401 (wrong or missing token, sent as ``Authorization: Bearer TOKEN``; every endpoint when a token is set),
-404 (unknown path), 413 (body over ``max_bytes`` or batch over ``max_batch``) or 500 (the reward failed).
-Scoring is serialised with a lock: one batch at a time reaches the model.
+``{"error": message}`` with 400 (malformed JSON, images or lengths, a Content-Length that is not a
+non-negative integer; a reward rejecting its input), 401 (wrong or missing token, sent as
+``Authorization: Bearer TOKEN``; every endpoint when a token is set; checked before any body is read),
+404 (unknown path), 408 (the body did not arrive in time), 411 (no Content-Length), 413 (body over
+``max_bytes`` or batch over ``max_batch``), 415 (a Content-Type other than application/json) or 500 (the
+reward failed). Scoring is serialised with a lock: one batch at a time reaches the model.
+
+Under load: the listen backlog holds ``BACKLOG`` pending connections (no resets with 100+ concurrent
+clients); every connection has a read timeout (``read_timeout``, default 10 s, per read and, for a body,
+overall at no less than 1 MiB/s), so a stalled or lying client costs seconds; clients that hang up are
+dropped quietly.
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
 import tyro
 from torch import Tensor
+
+from harness.validate import Bound, at_least, positive, within
 
 PROTOCOL = 1
 DEFAULT_MAX_BATCH = 64
@@ -53,6 +62,11 @@ MAX_PIXELS = 4096 * 4096
 TOKEN_ENV = "DRIFTBENCH_REWARD_TOKEN"
 """Environment variable read for the shared token when none is given (keeps it off the command line)."""
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+BACKLOG = 1024
+"""Pending connections the listening socket queues (the kernel caps it at net.core.somaxconn)."""
+DEFAULT_READ_TIMEOUT = 10.0
+MIN_BODY_RATE = 2 ** 20
+"""Bytes per second a client must at least send its body at (with ``read_timeout`` of slack)."""
 
 
 class BadRequest(ValueError):
@@ -201,23 +215,42 @@ class RewardServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = BACKLOG
 
     def __init__(self, reward: Any, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int = DEFAULT_MAX_BYTES, verbose: bool = False):
+                 max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int = DEFAULT_MAX_BYTES, verbose: bool = False,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT):
         if max_batch < 1 or max_bytes < 1024:
             raise ValueError(f"max-batch must be >= 1 and max-bytes >= 1024, got {max_batch} and {max_bytes}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {port}")
+        if not read_timeout > 0 or not math.isfinite(read_timeout):
+            raise ValueError(f"read-timeout must be a finite number > 0, got {read_timeout}")
         self.reward = reward
         self.token = token or None
         self.max_batch = max_batch
         self.max_bytes = max_bytes
         self.verbose = verbose
+        self.read_timeout = float(read_timeout)
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if ":" in host and not host.startswith("["):
             import socket
 
             self.address_family = socket.AF_INET6
-        super().__init__((host, port), _Handler)
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as exc:  # port in use, bad host: one line naming them
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up or stalled is dropped quietly; anything else is a server bug and is shown."""
+        kind = sys.exc_info()[0]
+        if kind is not None and issubclass(kind, (ConnectionError, TimeoutError)):
+            if self.verbose:
+                sys.stderr.write(f"[serve-reward] {client_address[0]} dropped: {kind.__name__}\n")
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
@@ -259,7 +292,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: RewardServer
     protocol_version = "HTTP/1.1"
     server_version = "driftbench-reward/1"
-    timeout = 120  # a stalled client frees its thread after this many seconds
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout  # applied to the socket by StreamRequestHandler.setup
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
@@ -267,24 +303,33 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, allow_nan=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+        except (ConnectionError, TimeoutError):  # the client hung up before its answer
+            self.close_connection = True
 
     def _fail(self, status: int, message: str, unread: int = 0) -> None:
-        """Answer an error; drain a small unread body so the client can read the answer, else close."""
-        if unread > 0:
-            if unread <= 16 * 2 ** 20:
-                while unread > 0:
-                    chunk = self.rfile.read(min(unread, 2 ** 20))
+        """Answer an error. Of an unread body only what has already arrived is drained (at most 64 KiB when
+        unauthenticated, 1 MiB otherwise), so the client can read the answer; the connection is then closed."""
+        if unread > 0:  # only what has already arrived: a client that holds its body back is not waited for
+            self.close_connection = True
+            left = min(unread, 2 ** 16 if status == 401 else 2 ** 20)
+            self.connection.settimeout(0.05)
+            try:
+                while left > 0:
+                    chunk = self.rfile.read1(min(left, 2 ** 16))
                     if not chunk:
                         break
-                    unread -= len(chunk)
-            self.close_connection = True
+                    left -= len(chunk)
+            except (ConnectionError, TimeoutError):
+                pass
+            self.connection.settimeout(self.server.read_timeout)
         if status >= 400 and not self.server.verbose:
             sys.stderr.write(f"[serve-reward] {self.command} {self.path} -> {status}: {message}\n")
         self._send(status, {"error": message})
@@ -297,11 +342,40 @@ class _Handler(BaseHTTPRequestHandler):
         given = header[7:] if header.startswith("Bearer ") else ""
         return hmac.compare_digest(given.encode(), token.encode())
 
-    def _length(self) -> int:
+    def _length(self) -> int | None:
+        """The declared body length; None when the header is absent; -1 when it is not a non-negative integer."""
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            return None
+        if len(set(v.strip() for v in values)) != 1 or not values[0].strip().isdigit():
+            return -1
+        return int(values[0].strip())
+
+    def _read_body(self, length: int) -> bytes | None:
+        """The body, read within the connection's deadline; None (after a 408) when the client is too slow."""
+        import time
+
+        deadline = time.monotonic() + self.server.read_timeout + length / MIN_BODY_RATE
+        parts, left = [], length
         try:
-            return max(int(self.headers.get("Content-Length", "0")), 0)
-        except ValueError:
-            return 0
+            while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(min(remaining, self.server.read_timeout))
+                chunk = self.rfile.read1(min(left, 2 ** 20))
+                if not chunk:
+                    self.close_connection = True
+                    return None  # the client hung up mid-body
+                parts.append(chunk)
+                left -= len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            self._fail(408, f"the request body ({length} bytes) did not arrive within the server's read timeout")
+            return None
+        finally:
+            self.connection.settimeout(self.server.read_timeout)
+        return b"".join(parts)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -315,17 +389,28 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         length = self._length()
-        if not self._authorised():
-            return self._fail(401, "wrong or missing token (send 'Authorization: Bearer TOKEN')", length)
+        unread = max(length or 0, 0)
+        if not self._authorised():  # before any byte of the body is read
+            return self._fail(401, "wrong or missing token (send 'Authorization: Bearer TOKEN')", unread)
         if path != "/score":
-            return self._fail(404, f"no such endpoint '{path}'; use GET /health or POST /score", length)
-        if "Content-Length" not in self.headers:
+            return self._fail(404, f"no such endpoint '{path}'; use GET /health or POST /score", unread)
+        if length is None:
             self.close_connection = True
             return self._fail(411, "POST /score needs a Content-Length header")
+        if length < 0:
+            self.close_connection = True
+            return self._fail(400, f"bad Content-Length {self.headers.get('Content-Length')!r}; expected a "
+                                   "non-negative integer")
+        kind = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if kind != "application/json":
+            return self._fail(415, f"POST /score takes Content-Type application/json, got {kind or 'none'!r}",
+                              unread)
         if length > self.server.max_bytes:
             return self._fail(413, f"request of {length} bytes exceeds this server's max-bytes "
                                    f"{self.server.max_bytes}; send smaller batches", length)
-        body = self.rfile.read(length)
+        body = self._read_body(length)
+        if body is None:
+            return
         try:
             images, prompts = decode_request(body, self.server.max_batch)
             scores = self.server.score(images, prompts)
@@ -363,6 +448,12 @@ class ServeConfig:
     """Reward constructor option KEY=VALUE, repeatable (e.g. --option checkpoint=/data/HPSv3.safetensors)."""
     verbose: bool = False
     """Log every request to stderr."""
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    """Seconds a connection may stay silent (and, for a body, the slack over 1 MiB/s) before it is dropped."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"port": within(0, 65535), "max_batch": at_least(1),
+                                          "max_bytes": at_least(1024), "read_timeout": positive()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def parse_options(entries: Sequence[str]) -> dict[str, str]:
@@ -385,7 +476,7 @@ def serve(cfg: ServeConfig) -> int:
     token = cfg.token or os.environ.get(TOKEN_ENV, "")
     reward = build(cfg.name, parse_options(cfg.option))
     server = RewardServer(reward, cfg.host, cfg.port, token=token, max_batch=cfg.max_batch,
-                          max_bytes=cfg.max_bytes, verbose=cfg.verbose)
+                          max_bytes=cfg.max_bytes, verbose=cfg.verbose, read_timeout=cfg.read_timeout)
     if cfg.host not in LOOPBACK and not token:
         print(f"serve-reward: warning: listening on {cfg.host} without a token; anyone who can reach it can "
               f"use it (set --token or ${TOKEN_ENV})", file=sys.stderr)
@@ -403,4 +494,8 @@ def serve(cfg: ServeConfig) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """``driftbench serve-reward NAME [--host H --port N --token T --max-batch B --max-bytes M --option K=V ...]``."""
-    return serve(tyro.cli(ServeConfig, args=list(argv), prog="driftbench serve-reward"))
+    from harness.validate import check
+
+    cfg = tyro.cli(ServeConfig, args=list(argv), prog="driftbench serve-reward")
+    check(cfg)
+    return serve(cfg)

@@ -11,22 +11,40 @@ Layout under ``<root>/runs/<run_id>/``:
 
 Files are replaced atomically (write to a temporary name, then ``os.replace``), so a crash never leaves
 a half-written JSON file; they get the mode any new file gets under the umask, like ``metrics.jsonl``
-(``mkstemp`` alone would make them 0600, unreadable to a group sharing the results).
+(``mkstemp`` alone would make them 0600, unreadable to a group sharing the results). A write that fails
+removes its temporary file. A run directory appears complete with its manifest (it is built under a
+temporary name and renamed into place).
+
+One writer per run: the writer holds an exclusive ``flock`` on ``<run_id>/.lock`` (which names its pid and
+host) for the run's lifetime; a second writer is refused with one line, and the kernel drops the lock when
+the writer dies, however it dies. A run recorded ``running`` whose lock nobody holds therefore counts as
+``interrupted`` (:meth:`Store.status`). A ``complete`` status is never overwritten. Secrets are masked
+(``harness.redact``) in everything written here.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import platform
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+
+from harness import faults
+from harness.redact import redact
+
+LOCK = ".lock"
+"""The run lock's file name inside a run directory."""
 
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "optuna", "numpy", "pandas", "scipy", "tyro")
 
@@ -34,17 +52,79 @@ PACKAGES = ("torch", "diffusers", "transformers", "peft", "optuna", "numpy", "pa
 def write_json(path: Path, data: Any) -> None:
     """Atomically replace ``path`` with ``data`` as indented JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    publish(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            faults.point("write", path)
+        publish(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
 
 
 def publish(tmp: str | os.PathLike, path: Path) -> None:
     """Move the finished temporary file ``tmp`` over ``path`` with the mode of a newly created file."""
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
+
+
+def _unlink(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class RunLocked(RuntimeError):
+    """Another live process is writing this run."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on a run's lock file, holding "pid PID on HOST"; the kernel releases it when
+    the holder exits, however it exits."""
+
+    def __init__(self, path: Path, what: str, hint: str = "wait for it to finish or stop that process"):
+        self.path, self.what, self.hint, self.fd = path, what, hint, None
+
+    def acquire(self, wait: bool = False) -> "RunLock":
+        """Take the lock, or raise :class:`RunLocked` naming its holder (``wait``: block until it is free)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(f"{self.what} is being written by {holder} (lock {self.path}); {self.hint}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock at ``path`` ("pid N on HOST"), or None when nobody does (or there is no file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+    finally:
+        os.close(fd)  # closing drops a shared lock we may have taken
+    return None
 
 
 def _umask() -> int:
@@ -121,19 +201,59 @@ class Store:
     def __init__(self, root: str | os.PathLike = "results"):
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
+        self._locks: dict[str, RunLock] = {}
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
     def start(self, run_id: str, manifest: dict[str, Any]) -> Path:
-        """Create the run directory and its manifest (status "running"); the id must be new."""
+        """Create the run directory with its manifest (status "running") and take its lock; the id must be new.
+
+        The directory is built under a temporary name and renamed into place, so no run directory ever
+        lacks its manifest."""
         path = self.run_dir(run_id)
         if path.exists():
-            raise FileExistsError(f"run '{run_id}' already exists in {self.runs_dir}; resume it with --resume")
-        path.mkdir(parents=True)
-        write_json(path / "manifest.json", {**manifest, "run_id": run_id, "status": "running",
-                                            "created": datetime.now(timezone.utc).isoformat()})
+            raise FileExistsError(f"run '{run_id}' already exists in {self.runs_dir}; continue it with "
+                                  f"--resume {run_id}, or pick another --run-id")
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_orphans()
+        tmp = Path(tempfile.mkdtemp(dir=self.runs_dir, prefix=f".{run_id}.", suffix=".tmp"))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a run directory is as readable as any other
+        lock = RunLock(tmp / LOCK, f"run '{run_id}'").acquire()
+        try:
+            write_json(tmp / "manifest.json", redact({**manifest, "run_id": run_id, "status": "running",
+                                                      "created": datetime.now(timezone.utc).isoformat()}))
+            if path.exists():
+                raise FileExistsError(f"run '{run_id}' already exists in {self.runs_dir}; pick another --run-id")
+            os.rename(tmp, path)
+        except BaseException:
+            lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        lock.path = path / LOCK
+        self._locks[run_id] = lock
         return path
+
+    def claim(self, run_id: str) -> None:
+        """Take the lock of an existing run (to resume it) and remove what a dead writer left half-done:
+        temporary files and a torn last metrics line."""
+        self.manifest(run_id)  # a clear error for an unknown run
+        path = self.run_dir(run_id)
+        self._locks[run_id] = RunLock(path / LOCK, f"run '{run_id}'").acquire()
+        for tmp in path.glob(".*.tmp"):
+            _unlink(tmp)
+        _drop_torn_tail(path / "metrics.jsonl")
+
+    def release(self, run_id: str) -> None:
+        lock = self._locks.pop(run_id, None)
+        if lock is not None:
+            lock.release()
+
+    def _clean_orphans(self) -> None:
+        """Remove run directories a writer died building (their lock is free)."""
+        for tmp in self.runs_dir.glob(".*.tmp"):
+            if tmp.is_dir() and lock_holder(tmp / LOCK) is None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def manifest(self, run_id: str) -> dict[str, Any]:
         path = self.run_dir(run_id) / "manifest.json"
@@ -141,43 +261,71 @@ class Store:
             raise FileNotFoundError(f"no run '{run_id}' in {self.runs_dir}")
         return read_json(path)
 
+    def status(self, run_id: str, manifest: dict[str, Any] | None = None) -> str:
+        """The run's status, where "running" means a live writer holds its lock (else "interrupted")."""
+        status = (manifest or self.manifest(run_id)).get("status")
+        if status == "running" and run_id not in self._locks and self.holder(run_id) is None:
+            return "interrupted"
+        return status
+
+    def holder(self, run_id: str) -> str | None:
+        """Who writes the run now ("pid N on HOST"), or None."""
+        return lock_holder(self.run_dir(run_id) / LOCK)
+
     def set_status(self, run_id: str, status: str, **extra: Any) -> None:
+        """Record the run's status; a complete run stays complete."""
         manifest = self.manifest(run_id)
+        if manifest.get("status") == "complete" and status != "complete":
+            return
         manifest.update(status=status, updated=datetime.now(timezone.utc).isoformat(), **extra)
-        write_json(self.run_dir(run_id) / "manifest.json", manifest)
+        write_json(self.run_dir(run_id) / "manifest.json", redact(manifest))
 
     def append(self, run_id: str, row: dict[str, Any]) -> None:
         """Append one metrics row; flushed to disk before returning."""
-        with open(self.run_dir(run_id) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row, sort_keys=True, default=float) + "\n")
+        path = self.run_dir(run_id) / "metrics.jsonl"
+        line = json.dumps(row, sort_keys=True, default=float) + "\n"
+        faults.point("write", path)
+        with open(path, "a") as f:
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
-        write_json(self.run_dir(run_id) / "summary.json", summary)
+        path = self.run_dir(run_id) / "summary.json"
+        faults.point("summary", path)
+        write_json(path, redact(summary))
         self.set_status(run_id, "complete")
 
     # -- readers ------------------------------------------------------------------------------
     def run_ids(self, status: str | None = "complete") -> list[str]:
+        """Run ids with this status (None: every run); "interrupted" includes runs whose writer died."""
         if not self.runs_dir.is_dir():
             return []
         out = []
         for path in sorted(self.runs_dir.iterdir()):
             manifest = path / "manifest.json"
-            if manifest.is_file() and (status is None or read_json(manifest).get("status") == status):
+            if path.name.startswith(".") or not manifest.is_file():
+                continue
+            if status is None or self.status(path.name, read_json(manifest)) == status:
                 out.append(path.name)
         return out
 
     def rows(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
-        """Metrics rows of a run, keeping the last row per (kind, step) after a resume."""
+        """Metrics rows of a run, keeping the last row per (kind, step) after a resume; a line a crash
+        tore is skipped with a warning naming the file."""
         path = self.run_dir(run_id) / "metrics.jsonl"
         if not path.is_file():
             return []
         latest: dict[tuple, dict[str, Any]] = {}
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                latest[(row.get("kind"), row.get("step"))] = row
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{lineno}: skipped a torn metrics line", stacklevel=2)
+                continue
+            latest[(row.get("kind"), row.get("step"))] = row
         # At a given step the update's train row precedes the evaluation that follows it.
         rows = sorted(latest.values(), key=lambda r: (r.get("step", 0), r.get("kind") == "eval"))
         return [r for r in rows if kind is None or r.get("kind") == kind]
@@ -196,6 +344,19 @@ class Store:
                             "run_id": run_id, "method": manifest.get("run", {}).get("method"),
                             "tag": manifest.get("run", {}).get("tag", ""), **_flatten(summary)})
         return pd.DataFrame.from_records(records)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline (the row it held was never complete)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    warnings.warn(f"{path}: removed a torn last line ({len(data) - keep} bytes) left by a crash", stacklevel=2)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -31,9 +31,11 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.config import RunConfig, config_dict, run_key
+from harness.redact import redact
 from harness.registry import unknown
 from harness.study_space import Override, SpaceTrial, method_space, parse_space  # noqa: F401 - re-exported
 from harness.study_storage import (  # noqa: F401 - the storage API, re-exported for callers of harness.study
@@ -49,6 +51,7 @@ from harness.study_storage import (  # noqa: F401 - the storage API, re-exported
     requeue_stopped,
     storage_label,
 )
+from harness.validate import Bound, at_least, nonnegative
 
 if TYPE_CHECKING:
     import optuna
@@ -105,6 +108,12 @@ class StudyConfig:
     out: str = "results"
     """Results root: runs in ``<out>/runs``, the study in ``<out>/studies``."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"trials": at_least(1), "seeds": nonnegative(), "n_workers": at_least(1),
+                                          "k": at_least(2, zero=True), "updates": nonnegative(),
+                                          "sampler_seed": nonnegative(), "heartbeat": at_least(1),
+                                          "grace": nonnegative()}
+    """Valid range of every numeric field (``harness.validate``)."""
+
 
 # ---------------------------------------------------------------------------------------------------
 # Resolution: everything a worker needs, validated before any storage or compute is touched
@@ -123,10 +132,14 @@ class Setup:
 def resolve(cfg: StudyConfig) -> Setup:
     """Check ``cfg`` and build the base configs; raises a one-line ``ValueError`` on bad input."""
     from harness import presets
+    from harness.validate import check
     from methods import METHODS
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name or ""):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name or "") or ".." in cfg.name:
         raise ValueError(f"study name '{cfg.name}' must be letters, digits, '.', '_' or '-' (it names files)")
+    check(cfg)
+    if cfg.storage and not is_rdb(cfg.storage) and not Path(cfg.storage).parent.is_dir():
+        raise FileNotFoundError(f"--storage '{cfg.storage}': directory {Path(cfg.storage).parent} does not exist")
     for label, value, least in (("trials", cfg.trials, 1), ("n_workers", cfg.n_workers, 1), ("k", cfg.k, 0),
                                 ("updates", cfg.updates, 0)):
         if value < least:
@@ -249,7 +262,7 @@ def make_objective(cfg: StudyConfig, setup: Setup, *, sampler_seed: int | None =
             raise
         except Exception as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            trial.set_user_attr("error", f"{type(exc).__name__}: {text}")
+            trial.set_user_attr("error", redact(f"{type(exc).__name__}: {text}"))
             raise
     return objective
 
@@ -284,15 +297,24 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
     trial.set_user_attr("method_config", config_dict(method_cfg))
     trial.set_user_attr("k", k)
     values, drifts, run_ids, reported = [], [], [], set()
+    earlier = _earlier_runs(trial, store)
     for i, seed in enumerate(cfg.seeds):
-        run_cfg = setup.base_run.replace(seed=seed, k=k, run_id=_run_id(store, cfg.name, trial.number, seed))
-        report = None if cfg.multi_objective else _Reporter(trial, i, len(cfg.seeds), store, run_cfg.run_id,
+        # A retried trial picks up the stopped trial's runs: complete ones are reused, others resume from
+        # their checkpoints (or restart when they have none).
+        run_cfg = setup.base_run.replace(seed=seed, k=k)
+        resume = earlier[i] if i < len(earlier) else ""
+        if resume and store.manifest(resume).get("key") != run_key(run_cfg, method_cfg):
+            resume = ""  # not this configuration's run
+        run_id = resume or _run_id(store, cfg.name, trial.number, seed)
+        run_cfg = run_cfg.replace(run_id="" if resume else run_id)
+        report = None if cfg.multi_objective else _Reporter(trial, i, len(cfg.seeds), store, run_id,
                                                             cfg.objective, reported, running_max=cfg.at_best)
-        run_ids.append(run_cfg.run_id)
+        run_ids.append(run_id)
         trial.set_user_attr("run_ids", run_ids)
-        run(run_cfg, method_cfg, store=store, on_eval=report, progress=False)
-        summary = read_json(store.run_dir(run_cfg.run_id) / "summary.json")  # the number in the store
-        reward = cfg.objective or store.manifest(run_cfg.run_id)["reward"]
+        if not resume or store.status(resume) != "complete":
+            run(run_cfg, method_cfg, store=store, on_eval=report, progress=False, resume=resume)
+        summary = read_json(store.run_dir(run_id) / "summary.json")  # the number in the store
+        reward = cfg.objective or store.manifest(run_id)["reward"]
         values.append(float(summary["select/value"]) if cfg.at_best else objective_value(summary, reward))
         drifts.append(float(summary[DRIFT_KEY]))
         trial.set_user_attr("objective", reward)
@@ -300,6 +322,17 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
         trial.set_user_attr("seed_drift", drifts)
     mean = float(np.mean(values))
     return (mean, float(np.mean(drifts))) if cfg.multi_objective else mean
+
+
+def _earlier_runs(trial: Any, store: Any) -> list[str]:
+    """The run ids of the stopped trial this one retries (``retry_of``), those still in the store."""
+    number = trial.user_attrs.get("retry_of") if hasattr(trial, "user_attrs") else None
+    if number is None:
+        return []
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.number == number:
+            return [r if store.run_dir(r).is_dir() else "" for r in t.user_attrs.get("run_ids", [])]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -402,12 +435,14 @@ def study(cfg: StudyConfig, log: Callable[[str], None] = print) -> optuna.Study:
     storage = open_storage(cfg.storage, cfg.out, cfg.name, heartbeat=cfg.heartbeat, grace=cfg.grace)
     the_study = create_or_load(cfg, setup, storage)
     fail_stale(the_study)
-    requeued = requeue_stopped(the_study, rdb=is_rdb(cfg.storage), out=cfg.out, storage=storage)
+    with _requeue_lock(cfg):  # two commands resuming one study must not both re-enqueue a stopped trial
+        requeued = requeue_stopped(the_study, rdb=is_rdb(cfg.storage), out=cfg.out, storage=storage)
     remaining = cfg.trials - len(counted(the_study.get_trials(deepcopy=False)))
     log(f"study '{cfg.name}' in {storage_label(cfg)}: {cfg.trials - max(remaining, 0)} of {cfg.trials} trials done"
         + (f", re-enqueued trial(s) {requeued} left by a stopped worker" if requeued else "")
         + (f"; running {remaining} on {min(cfg.n_workers, remaining)} worker(s)" if remaining > 0 else ""))
     if remaining <= 0:
+        _check_some_trial_ran(the_study, cfg)
         return the_study
     started = time.perf_counter()
     shares = [s for s in _split(remaining, cfg.n_workers) if s > 0]
@@ -431,7 +466,40 @@ def study(cfg: StudyConfig, log: Callable[[str], None] = print) -> optuna.Study:
             raise RuntimeError(f"study workers failed: {', '.join(failed)}; completed trials are kept, "
                                "rerun the same command to resume")
     _log_best(the_study, cfg, time.perf_counter() - started, log)
+    _check_some_trial_ran(the_study, cfg)
     return the_study
+
+
+def _check_some_trial_ran(the_study: Any, cfg: StudyConfig) -> None:
+    """A study whose every trial failed is an error (exit status 1), not a result."""
+    from optuna.trial import TrialState
+
+    trials = the_study.get_trials(deepcopy=False)
+    if trials and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        first = next((t for t in trials if "error" in t.user_attrs), None)
+        why = f" (trial {first.number}: {first.user_attrs['error']})" if first else ""
+        raise RuntimeError(f"every trial of study '{cfg.name}' failed{why}; fix the setup and rerun")
+
+
+def _requeue_lock(cfg: StudyConfig):
+    """An exclusive lock beside the study's journal (a no-op for RDB storages, which retry by heartbeat)."""
+    import contextlib
+
+    if is_rdb(cfg.storage):
+        return contextlib.nullcontext()
+    path = Path(cfg.storage) if cfg.storage else journal_path(cfg.out, cfg.name)
+
+    @contextlib.contextmanager
+    def held():
+        import fcntl
+
+        fd = os.open(path.with_name(f".{path.name}.requeue.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits: the other command holds it for milliseconds
+            yield
+        finally:
+            os.close(fd)
+    return held()
 
 
 def _log_best(the_study: Any, cfg: StudyConfig, seconds: float, log: Callable[[str], None]) -> None:

@@ -24,13 +24,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import tyro
 
 from harness.study import DRIFT_KEY, dumps, load_study, objective_value
 from harness.study_figures import DRIFT_LABEL, draw, pareto
 from harness.study_storage import trial_error
+from harness.validate import Bound, at_least, nonnegative
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class StudyReportConfig:
     """Run (or reuse) the robustness re-runs; --no-robustness writes the rest only."""
     progress: bool = False
     """Progress bars for the robustness runs."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"fresh_seeds": at_least(1), "seeds": nonnegative(), "split_seed": at_least(-1)}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def report(cfg: StudyReportConfig, log: Callable[[str], None] = print) -> Path:

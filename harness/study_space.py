@@ -111,7 +111,21 @@ def parse_space(entries: Sequence[str], method: Any) -> tuple[Override, ...]:
         if not spec:
             raise ValueError(f"space entry '{entry}' has an empty range; give LOW:HIGH[:log], A,B,... or VALUE")
         out[name] = _parse_one(entry, name, spec, known[name])
+        _check_bound(entry, out[name], method)
     return tuple(out.values())
+
+
+def _check_bound(entry: str, override: Override, method: Any) -> None:
+    """Refuse a range that reaches outside the parameter's declared bound (every trial would fail)."""
+    from harness.config import RunConfig
+
+    owner = RunConfig if override.name == "k" else getattr(method, "Config", None)
+    bound = getattr(owner, "BOUNDS", {}).get(override.name)
+    values = override.choices if override.choices is not None else (override.low, override.high)
+    if bound is not None:
+        bad = [v for v in values if isinstance(v, (int, float)) and not bound.admits(v)]
+        if bad:
+            raise ValueError(f"space entry '{entry}': {override.name} must be {bound.text()}, got {bad[0]}")
 
 
 def _parse_one(entry: str, name: str, spec: str, original: tuple) -> Override:

@@ -13,6 +13,7 @@ Only public Optuna APIs are used: ``Study`` methods, the storage object this mod
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import config_dict
+from harness.redact import redact
 
 if TYPE_CHECKING:
     import optuna
@@ -92,9 +94,15 @@ def open_storage(spec: str, out: str, name: str, *, heartbeat: int = HEARTBEAT_S
     if not is_rdb(spec):
         path = Path(spec) if spec else journal_path(out, name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not spec:  # the default location is ours to create; a given path's directory must exist
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.parent.is_dir():
+                raise FileNotFoundError(f"--storage '{spec}': directory {path.parent} does not exist")
+            repair_journal(path)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and exc.filename is None:
+                raise
             raise ValueError(f"cannot open journal storage '{path}': {exc}") from None
     key = (spec, str(out), heartbeat, grace)
     if key in _OPEN:
@@ -117,6 +125,40 @@ def open_storage(spec: str, out: str, name: str, *, heartbeat: int = HEARTBEAT_S
                 time.sleep(0.2 + random.random())
                 continue
             raise ValueError(f"cannot open storage '{hide_password(spec)}': {_reason(exc, spec)}") from None
+
+
+def repair_journal(path: Path) -> None:
+    """Mend what a crash leaves in a journal file, under Optuna's own lock, with a warning naming the file: a
+    torn last line is cut; a line a later write was appended to is split back into that write."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+    from optuna.storages.journal._file import get_lock_file
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with get_lock_file(JournalFileSymlinkLock(str(path))):
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        torn = lines.pop()  # after the last newline: b"" unless a write was cut
+        kept, mended = [], 0
+        for line in lines:
+            try:
+                json.loads(line)
+                kept.append(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                mended += 1
+                start = line.rfind(b'{"op_code"')  # the complete write that followed the torn one
+                if start > 0:
+                    try:
+                        json.loads(line[start:])
+                        kept.append(line[start:])
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        pass
+        if not torn and not mended:
+            return
+        tmp = path.with_name(f".{path.name}.repair.tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+        os.replace(tmp, path)
+    warnings.warn(f"{path}: repaired {mended + bool(torn)} line(s) torn by a crash", stacklevel=2)
 
 
 def _reason(exc: BaseException, spec: str) -> str:
@@ -208,9 +250,9 @@ def _label(study: Any, cfg: StudyConfig, setup: Setup) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(names)
-    study.set_user_attr("setup", {"study": config_dict(cfg), "run": config_dict(setup.base_run),
-                                  "method_config": config_dict(setup.base_method),
-                                  "overrides": [o.text() for o in setup.overrides]})
+    study.set_user_attr("setup", redact({"study": config_dict(cfg), "run": config_dict(setup.base_run),
+                                         "method_config": config_dict(setup.base_method),
+                                         "overrides": [o.text() for o in setup.overrides]}))
     study.set_user_attr("fingerprint", setup.fingerprint)
 
 
@@ -255,7 +297,8 @@ def _interrupt_runs(out: str, run_ids: Sequence[str], why: str) -> None:
 
     store = Store(out)
     for run_id in run_ids:
-        if store.run_dir(run_id).is_dir() and store.manifest(run_id).get("status") == "running":
+        if store.run_dir(run_id).is_dir() and store.manifest(run_id).get("status") == "running" \
+                and store.status(run_id) == "interrupted":  # nobody holds its lock: its writer is gone
             store.set_status(run_id, "interrupted", error=why)
 
 

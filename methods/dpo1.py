@@ -24,12 +24,14 @@ and a prompt whose K rewards all tie contributes no term (its share of the promp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
+from harness.validate import Bound, at_least, positive
 from methods.ranking import rank_anchors
 
 NAME = "dpo1"
@@ -50,6 +52,9 @@ class Config:
     name (``methods.ranking.rank_anchors``); the official code breaks ties arbitrarily."""
     lr: float = 1e-4
     """AdamW learning rate (constant, no warm-up)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"m": at_least(1), "beta": positive(), "lr": positive()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def space(trial) -> dict:

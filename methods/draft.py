@@ -16,11 +16,13 @@ needs a differentiable reward; the harness refuses black-box rewards before the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
+from harness.validate import Bound, nonnegative, positive
 
 NAME = "draft"
 VERSION = 1
@@ -37,6 +39,9 @@ class Config:
     """Weight of the per-prompt reward std bonus, which rewards diversity (``--score_std_weight``)."""
     lr: float = 1e-5
     """AdamW learning rate (constant, no warm-up)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"beta_ref": nonnegative(), "beta_std": nonnegative(), "lr": positive()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def space(trial) -> dict:

@@ -19,11 +19,13 @@ problem per token position). Keys are summed (SD-Turbo; the SDXL trainer average
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
+from harness.validate import Bound, at_least, nonnegative, positive
 from methods.drift import canonical_kernel, drift_loss
 from methods.ranking import rank_anchors
 
@@ -68,6 +70,10 @@ class Config:
     prompt from the run's fixed preference data set (the paper's initial offline experiments)."""
     lr: float = 1e-4
     """AdamW learning rate (constant, no warm-up)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"m": at_least(1), "eta": positive(), "lam": nonnegative(), "radii": positive(),
+                                          "ref_radii": positive(), "lr": positive()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def space(trial) -> dict:

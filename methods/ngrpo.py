@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
+from harness.validate import Bound, at_least, nonnegative, positive, within
 
 NAME = "ngrpo"
 VERSION = 1
@@ -63,6 +65,12 @@ class Config:
     """Weight of the MSE between the anchors' outputs and the reference's (``--ref_model_l2_weight``)."""
     lr: float = 1e-5
     """AdamW learning rate (constant, no warm-up)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"sigma": within(0, 1, strict_low=True), "anchors": at_least(1),
+                                          "p": within(0, 2, strict_low=True), "advantage_clip": nonnegative(),
+                                          "temperature": positive(), "ppo_clip": positive(),
+                                          "max_log_ratio": positive(), "ref_weight": nonnegative(), "lr": positive()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def space(trial) -> dict:

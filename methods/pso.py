@@ -21,12 +21,14 @@ prompts with an all-tied prompt counting 0 (``total_loss / bsz``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
+from harness.validate import Bound, positive, within
 
 NAME = "pso"
 VERSION = 1
@@ -47,6 +49,10 @@ class Config:
     """The log-ratio is clamped to [-max_log_ratio, max_log_ratio] before the ratio clamp."""
     lr: float = 1e-5
     """AdamW learning rate (constant, no warm-up)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"sigma": positive(), "beta": positive(), "clip": within(0, 1, strict_high=True),
+                                          "max_log_ratio": positive(), "lr": positive()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def space(trial) -> dict:

@@ -29,11 +29,13 @@ not rank candidates, so K is just its batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
+from harness.validate import Bound, positive, within
 
 NAME = "vggflow"
 VERSION = 1
@@ -54,6 +56,10 @@ class Config:
     """Clip threshold of the first batch (``--rgrad_clip_threshold``)."""
     lr: float = 1e-4
     """AdamW learning rate (constant, no warm-up)."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"scale": positive(), "eta": positive(), "quantile": within(0, 1, strict_low=True),
+                                          "initial_threshold": positive(), "lr": positive()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 SCALE_DEFAULTS = {"pickscore": 1000.0, "shapes-pref": 1.0}

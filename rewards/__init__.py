@@ -55,6 +55,19 @@ def build(name: str, options: dict[str, str] | None = None):
         raise
 
 
+def number_option(reward: str, key: str, value: object, *, integer: bool = False, low: float = 0.0,
+                  strict: bool = False) -> float | int:
+    """A numeric reward option parsed and bounded (finite, >= or > ``low``); a one-line error names it."""
+    try:
+        number = int(str(value)) if integer else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = None
+    kind = "an integer" if integer else "a finite number"
+    if number is None or not math.isfinite(number) or (number <= low if strict else number < low):
+        raise ValueError(f"{reward} option {key}={value!r} must be {kind} {'>' if strict else '>='} {low:g}")
+    return number
+
+
 def parse_options(entries: Sequence[str]) -> dict[str, dict[str, str]]:
     """``("pickscore.model=/data/ps", ...)`` -> {"pickscore": {"model": "/data/ps"}}.
 

@@ -28,7 +28,9 @@ from pathlib import Path
 
 from torch import Tensor
 
-from rewards import check_images
+from harness.config import plain_name
+from harness.redact import redact_text
+from rewards import check_images, number_option
 
 
 class CommandReward:
@@ -44,12 +46,11 @@ class CommandReward:
         if not self.argv:
             raise ValueError("cmd: reward needs a command, e.g. cmd:python score.py")
         self.command = command
-        self.timeout = float(timeout)
-        self.batch = int(batch)
-        self.name = name
-        self.version = int(version)
-        if self.timeout <= 0 or self.batch < 0:
-            raise ValueError(f"cmd: reward needs timeout > 0 and batch >= 0, got {timeout} and {batch}")
+        what = f"reward 'cmd:{redact_text(command)}'"
+        self.timeout = number_option(what, "timeout", timeout, strict=True)
+        self.batch = number_option(what, "batch", batch, integer=True)
+        self.version = number_option(what, "version", version, integer=True)
+        self.name = plain_name(f"{what} option name", name)
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> list[float]:
         check_images(images, prompts, self.name)

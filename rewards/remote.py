@@ -34,7 +34,8 @@ from urllib.parse import urlsplit
 
 from torch import Tensor
 
-from rewards import check_images
+from harness.redact import redact_text
+from rewards import check_images, number_option
 
 
 class RemoteReward:
@@ -53,24 +54,24 @@ class RemoteReward:
 
         urls = [u.strip() for u in url.split(",")]
         if not all(urls):
-            raise ValueError(f"remote reward URLs must be comma-separated http://HOST:PORT entries, got '{url}'")
+            raise ValueError(f"remote reward URLs must be comma-separated http://HOST:PORT entries, got '{redact_text(url)}'")
         self.urls = [_normalise(u) for u in urls]
         self.url = self.urls[0]
+        self.where = redact_text(self.url)
+        """The (first) URL as messages show it (user-info masked)."""
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff = float(backoff)
-        self.requested_batch = int(batch)
-        if self.timeout <= 0 or self.retries < 0 or self.requested_batch < 0 or self.backoff < 0:
-            raise ValueError(f"remote reward options must be positive: timeout={timeout} retries={retries} "
-                             f"batch={batch} backoff={backoff}")
+        what = f"remote reward {self.where}"
+        self.timeout = number_option(what, "timeout", timeout, strict=True)
+        self.retries = number_option(what, "retries", retries, integer=True)
+        self.backoff = number_option(what, "backoff", backoff)
+        self.requested_batch = number_option(what, "batch", batch, integer=True)
         self._openers = {u: _opener(urlsplit(u).hostname) for u in self.urls}
         healths = [self._health(u) for u in self.urls]
         info = healths[0]
         for u, other in zip(self.urls[1:], healths[1:]):
             if (other["name"], other.get("version", 0)) != (info["name"], info.get("version", 0)):
-                raise RuntimeError(f"reward server {u} serves '{other['name']}' v{other.get('version', 0)}, but "
-                                   f"{self.url} serves '{info['name']}' v{info.get('version', 0)}; all must serve the same")
+                raise RuntimeError(f"reward server {redact_text(u)} serves '{other['name']}' v{other.get('version', 0)}, but "
+                                   f"{self.where} serves '{info['name']}' v{info.get('version', 0)}; all must serve the same")
         self.health = info
         self.name = info["name"]
         self.version = info.get("version", 0)
@@ -81,7 +82,7 @@ class RemoteReward:
     def _health(self, url: str) -> dict:
         info = self._json(self._request("GET", "/health", url=url), "/health", url)
         if not isinstance(info, dict) or not isinstance(info.get("name"), str):
-            raise RuntimeError(f"reward server {url} answered /health without a reward name: {str(info)[:200]}")
+            raise RuntimeError(f"reward server {redact_text(url)} answered /health without a reward name: {str(info)[:200]}")
         return info
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -112,20 +113,20 @@ class RemoteReward:
                     continue
                 hint = {401: " (pass the server's token: option token=... or $DRIFTBENCH_REWARD_TOKEN)",
                         413: " (lower the remote reward's batch option)"}.get(exc.code, "")
-                raise RuntimeError(f"reward server {url}{path} refused the request: HTTP {exc.code}: "
+                raise RuntimeError(f"reward server {redact_text(url)}{path} refused the request: HTTP {exc.code}: "
                                    f"{message}{hint}") from None
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = f"{type(reason).__name__}: {reason}"
                 continue
-        raise RuntimeError(f"reward server {url} failed after {attempts} attempt(s) ({last}); is "
+        raise RuntimeError(f"reward server {redact_text(url)} failed after {attempts} attempt(s) ({last}); is "
                            f"`driftbench serve-reward` running there?")
 
     def _json(self, raw: bytes, path: str, url: str | None = None) -> Any:
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RuntimeError(f"reward server {url or self.url}{path} answered something that is not JSON: "
+            raise RuntimeError(f"reward server {redact_text(url or self.url)}{path} answered something that is not JSON: "
                                f"{raw[:120]!r}") from None
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ class RemoteReward:
         per_image = request_bytes(height, width) - 1024 + longest
         fits = (self.max_bytes - 1024) // per_image
         if fits < 1:
-            raise RuntimeError(f"reward server {self.url} accepts at most {self.max_bytes} bytes per request, "
+            raise RuntimeError(f"reward server {self.where} accepts at most {self.max_bytes} bytes per request, "
                                f"too few for one {height}x{width} image; restart it with a larger --max-bytes")
         return max(1, min(n, fits))
 
@@ -171,20 +172,20 @@ class RemoteReward:
         url = url or self.url
         scores = answer.get("scores") if isinstance(answer, dict) else None
         if not isinstance(scores, list):
-            raise RuntimeError(f"reward server {url}/score answered without a 'scores' list: {str(answer)[:200]}")
+            raise RuntimeError(f"reward server {redact_text(url)}/score answered without a 'scores' list: {str(answer)[:200]}")
         if len(scores) != n:
-            raise RuntimeError(f"reward server {url}/score answered {len(scores)} scores for {n} images")
+            raise RuntimeError(f"reward server {redact_text(url)}/score answered {len(scores)} scores for {n} images")
         bad = [s for s in scores if isinstance(s, bool) or not isinstance(s, (int, float))]
         if bad:
-            raise RuntimeError(f"reward server {url}/score answered non-numbers, e.g. {bad[0]!r}")
+            raise RuntimeError(f"reward server {redact_text(url)}/score answered non-numbers, e.g. {bad[0]!r}")
         values = [float(s) for s in scores]
         if not all(math.isfinite(v) for v in values):
-            raise RuntimeError(f"reward server {url}/score answered non-finite scores: "
+            raise RuntimeError(f"reward server {redact_text(url)}/score answered non-finite scores: "
                                f"{[v for v in values if not math.isfinite(v)][:3]}")
         return values
 
     def __repr__(self) -> str:
-        return f"RemoteReward({self.name!r} v{self.version} at {', '.join(self.urls)})"
+        return f"RemoteReward({self.name!r} v{self.version} at {', '.join(redact_text(u) for u in self.urls)})"
 
 
 def _normalise(url: str) -> str:
@@ -192,7 +193,7 @@ def _normalise(url: str) -> str:
         url = "http://" + url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"remote reward URL must look like http://HOST:PORT, got '{url}'")
+        raise ValueError(f"remote reward URL must look like http://HOST:PORT, got '{redact_text(url)}'")
     return url.rstrip("/")
 
 

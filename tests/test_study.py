@@ -93,7 +93,9 @@ def test_killed_worker_is_resumed_and_completed_trials_are_kept(tiny_preset, tmp
     # A worker killed mid-trial leaves it RUNNING with the parameters it had drawn.
     stale = load_study("resume", str(tmp_path)).ask()
     stale.suggest_int("m", 1, 2)
-    Store(tmp_path).start("study-resume__t0002__s0", {})  # its run, cut short
+    store = Store(tmp_path)
+    store.start("study-resume__t0002__s0", {})  # its run, cut short
+    store.release("study-resume__t0002__s0")  # the kernel drops a dead worker's lock
     stale.set_user_attr("run_ids", ["study-resume__t0002__s0"])
     lines = []
     resumed = study(config(tmp_path, "resume", trials=3), log=lines.append)
@@ -278,3 +280,33 @@ def test_study_report_writes_importances_slices_best_and_robustness(parallel):
     # A second report reuses the stored re-runs.
     report(StudyReportConfig(name="par", out=parallel.out, fresh_seeds=1), log=lambda s: None)
     assert len(store.run_ids(status=None)) == 4 + 4
+
+
+def test_a_retried_trial_resumes_the_stopped_trials_run_from_its_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C (or kill -9) mid-trial, then the same command: the retry picks the run up from its checkpoint."""
+    from optuna.trial import TrialState
+
+    import harness.run as run_module
+
+    monkeypatch.setitem(PRESETS, "test-pickup", Preset("tests", TINY.run.replace(updates=3, checkpoint_every=1),
+                                                       methods=TINY.methods))
+    cfg = config(tmp_path, "pickup", preset="test-pickup", trials=1)
+    original = run_module.update
+
+    def stopped(parts, step, spend):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(parts, step, spend)
+
+    monkeypatch.setattr(run_module, "update", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        study(cfg, log=lambda s: None)
+    monkeypatch.setattr(run_module, "update", original)
+    store = Store(tmp_path)
+    assert store.status("study-pickup__t0000__s0") == "interrupted"
+    trials = study(cfg, log=lambda s: None).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["run_ids"] == ["study-pickup__t0000__s0"]
+    assert store.run_ids(status=None) == ["study-pickup__t0000__s0"]  # no duplicate run
+    manifest = store.manifest("study-pickup__t0000__s0")
+    assert manifest["status"] == "complete" and manifest["resumed_from"] == 2

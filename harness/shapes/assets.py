@@ -52,7 +52,7 @@ def _verified(path: Path, name: str) -> Path:
         raise AssetError(f"Shapes asset {path} is missing; {_rebuild(name)}")
     if not sums_path.is_file():
         raise AssetError(f"checksum file {sums_path} is missing; {_rebuild('all')}")
-    expected = json.loads(sums_path.read_text()).get(path.name)
+    expected = _json(sums_path, "all").get(path.name)
     if expected is None:
         raise AssetError(f"{sums_path} has no checksum for {path.name}; {_rebuild(name)}")
     if sha256(path) != expected:
@@ -66,8 +66,23 @@ def load_asset(name: str, directory: str | Path | None = None) -> tuple[dict[str
 
     weights = _verified(asset_path(name, directory), name)
     config = _verified(weights.with_suffix(".json"), name)
-    state = {k: v.float() for k, v in load_file(str(weights)).items()}
-    return state, json.loads(config.read_text())
+    try:
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AssetError(f"Shapes asset {weights} is unreadable ({reason}); {_rebuild(name)}") from None
+    return state, _json(config, name)
+
+
+def _json(path: Path, name: str) -> dict:
+    """A JSON object from an asset file; an AssetError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AssetError(f"Shapes asset file {path} is not valid JSON ({exc}); {_rebuild(name)}") from None
+    if not isinstance(data, dict):
+        raise AssetError(f"Shapes asset file {path} must hold a JSON object; {_rebuild(name)}")
+    return data
 
 
 def asset_info(name: str, directory: str | Path | None = None) -> dict:

@@ -25,9 +25,11 @@ def tag_balanced(tags: dict[str, str]):
     a micro-batch when possible), so rare tags are not starved by the many colour-attribute prompts."""
 
     def sample(rng: np.random.Generator, pool: Sequence[str], n: int) -> list[str]:
+        from harness.shapes.prompts import parse_prompt
+
         by_tag: dict[str, list[str]] = {}
-        for p in pool:
-            by_tag.setdefault(tags[p], []).append(p)
+        for p in pool:  # a prompt file's prompts are not in the splits: their tag comes from the grammar
+            by_tag.setdefault(tags[p] if p in tags else parse_prompt(p)["tag"], []).append(p)
         names = sorted(by_tag)
         picks: list[str] = []
         for _ in range(n):
@@ -41,7 +43,7 @@ def tag_balanced(tags: dict[str, str]):
 def build(cfg: RunConfig) -> World:
     from harness.shapes.model import load_features, load_generator, load_image_encoder
     from harness.shapes.offline import ShapesOffline
-    from harness.shapes.prompts import SPLITS, split
+    from harness.shapes.prompts import SPLITS, parse_prompt, split
 
     device = device_for(cfg)
     gen = load_generator(lora_rank=cfg.lora_rank or LORA_RANK, device=device)
@@ -54,4 +56,5 @@ def build(cfg: RunConfig) -> World:
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
                                     "pixel": pixel_features},
                  sample_prompts=tag_balanced(tags), lora_rank=cfg.lora_rank or LORA_RANK,
+                 check_prompt=parse_prompt,
                  offline=ShapesOffline(load_image_encoder(device=device), seed=cfg.split_seed))

@@ -1,0 +1,123 @@
+"""One validation pass for every numeric config field, run before any model is built.
+
+Each config dataclass declares the valid range of each of its numeric fields in a class-level table placed
+right after its fields::
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"k": at_least(2), "lr": positive(), "eval_at": within(0, 1)}
+
+:func:`check` walks the table (a tuple field is checked element by element) and raises a one-line
+``ValueError`` naming the CLI flag, the valid range and the bad value, e.g. ``--drpo.lam must be a finite
+number >= 0, got nan``. Every bound refuses NaN and, unless it says otherwise, infinity: a NaN never passes a
+comparison silently. :func:`unbounded` lists numeric fields without a declared bound (a test fails on any, so
+a new field cannot skip validation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric range: ``low``/``high`` (None: unbounded), strict or not; ``zero`` also admits exactly 0
+    (the "off" value of many fields); ``finite`` refuses +-inf."""
+
+    low: float | None = None
+    high: float | None = None
+    strict_low: bool = False
+    strict_high: bool = False
+    zero: bool = False
+    finite: bool = True
+
+    def admits(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if math.isnan(value) or (self.finite and math.isinf(value)):
+            return False
+        if self.zero and value == 0:
+            return True
+        if self.low is not None and (value <= self.low if self.strict_low else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.strict_high else value > self.high))
+
+    def text(self, number: bool = False) -> str:
+        """The range in words, e.g. ">= 2", "in (0, 1]"; ``number`` puts "a finite number" first."""
+        parts = []
+        if self.low is not None and self.high is not None:
+            parts.append(f"in {'(' if self.strict_low else '['}{self.low:g}, {self.high:g}"
+                         f"{')' if self.strict_high else ']'}")
+        elif self.low is not None:
+            parts.append(f"{'>' if self.strict_low else '>='} {self.low:g}")
+        elif self.high is not None:
+            parts.append(f"{'<' if self.strict_high else '<='} {self.high:g}")
+        kind = ("a finite number" if self.finite else "a number (not NaN)") if number or not parts else ""
+        return f"{kind} {' '.join(parts)}".strip() + (" or 0" if self.zero else "")
+
+
+def positive() -> Bound:
+    return Bound(low=0, strict_low=True)
+
+
+def at_least(low: float, *, zero: bool = False) -> Bound:
+    return Bound(low=low, zero=zero)
+
+
+def nonnegative() -> Bound:
+    return Bound(low=0)
+
+
+def within(low: float, high: float, *, strict_low: bool = False, strict_high: bool = False) -> Bound:
+    return Bound(low=low, high=high, strict_low=strict_low, strict_high=strict_high)
+
+
+def finite() -> Bound:
+    return Bound()
+
+
+def flag(prefix: str, name: str) -> str:
+    """The CLI flag of a field as tyro spells it (``--drpo.ref-radii``, ``--eval-prompt-limit``)."""
+    return f"--{prefix + '.' if prefix else ''}{name.replace('_', '-')}"
+
+
+def check(cfg: Any, prefix: str = "") -> None:
+    """Raise a one-line ``ValueError`` for the first field of ``cfg`` outside its declared bound."""
+    for name, bound in getattr(type(cfg), "BOUNDS", {}).items():
+        value = getattr(cfg, name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if not all(bound.admits(v) for v in values):
+            odd = any(isinstance(v, float) and not math.isfinite(v) for v in values)
+            raise ValueError(f"{flag(prefix, name)} must be {bound.text(odd)}, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(_show(v) for v in value) or "nothing"
+    return repr(value) if isinstance(value, str) else f"{value}"
+
+
+def numeric_fields(cls: type) -> list[str]:
+    """Fields of dataclass ``cls`` typed int or float, or a tuple of them (bool excluded)."""
+    hints = typing.get_type_hints(cls, include_extras=False)
+    return [f.name for f in dataclasses.fields(cls) if _numeric(hints.get(f.name))]
+
+
+def _numeric(tp: Any) -> bool:
+    if tp in (int, float):
+        return True
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list) or (origin is not None and args):
+        return any(_numeric(a) for a in args if a is not Ellipsis and a is not type(None))
+    return False
+
+
+def unbounded(cls: type) -> list[str]:
+    """Numeric fields of ``cls`` without an entry in its ``BOUNDS`` table (and entries naming no field)."""
+    bounds = getattr(cls, "BOUNDS", {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    return [n for n in numeric_fields(cls) if n not in bounds] + [f"{n} (no such field)" for n in bounds
+                                                                   if n not in names]
