@@ -17,10 +17,12 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor
+
+from harness.validate import Bound, at_least, nonnegative
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,14 @@ class BenchDriftConfig:
     """Seed of the random features."""
     out: str = "results"
     """Results root; writes ``<out>/compute/bench_drift.json`` and ``.md``."""
+
+    # A field is called "positive", so the > 0 bound is spelled out.
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "generated": at_least(1), "positive": at_least(1), "negative": at_least(1), "dim": at_least(1),
+        "groups": at_least(1), "radii": Bound(low=0, strict_low=True), "weight": Bound(low=0, strict_low=True),
+        "repeats": at_least(1), "threads": nonnegative(), "seed": nonnegative(),
+    }
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def plain_drift_loss(generated: Tensor, positive: Tensor, negative: Tensor, weight: float,

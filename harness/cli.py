@@ -132,8 +132,6 @@ def table2(argv: Sequence[str]) -> int:
 
 
 def tune(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness import distributed
     from harness.tune import TuneConfig
     from harness.tune import tune as run_tune
@@ -141,16 +139,14 @@ def tune(argv: Sequence[str]) -> int:
     if distributed.launched_world() > 1:
         raise ValueError("driftbench tune does not run under accelerate launch yet (its trials are not data-parallel); "
                          "run it as one command")
-    run_tune(tyro.cli(TuneConfig, args=list(argv), prog="driftbench tune"))
+    run_tune(_cli(TuneConfig, argv, "driftbench tune"))
     return 0
 
 
 def run_time(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness.run_time import RunTimeConfig, measure
 
-    path = measure(tyro.cli(RunTimeConfig, args=list(argv), prog="driftbench run-time"))
+    path = measure(_cli(RunTimeConfig, argv, "driftbench run-time"))
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
@@ -203,12 +199,10 @@ def profile_step(argv: Sequence[str]) -> int:
 
 
 def bench_drift(argv: Sequence[str]) -> int:
-    import tyro
-
     from harness.bench_drift import BenchDriftConfig
     from harness.bench_drift import bench_drift as run_bench
 
-    _, path = run_bench(tyro.cli(BenchDriftConfig, args=list(argv), prog="driftbench bench-drift"))
+    _, path = run_bench(_cli(BenchDriftConfig, argv, "driftbench bench-drift"))
     print(path.with_suffix(".md").read_text())
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0

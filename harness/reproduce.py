@@ -157,7 +157,7 @@ class Table2Config:
     """When another table2 (or a run this table needs) is being written, wait for it instead of refusing."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": nonnegative(), "jobs": at_least(1), "bench_images": at_least(1),
-                                          "bench_limit": nonnegative()}
+                                          "bench_limit": nonnegative(), "test_seeds": at_least(1)}
     """Valid range of every numeric field (``harness.validate``)."""
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from harness.validate import Bound, nonnegative
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,9 @@ class RunTimeConfig:
     """Training seed."""
     out: str = "results"
     """Results root: the run goes to <out>/runs, the report to <out>/compute/run_time__<preset>__<method>.md."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"seed": nonnegative()}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def measure(cfg: RunTimeConfig) -> Path:

@@ -21,9 +21,10 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from harness.registry import unknown
+from harness.validate import Bound, at_least, nonnegative
 
 LR_SPACE = "lr=1e-5:1e-2:log"
 """The learning-rate range every method gets (an override on top of each ``space``)."""
@@ -62,6 +63,10 @@ class TuneConfig:
     """Where to write the tuned file; empty: ``harness/tuned/<profile>.json``."""
     write_only: bool = False
     """Do not run studies; only rewrite the tuned file from the stored ones."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"trials": at_least(1), "seeds": nonnegative(), "sampler_seed": nonnegative(),
+                                          "n_workers": at_least(1)}
+    """Valid range of every numeric field (``harness.validate``)."""
 
 
 def study_name(section: str, method: str) -> str:
