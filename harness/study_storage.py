@@ -266,10 +266,15 @@ def counted(trials: Sequence[Any]) -> list[Any]:
     surplus trials that found the study already full."""
     from optuna.trial import TrialState
 
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])} | _retried(trials)
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
             or (t.state == TrialState.FAIL and not t.user_attrs.get("requeued") and not t.user_attrs.get("surplus")
                 and t.number not in retried)]
+
+
+def _retried(trials: Sequence[Any]) -> set[int]:
+    """Numbers of trials that a later trial retries (``retry_of``, set when a stopped trial is re-enqueued)."""
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
 
 
 def trial_error(trial: Any, study_attrs: dict[str, Any]) -> str:
@@ -311,15 +316,17 @@ def requeue_stopped(study: optuna.Study, rdb: bool, out: str = "results", *, sto
     if storage is None:
         raise TypeError("requeue_stopped needs the storage the study was opened on (storage=...)")
     study_id, requeued = storage.get_study_id_from_name(study.study_name), []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    for t in trials:
         stopped = t.state == TrialState.RUNNING and not rdb and not _alive(t.user_attrs.get("worker"))
         interrupted = (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
-                       and not t.user_attrs.get("requeued"))
+                       and not t.user_attrs.get("requeued") and t.number not in retried)
         if not (stopped or interrupted):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(trial_id, "requeued", True)
-        if stopped:
+        if stopped:  # still RUNNING, so it takes attributes (a finished trial does not: its retry marks it)
+            storage.set_trial_user_attr(trial_id, "requeued", True)
             storage.set_trial_user_attr(trial_id, "error", "worker stopped while the trial was running")
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             _interrupt_runs(out, t.user_attrs.get("run_ids", []), "the study worker running it stopped")

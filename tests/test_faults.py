@@ -243,8 +243,12 @@ def test_table2_resumes_every_unfinished_run_and_never_starts_a_duplicate(tmp_pa
     from harness.config import run_key
 
     key = run_key(job.run_cfg.replace(run_id=""), job.method_cfg)
+    from harness.store import source_hash
+    from methods import drpo
+
+    stored = {"key": key, "versions": {"method": drpo.VERSION, "code": source_hash()}}
     for status in ("running", "failed", "interrupted"):  # kill -9 / OOM leave "running"
-        store.start(job.run_cfg.run_id, {"key": key})
+        store.start(job.run_cfg.run_id, stored)
         store.set_status(job.run_cfg.run_id, status)
         store.release(job.run_cfg.run_id)
         (again,) = plan(SECTIONS["tiny"], cfg, store)
@@ -253,7 +257,7 @@ def test_table2_resumes_every_unfinished_run_and_never_starts_a_duplicate(tmp_pa
 
         shutil.rmtree(store.run_dir(job.run_cfg.run_id))
     # A run a live process writes is not started twice: table2 refuses, naming --wait.
-    store.start(job.run_cfg.run_id, {"key": key})
+    store.start(job.run_cfg.run_id, stored)
     with pytest.raises(RuntimeError, match=r"is being written by pid \d+ .*; pass --wait to wait for it"):
         plan(SECTIONS["tiny"], cfg, store)
     store.release(job.run_cfg.run_id)
@@ -414,20 +418,23 @@ def test_every_numeric_config_field_declares_its_bound():
 
     from evals import geneval_bench, hpdv3, pickapic
     from evals.bench import EvaluateOptions
+    from harness.bench_drift import BenchDriftConfig
     from harness.compute import ComputeConfig
     from harness.config import RunConfig
     from harness.economy import AgreementConfig
     from harness.profile_step import ProfileConfig
     from harness.reproduce import Table2Config
+    from harness.run_time import RunTimeConfig
     from harness.serve import ServeConfig
     from harness.study import StudyConfig
     from harness.study_report import StudyReportConfig
+    from harness.tune import TuneConfig
     from harness.validate import check, unbounded
     from methods import METHODS
 
     classes = [RunConfig, *(METHODS.get(m).Config for m in METHODS), StudyConfig, Table2Config, ServeConfig,
                ComputeConfig, ProfileConfig, AgreementConfig, StudyReportConfig, EvaluateOptions, pickapic.Config,
-               hpdv3.Config, geneval_bench.Config]
+               hpdv3.Config, geneval_bench.Config, TuneConfig, RunTimeConfig, BenchDriftConfig]
     assert {c.__module__ + "." + c.__qualname__: unbounded(c) for c in classes if unbounded(c)} == {}
     for cls in classes:  # every default lies inside its own bounds
         required = {f.name: "x" for f in dataclasses.fields(cls)
@@ -591,9 +598,9 @@ def test_server_rejects_bad_length_type_and_token_before_reading(server):
     answer = _raw(port, _request("/score", body, {**auth, "Content-Length": str(len(body)),
                                                   "Content-Type": "text/plain"}))
     assert answer.startswith(b"HTTP/1.1 415"), answer[:200]
-    # A wrong token is answered at once, without waiting for (or reading) a 100 MiB body that never comes.
+    # A wrong token is answered at once, without waiting for (or reading) an 8 MiB body that never comes.
     started = time.perf_counter()
-    answer = _raw(port, _request("/score", b"", {"Authorization": "Bearer wrong", "Content-Length": str(100 * 2 ** 20),
+    answer = _raw(port, _request("/score", b"", {"Authorization": "Bearer wrong", "Content-Length": str(8 * 2 ** 20),
                                                  "Content-Type": "application/json"}))
     assert answer.startswith(b"HTTP/1.1 401") and time.perf_counter() - started < 2.0
     ok = _raw(port, _request("/score", body, {**auth, "Content-Length": str(len(body)),

@@ -213,8 +213,8 @@ def test_missing_database_driver_is_named_with_its_extra(tmp_path, url, module, 
 
 
 @pytest.mark.parametrize("flags,match", [
-    (["--heartbeat", "0"], "heartbeat must be > 0 seconds, got 0"),
-    (["--heartbeat", "-5"], "heartbeat must be > 0 seconds, got -5"),
+    (["--heartbeat", "0"], "--heartbeat must be >= 1, got 0"),
+    (["--heartbeat", "-5"], "--heartbeat must be >= 1, got -5"),
     (["--heartbeat", "10", "--grace", "5"], r"grace must be >= the heartbeat interval \(10 s\)"),
 ])
 def test_bad_heartbeat_options_are_one_line_errors(tmp_path, capsys, flags, match):
