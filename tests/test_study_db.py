@@ -193,8 +193,13 @@ def test_killed_worker_is_failed_by_heartbeat_and_retried(killed, pg_url):
     assert len(complete) == len(counted(trials)) == 3
     assert len({tuple(sorted(t.params.items())) for t in complete}) == 3
     store = Store(out)
+    # The retry picked up the killed trial's run (from its checkpoint, or from the start when it had none)
+    # instead of starting a second one; the run's history keeps how it was stopped.
+    assert retry[0].user_attrs["run_ids"] == victim.user_attrs["run_ids"]
     manifest = store.manifest(victim.user_attrs["run_ids"][0])
-    assert manifest["status"] == "interrupted" and "heartbeat" in manifest["error"]
+    assert manifest["status"] == "complete" and "resumed_from" in manifest
+    assert [h["status"] for h in manifest["history"]] == ["interrupted"]
+    assert "heartbeat" in manifest["history"][0]["error"]
     assert all(store.manifest(r)["status"] == "complete" for t in complete for r in t.user_attrs["run_ids"])
 
 
