@@ -32,6 +32,7 @@ commands:
   compute        FLOPs per update and per phase of every method at full size (meta device, no weights)
   profile-step   time real updates per phase (GPU: full-size random weights; CPU: the tiny profile)
   bench-drift    time methods/drift.py against a plain torch drift field at DrPO's SD-Turbo size
+  bench-serve    the reward server under sustained concurrent load: answers and resets per listen backlog
   plots          redraw every figure from stored results (index in results/plots/README.md)
   rank-agreement how well the cheap reward economies (bf16, small decoder) keep the exact reward's ranking
   study          run or resume an Optuna study of a method's hyperparameters (--name, --n-workers, --space)
@@ -208,6 +209,16 @@ def bench_drift(argv: Sequence[str]) -> int:
     return 0
 
 
+def bench_serve(argv: Sequence[str]) -> int:
+    from harness.bench_serve import BenchServeConfig
+    from harness.bench_serve import bench_serve as run_bench
+
+    _, path = run_bench(_cli(BenchServeConfig, argv, "driftbench bench-serve"))
+    print(path.read_text())
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
 def serve_reward(argv: Sequence[str]) -> int:
     from harness.serve import main as serve_main
 
@@ -257,6 +268,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "study-report": study_report,
     "profile-step": profile_step,
     "bench-drift": bench_drift,
+    "bench-serve": bench_serve,
     "plots": plots,
     "rank-agreement": rank_agreement,
     "serve-reward": serve_reward,

@@ -1,5 +1,6 @@
-"""A run's life outside its loop: opening it under its lock (new, or resumed from its checkpoint, or restarted
-when it has none), recording how it ended, and turning SIGINT/SIGTERM into a stop at a safe point.
+"""A run's life outside its loop: its manifest, opening it under its lock (new, or resumed from its
+checkpoint, or restarted when it has none), recording how it ended, and turning SIGINT/SIGTERM into a stop
+at a safe point.
 
 Kept apart from ``harness.run`` (the loop itself) so the loop reads top to bottom; ``run()`` ties the two.
 """
@@ -11,8 +12,9 @@ import threading
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
-from harness.config import plain_name
-from harness.store import Store, utc_stamp
+from harness import distributed
+from harness.config import RunConfig, config_dict, plain_name, run_key
+from harness.store import Store, describe_environment, source_hash, utc_stamp
 
 if TYPE_CHECKING:
     from harness.run import Parts
@@ -22,10 +24,10 @@ class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped the run at a safe point, after a checkpoint."""
 
 
-def open_run(store: Store, parts: "Parts", resume: str, manifest_for: Callable[["Parts"], dict[str, Any]]):
+def open_run(store: Store, parts: "Parts", resume: str):
     """Create the run (or claim the stored one to resume) under its lock; returns (run id, checkpoint.Resume,
     manifest). In a data-parallel run process 0 does the store's part and every process learns the result."""
-    from harness import checkpoint, distributed
+    from harness import checkpoint
 
     if not resume:
         cfg = parts.cfg
@@ -102,3 +104,51 @@ class StopSignals:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if self.signal is not None and exc[0] is None:
             signal.raise_signal(self.signal)
+
+
+def manifest_for(parts: "Parts") -> dict[str, Any]:
+    """What a new run's manifest records: its resolved configs and key, versions and code hash, the
+    per-update spend, process layout, precision, budget and environment."""
+    cfg, per_update = parts.cfg, parts.cfg.prompts_per_step * parts.cfg.k * parts.cfg.grad_accum
+    return {
+        "key": run_key(cfg, parts.method_cfg),
+        "run": config_dict(cfg),
+        "method_config": config_dict(parts.method_cfg),
+        "versions": {"method": parts.method.VERSION, "reward": parts.reward.version,
+                     "evals": {n: r.version for n, r in parts.eval_rewards.items()}, "profile": parts.world.name,
+                     "code": source_hash()},
+        "reward": parts.reward.name,
+        "per_update": {"images": per_update, "reward_calls": per_update,
+                       "reference_images": per_update if parts.needs.reference else 0,
+                       "prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k, "noise_seeds": per_update},
+        "layout": layout_record(cfg),
+        "precision": _precision_record(parts),
+        "budget": parts.budget.limits(),
+        "environment": describe_environment(),
+    }
+
+
+def layout_record(cfg: RunConfig) -> dict[str, Any]:
+    """The process layout: the global effective batch, and how the processes share its micro-batches."""
+    world = distributed.current().world
+    record = {"processes": world, "micro_batches": cfg.grad_accum, "micro_batches_per_process": cfg.grad_accum // world,
+              "effective_batch": {"prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k,
+                                  "images": cfg.prompts_per_step * cfg.k * cfg.grad_accum}}
+    if cfg.paper_processes:
+        record["paper_processes"] = cfg.paper_processes
+        if world < cfg.paper_processes:
+            record["note"] = (f"the setting ran on {cfg.paper_processes} processes x {cfg.grad_accum // cfg.paper_processes} "
+                              f"micro-batches; here {world} x {cfg.grad_accum // world}: the same effective batch, "
+                              "prompts and noise, accumulated on fewer devices")
+    return record
+
+
+def _precision_record(parts: "Parts") -> dict[str, Any]:
+    from harness.precision import describe
+
+    gen = parts.world.generator
+    out = describe(parts.cfg.mixed_precision, gen.device)
+    vae_dtype = getattr(gen, "vae_dtype", None)
+    if vae_dtype is not None and vae_dtype != getattr(gen, "dtype", vae_dtype):
+        out["vae"] = f"{str(vae_dtype).removeprefix('torch.')} (its config sets force_upcast)"
+    return out

@@ -11,7 +11,7 @@ On a GPU, ``--profile sd-turbo`` / ``sdxl-turbo`` run the paper's setting (prese
 ``paper-sdxl-turbo``: PickScore training reward, the paper's K, M, LoRA rank and update counts) for all six
 methods, then evaluate every run and the base generator with the ``pickapic-parti`` benchmark (PickScore x100,
 aesthetic, ImageReward x10, HPSv2 x100 on Pick-a-Pic v2 test and Parti-Prompts) and print the paper's numbers
-(``PAPER_TABLES``, DrPO website = arXiv table) beside ours::
+(``PAPER_TABLES`` in ``harness/reporting/table2.py``, DrPO website = arXiv table) beside ours::
 
     nox -s reproduce_table2 -- --profile sd-turbo --model /data/sd-turbo --features-path /data/mae_latent_256.pth \
         --prompts /data/pickscore/train.txt --pickapic /data/pickapic_v2_test_unique.txt --parti /data/PartiPrompts.tsv \
@@ -21,8 +21,6 @@ aesthetic, ImageReward x10, HPSv2 x100 on Pick-a-Pic v2 test and Parti-Prompts) 
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +29,9 @@ from typing import Any, ClassVar, Sequence
 from harness.config import config_dict, run_key
 from harness.presets import Preset
 from harness.presets import get as get_preset
-from harness.store import Store, git_state
-from harness.tables import fmt, method_rows
-from harness.tune import tuned_configs, tuned_entries
+from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
+from harness.store import Store
+from harness.tune import tuned_configs
 from harness.validate import Bound, at_least, nonnegative
 
 
@@ -75,35 +73,6 @@ SECTIONS: dict[str, tuple[Section, ...]] = {
 BENCHMARK = "pickapic-parti"
 """The benchmark the real-profile tables are evaluated with after training."""
 
-# The paper's numbers (drpo-method.md section 2.4: DrPO website dd473d8, aligned with the arXiv table in 689acca).
-# Row: (label, driftbench method or "base" or None for reference-only rows, steps, uses reward gradient,
-#       Pick-a-Pic (PS, AES, IR), Parti (PS, AES, IR)); PS = PickScore x100, IR = ImageReward x10.
-PAPER_TABLES: dict[str, tuple[tuple[str, str | None, int, str, tuple[float, ...], tuple[float, ...]], ...]] = {
-    "sd-turbo": (
-        ("SD1.5", None, 50, "–", (20.79, 5.455, 1.22), (21.49, 5.358, 2.25)),
-        ("LCM-SD1.5", None, 4, "–", (20.50, 5.497, -3.08), (21.15, 5.396, -1.94)),
-        ("SD2.1", None, 50, "–", (21.09, 5.645, 2.49), (21.77, 5.547, 3.97)),
-        ("SD-Turbo", "base", 1, "–", (21.88, 6.054, 5.75), (22.29, 5.758, 5.37)),
-        ("DRaFT", "draft", 1, "Yes", (24.69, 6.820, 9.63), (23.07, 6.516, 7.72)),
-        ("VGGFlow", "vggflow", 1, "Yes", (23.73, 6.378, 7.74), (22.99, 6.027, 6.50)),
-        ("DPO 1step", "dpo1", 1, "No", (22.02, 6.080, 5.95), (22.39, 5.793, 5.21)),
-        ("PSO", "pso", 1, "No", (21.88, 6.059, 5.80), (22.29, 5.763, 5.42)),
-        ("GRPO 1step", "ngrpo", 1, "No", (21.98, 6.077, 6.08), (22.35, 5.779, 5.65)),
-        ("DrPO", "drpo", 1, "No", (23.49, 6.485, 9.54), (22.99, 6.284, 7.46)),
-    ),
-    "sdxl-turbo": (
-        ("SDXL base", None, 50, "–", (22.15, 6.104, 6.85), (22.64, 5.761, 7.24)),
-        ("SDXL-DPO", None, 50, "–", (22.57, 6.076, 9.38), (22.95, 5.811, 10.66)),
-        ("SDXL-Turbo", "base", 1, "–", (22.45, 6.059, 9.36), (22.77, 5.693, 9.13)),
-        ("DRaFT", "draft", 1, "Yes", (24.45, 6.712, 12.70), (24.34, 6.485, 12.66)),
-        ("VGGFlow", "vggflow", 1, "Yes", (24.27, 6.490, 12.19), (23.98, 6.200, 11.40)),
-        ("DPO 1step", "dpo1", 1, "No", (22.77, 6.227, 10.44), (22.85, 6.019, 11.25)),
-        ("PSO", "pso", 1, "No", (22.56, 6.092, 8.97), (22.87, 5.744, 9.17)),
-        ("GRPO 1step", "ngrpo", 1, "No", (22.50, 6.077, 9.57), (22.80, 5.710, 9.27)),
-        ("DrPO", "drpo", 1, "No", (23.66, 6.717, 12.46), (23.71, 6.665, 12.60)),
-    ),
-}
-PAPER_COLUMNS = ("PS", "AES", "IR")
 
 
 @dataclass(frozen=True)
@@ -432,153 +401,3 @@ def evaluate_benchmark(bench: Any, store: Store, run_id: str, *, base: bool = Fa
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def paper_table(profile: str, results: dict[str, tuple[dict, list[tuple[str, dict]]]]) -> tuple[list[str], list[dict]]:
-    """Markdown lines and CSV records putting our benchmark numbers beside the paper's (``PAPER_TABLES``).
-
-    ``results``: {section title: (base summary, [(method, run summary), ...])}; ours are mean ± 95% t-interval
-    half-width over seeds, the paper's (one run each) in parentheses.
-    """
-    from harness.tables import t_interval
-
-    lines: list[str] = []
-    records: list[dict[str, Any]] = []
-    set_names = {"pickapic": "Pick-a-Pic", "parti": "Parti"}
-    for title, (base, runs) in results.items():
-        sets = [k for k in set_names if k in base.get("scores", {})]
-        columns = [c for c in ("PS", "AES", "IR", "HPSv2") if any(c in base["scores"][k] for k in sets)]
-        header = ["method", "steps", "reward grad."] + [f"{set_names[k]} {c}" for k in sets for c in columns]
-        lines += [f"## Paper comparison: {title}", "",
-                  "Ours: mean ± 95% t-interval half-width over seeds; the paper's number (one run) in parentheses. "
-                  "PS = PickScore x100, AES = LAION aesthetic, IR = ImageReward x10, HPSv2 = HPSv2.1 x100 (not in the "
-                  "paper's table).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        by_method: dict[str, list[dict]] = {}
-        for method, summary in runs:
-            by_method.setdefault(method, []).append(summary)
-        for label, key, steps, grad, *paper in PAPER_TABLES[profile]:
-            summaries = [base] if key == "base" else by_method.get(key or "", [])
-            cells = [label + (" (base)" if key == "base" else ""), str(steps), grad]
-            for k in sets:
-                paper_values = dict(zip(PAPER_COLUMNS, paper[0 if k == "pickapic" else 1]))
-                for c in columns:
-                    ours = t_interval([s["scores"][k][c] for s in summaries if c in s["scores"].get(k, {})])
-                    ref = paper_values.get(c)
-                    digits = 3 if c == "AES" else 2
-                    cell = fmt(*ours, digits=digits) if summaries else "–"
-                    cells.append(cell + (f" ({ref:.{digits}f})" if ref is not None else ""))
-                    records.append({"section": f"paper comparison: {title}", "method": key or label, "label": label,
-                                    "set": k, "column": c, "ours": ours[0], "ours_ci": ours[1], "paper": ref,
-                                    "seeds": len(summaries)})
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return lines, records
-
-
-def write_table(sections: Sequence[tuple[Section, list[str]]], store: Store, out: Path, elapsed: float,
-                extra: tuple[list[str], list[dict[str, Any]]] = ([], []), name: str = "table2",
-                tuned_path: Path | None = None) -> Path:
-    """Markdown and long-format CSV of every section, from the stored summaries; ``extra`` (lines, records) are
-    appended (the paper comparison of the real profiles)."""
-    import pandas as pd
-
-    lines = [f"# Table 2 (driftbench reproduction): `{name}`", "",
-             f"Generated by `driftbench table2` at git {git_state()['commit'] or 'unknown'} in {elapsed / 60:.1f} min. "
-             "Values are mean ± 95% t-interval half-width over seeds; Δ columns are paired by seed.", ""]
-    records = []
-    for section, run_ids in sections:
-        tested = "test_selected/drift/latent_rms" in json.loads((store.run_dir(run_ids[0]) / "summary.json").read_text())
-        table, rows = tested_section(section, store, run_ids, out, tuned_path) if tested else \
-            section_table(section, store, run_ids)
-        lines += [f"## {section.title}", "", *table, ""]
-        records += rows
-    lines += extra[0]
-    records += extra[1]
-    md = out / f"{name}.md"
-    out.mkdir(parents=True, exist_ok=True)
-    md.write_text("\n".join(lines))
-    pd.DataFrame.from_records(records).to_csv(out / f"{name}.csv", index=False)
-    return md
-
-
-def tested_section(section: Section, store: Store, run_ids: list[str], out: Path,
-                   tuned_path: Path | None = None) -> tuple[list[str], list[dict]]:
-    """A section evaluated on the test split: the paired table, the over-optimisation table and figure, and for
-    a tuned section the tuning report (space sizes, best-so-far curves)."""
-    from harness.reporting import overopt, tuned_table
-    from harness.tune import unequal_effort
-
-    entries, unequal = {}, []
-    if section.tuned:
-        entries = tuned_entries(section.preset, tuned_path)
-        unequal = unequal_effort(entries)
-    lines, records = tuned_table.section_table(section.title, store, run_ids, entries, unequal)
-    by_method: dict[str, list[str]] = {}
-    for run_id in run_ids:
-        by_method.setdefault(store.manifest(run_id)["run"]["method"], []).append(run_id)
-    proxy = store.manifest(run_ids[0])["reward"]
-    gold = tuned_table.gold_of(json.loads((store.run_dir(run_ids[0]) / "summary.json").read_text()), proxy)
-    curves = [overopt.curve(store, m, ids, proxy, gold) for m, ids in by_method.items()]
-    stem = f"{section.preset}__{'tuned' if section.tuned else 'defaults'}__overoptimisation"
-    figure = overopt.figure(curves, proxy, gold, out / "plots", stem, section.title)
-    rows = overopt.summary(curves)
-    lines += ["", f"Over-optimisation on validation (proxy {proxy}, gold {gold}; seed means; figure "
-              f"`{figure[0].relative_to(out).as_posix()}`):", "", *overopt.table(rows)]
-    records += [{"section": section.title, "table": "overoptimisation", **r} for r in rows]
-    if section.tuned:
-        from harness.reporting import tuning
-
-        report, fig = tuning.report(section.preset, list(by_method), str(store.root), out / "plots")
-        lines += ["", f"Equal-effort tuning (figure `{fig[0].relative_to(out).as_posix()}`):", "", *report]
-    return lines, records
-
-
-def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Markdown lines and CSV records for one section."""
-    from methods import METHODS
-
-    summaries = []
-    for run_id in run_ids:
-        summary = json.loads((store.run_dir(run_id) / "summary.json").read_text())
-        summaries.append({**summary, "method": store.manifest(run_id)["run"]["method"]})
-    manifest = store.manifest(run_ids[0])
-    # The training reward first: its gain over the base is the column the claim rests on.
-    rewards = [manifest["reward"]] + sorted(r for r in manifest["versions"]["evals"] if r != manifest["reward"])
-    per_method = method_rows(summaries, rewards)
-    header = ["method", "steps", "reward grad.", *rewards, f"gain ({rewards[0]})", "updates", "images",
-              "reward calls", "GFLOP/update", "s/update", "seeds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    first = next(iter(per_method.values()))
-    base = [fmt(*first[f"{r}/base"]) for r in rewards]
-    lines.append("| " + " | ".join([f"base ({manifest['versions']['profile']})", "1", "–", *base,
-                                    "–", "0", "0", "0", "–", "–", "–"]) + " |")
-    records = [{"section": section.title, "method": "base", **{r: first[f"{r}/base"][0] for r in rewards}}]
-    for method, row in per_method.items():
-        grad = "Yes" if METHODS.get(method).REWARD_GRADIENT else "No"
-        cells = [method, "1", grad, *[fmt(*row[r]) for r in rewards], fmt(*row[f"{rewards[0]}/gain"], digits=4),
-                 f"{row['updates']:.0f}", f"{row['images']:.0f}", f"{row['reward_calls']:.0f}",
-                 f"{row['flops'] / row['updates'] / 1e9:.1f}", f"{row['seconds'] / row['updates']:.2f}", str(row["seeds"])]
-        lines.append("| " + " | ".join(cells) + " |")
-        rec = {"section": section.title, "method": method, "seeds": row["seeds"]}
-        for r in rewards:
-            rec.update({r: row[r][0], f"{r}_ci": row[r][1], f"{r}_gain": row[f"{r}/gain"][0],
-                        f"{r}_gain_ci": row[f"{r}/gain"][1]})
-        rec.update({k: row[k] for k in ("updates", "images", "reward_calls", "seconds", "flops")})
-        records.append(rec)
-    lines += cost_ratios(per_method)
-    return lines, records
-
-
-def cost_ratios(per_method: dict[str, dict[str, Any]], numerator: str = "draft", denominator: str = "drpo") -> list[str]:
-    """The reward-backprop cost claim, measured: DRaFT's FLOPs and metered seconds per update over DrPO's."""
-    if numerator not in per_method or denominator not in per_method:
-        return []
-    a, b = per_method[numerator], per_method[denominator]
-    flops = (a["flops"] / a["updates"]) / (b["flops"] / b["updates"])
-    seconds = (a["seconds"] / a["updates"]) / (b["seconds"] / b["updates"])
-    return ["", f"{numerator} / {denominator} per update: FLOP ratio {flops:.2f}x, wall-clock ratio {seconds:.2f}x "
-                f"(metered training seconds, mean over seeds; evaluation excluded)."]
-
-
-def gain_excludes_zero(mean: float, half: float) -> bool:
-    return math.isfinite(half) and mean - half > 0

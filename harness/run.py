@@ -23,12 +23,12 @@ from torch import Tensor
 from harness import distributed, economy, faults
 from harness.api import Context, Needs, Rollout
 from harness.budget import Budget, Meter, Spend
-from harness.config import RunConfig, config_dict, plain_name, run_key
+from harness.config import RunConfig, plain_name
 from harness.evaluation import EVAL_SEED_BASE, EvalSet
 from harness.lifecycle import StopSignals, open_run, record_end
 from harness.profiles import PROFILES, World
 from harness.selection import check_select_metric, evaluate_test
-from harness.store import Store, describe_environment, source_hash
+from harness.store import Store
 from harness.validate import check as check_bounds
 
 __all__ = ["EVAL_SEED_BASE", "CapabilityError", "Parts", "prepare", "run", "update"]
@@ -272,52 +272,6 @@ def _agreement(parts: Parts, batch: Rollout) -> dict[str, float]:
 # The loop and the record
 # ---------------------------------------------------------------------------------------------------
 
-def manifest_for(parts: Parts) -> dict[str, Any]:
-    cfg, per_update = parts.cfg, parts.cfg.prompts_per_step * parts.cfg.k * parts.cfg.grad_accum
-    return {
-        "key": run_key(cfg, parts.method_cfg),
-        "run": config_dict(cfg),
-        "method_config": config_dict(parts.method_cfg),
-        "versions": {"method": parts.method.VERSION, "reward": parts.reward.version,
-                     "evals": {n: r.version for n, r in parts.eval_rewards.items()}, "profile": parts.world.name,
-                     "code": source_hash()},
-        "reward": parts.reward.name,
-        "per_update": {"images": per_update, "reward_calls": per_update,
-                       "reference_images": per_update if parts.needs.reference else 0,
-                       "prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k, "noise_seeds": per_update},
-        "layout": layout_record(cfg),
-        "precision": _precision_record(parts),
-        "budget": parts.budget.limits(),
-        "environment": describe_environment(),
-    }
-
-
-def layout_record(cfg: RunConfig) -> dict[str, Any]:
-    """The process layout: the global effective batch, and how the processes share its micro-batches."""
-    world = distributed.current().world
-    record = {"processes": world, "micro_batches": cfg.grad_accum, "micro_batches_per_process": cfg.grad_accum // world,
-              "effective_batch": {"prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k,
-                                  "images": cfg.prompts_per_step * cfg.k * cfg.grad_accum}}
-    if cfg.paper_processes:
-        record["paper_processes"] = cfg.paper_processes
-        if world < cfg.paper_processes:
-            record["note"] = (f"the setting ran on {cfg.paper_processes} processes x {cfg.grad_accum // cfg.paper_processes} "
-                              f"micro-batches; here {world} x {cfg.grad_accum // world}: the same effective batch, "
-                              "prompts and noise, accumulated on fewer devices")
-    return record
-
-
-def _precision_record(parts: Parts) -> dict[str, Any]:
-    from harness.precision import describe
-
-    gen = parts.world.generator
-    out = describe(parts.cfg.mixed_precision, gen.device)
-    vae_dtype = getattr(gen, "vae_dtype", None)
-    if vae_dtype is not None and vae_dtype != getattr(gen, "dtype", vae_dtype):
-        out["vae"] = f"{str(vae_dtype).removeprefix('torch.')} (its config sets force_upcast)"
-    return out
-
-
 def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, resume: str = "",
         on_eval: Callable[[float, dict[str, float]], None] | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.method`` under ``cfg``'s budget and record it; returns the run's summary.
@@ -338,7 +292,7 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
     # One process: SIGINT/SIGTERM stop at a safe point. Several: the launcher's SIGTERM means another process
     # died, so the run stops at once (distributed.stop_on_sigterm) rather than wait in a collective.
     with StopSignals(enabled=distributed.current().world <= 1) as stop:
-        run_id, start, manifest = open_run(store, parts, resume, manifest_for)
+        run_id, start, manifest = open_run(store, parts, resume)
         writer: Any = store if main else _Silent(store)
         if main and cfg.log_with:
             from harness.trackers import Mirrored

@@ -63,7 +63,7 @@ class CommandReward:
     def _score_batch(self, images: Tensor, prompts: list[str]) -> list[float]:
         from PIL import Image
 
-        from harness.serve import to_uint8
+        from harness.wire import to_uint8
 
         with tempfile.TemporaryDirectory(prefix="driftbench-cmd-") as tmp:
             directory = Path(tmp)

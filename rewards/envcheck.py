@@ -61,7 +61,7 @@ def images(n: int, size: int, seed: int = 0):
 def pil(batch) -> list:
     from PIL import Image
 
-    from harness.serve import to_uint8
+    from harness.wire import to_uint8
 
     return [Image.fromarray(a) for a in to_uint8(batch)]
 

@@ -81,7 +81,7 @@ class HPSv2:
         """images (B, 3, H, W) in [0, 1] -> B floats, cos(image, text) per pair."""
         from PIL import Image
 
-        from harness.serve import to_uint8
+        from harness.wire import to_uint8
 
         check_images(images, prompts, self.name)
         arrays = to_uint8(images)

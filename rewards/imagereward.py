@@ -62,7 +62,7 @@ class ImageReward:
         """images (B, 3, H, W) in [0, 1] -> B floats (one ``model.score(prompt, images)`` call per prompt)."""
         from PIL import Image
 
-        from harness.serve import to_uint8
+        from harness.wire import to_uint8
 
         check_images(images, prompts, self.name)
         pil = [Image.fromarray(a) for a in to_uint8(images)]

@@ -50,7 +50,7 @@ class RemoteReward:
 
     def __init__(self, url: str, token: str | None = None, timeout: float | str = 600, retries: int | str = 3,
                  batch: int | str = 0, backoff: float | str = 0.5):
-        from harness.serve import TOKEN_ENV
+        from harness.wire import TOKEN_ENV
 
         urls = [u.strip() for u in url.split(",")]
         if not all(urls):
@@ -132,7 +132,7 @@ class RemoteReward:
     # -- scoring ---------------------------------------------------------------------------------
     def batch_size(self, height: int, width: int, prompts: Sequence[str]) -> int:
         """Images per request: the requested batch, capped by the server's max-batch and max-bytes."""
-        from harness.serve import request_bytes
+        from harness.wire import request_bytes
 
         n = min(self.requested_batch or self.max_batch, self.max_batch)
         longest = max((len(p.encode("utf-8")) for p in prompts), default=0) * 2 + 8
@@ -145,7 +145,7 @@ class RemoteReward:
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> list[float]:
         """images (B, 3, H, W) in [0, 1] -> B floats from the server, in batches."""
-        from harness.serve import encode_request
+        from harness.wire import encode_request
 
         check_images(images, prompts, self.name)
         prompts = list(prompts)
@@ -207,7 +207,7 @@ def _opener(host: str):
     """urllib's opener; proxies from the environment are ignored for loopback hosts."""
     import urllib.request
 
-    from harness.serve import LOOPBACK
+    from harness.wire import LOOPBACK
 
     if host in LOOPBACK:
         return urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -685,7 +685,7 @@ def test_table2_passes_the_model_and_prompt_files_to_the_paper_sections(tmp_path
 
 @pytest.mark.unit
 def test_paper_table_puts_ours_beside_the_papers():
-    from harness.reproduce import paper_table
+    from harness.reporting.table2 import paper_table
 
     def summary(ps, aes):
         return {"scores": {"pickapic": {"PS": ps, "AES": aes}, "parti": {"PS": ps - 1, "AES": aes}}}

@@ -419,6 +419,7 @@ def test_every_numeric_config_field_declares_its_bound():
     from evals import geneval_bench, hpdv3, pickapic
     from evals.bench import EvaluateOptions
     from harness.bench_drift import BenchDriftConfig
+    from harness.bench_serve import BenchServeConfig
     from harness.compute import ComputeConfig
     from harness.config import RunConfig
     from harness.economy import AgreementConfig
@@ -434,7 +435,7 @@ def test_every_numeric_config_field_declares_its_bound():
 
     classes = [RunConfig, *(METHODS.get(m).Config for m in METHODS), StudyConfig, Table2Config, ServeConfig,
                ComputeConfig, ProfileConfig, AgreementConfig, StudyReportConfig, EvaluateOptions, pickapic.Config,
-               hpdv3.Config, geneval_bench.Config, TuneConfig, RunTimeConfig, BenchDriftConfig]
+               hpdv3.Config, geneval_bench.Config, TuneConfig, RunTimeConfig, BenchDriftConfig, BenchServeConfig]
     assert {c.__module__ + "." + c.__qualname__: unbounded(c) for c in classes if unbounded(c)} == {}
     for cls in classes:  # every default lies inside its own bounds
         required = {f.name: "x" for f in dataclasses.fields(cls)
@@ -546,7 +547,7 @@ def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(tmp_path, cap
 def _body() -> bytes:
     import torch
 
-    from harness.serve import encode_request
+    from harness.wire import encode_request
 
     return encode_request(torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)), ["a"])
 

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.serve import RewardServer, encode_request, to_uint8
+from harness.serve import RewardServer
+from harness.wire import encode_request, to_uint8
 from rewards import build, parse_options
 from rewards.remote import RemoteReward
 

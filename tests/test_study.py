@@ -11,7 +11,6 @@ from harness.presets import PRESETS, Preset
 from harness.store import Store, read_json
 from harness.study import (
     StudyConfig,
-    _Reporter,
     create_or_load,
     load_study,
     open_storage,
@@ -19,6 +18,7 @@ from harness.study import (
     resolve,
     study,
 )
+from harness.study_objective import _Reporter
 
 pytestmark = pytest.mark.slow
 

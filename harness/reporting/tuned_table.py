@@ -49,7 +49,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float]:
 def section_table(title: str, store: Store, run_ids: Sequence[str], tuned: dict[str, dict[str, Any]],
                   unequal: Sequence[str] = ()) -> tuple[list[str], list[dict[str, Any]]]:
     """Markdown lines and CSV records of one tuned section."""
-    from harness.reproduce import cost_ratios
+    from harness.reporting.table2 import cost_ratios
     from methods import METHODS
 
     summaries = _summaries(store, run_ids)

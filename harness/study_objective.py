@@ -1,0 +1,169 @@
+"""A study trial's objective: the method's configuration from the trial, every seed run (a retried trial
+picks up the stopped trial's runs), intermediate reports at equal spend, and the mean held-out value
+read back from the stored summaries. Split from ``harness/study.py``, which drives the workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from harness.config import config_dict, run_key
+from harness.redact import redact
+from harness.study_space import SpaceTrial
+from harness.study_storage import counted
+
+if TYPE_CHECKING:
+    from harness.study import Setup, StudyConfig
+
+DRIFT_KEY = "eval/drift/pixel_rms"
+"""The summary key of a run's pixel distance from the base (the second objective of a multi-objective study)."""
+
+
+
+def objective_value(summary: dict[str, Any], reward: str) -> float:
+    """The held-out headline of ``reward`` in a run summary (``overall`` when present, else ``mean``)."""
+    from harness.tables import headline
+
+    value = headline(summary, reward)
+    if value is None:
+        evaluated = sorted({k.split("/")[1] for k in summary if k.startswith("eval/") and k != DRIFT_KEY})
+        raise ValueError(f"objective '{reward}' is not evaluated by the run; "
+                         f"evaluated rewards: {', '.join(evaluated)}")
+    return float(value)
+
+
+def _run_id(store: Any, name: str, number: int, seed: int) -> str:
+    from harness.store import utc_stamp
+
+    run_id = f"study-{name}__t{number:04d}__s{seed}"
+    return run_id if not store.run_dir(run_id).exists() else f"{run_id}__{utc_stamp()}"
+
+
+class _Reporter:
+    """``on_eval`` for seed i of S: reports at step round(100 (i + f) / S) and prunes there."""
+
+    def __init__(self, trial: Any, index: int, n_seeds: int, store: Any, run_id: str, objective: str,
+                 reported: set[int], running_max: bool = False):
+        self.trial, self.index, self.n_seeds = trial, index, n_seeds
+        self.store, self.run_id, self.objective, self.reported = store, run_id, objective, reported
+        self.running_max, self.best = running_max, -math.inf
+
+    def __call__(self, fraction: float, metrics: dict[str, float]) -> None:
+        import optuna
+
+        # An evaluation before any update says nothing about the configuration (and for i > 0 it would
+        # land on the previous seed's last step).
+        if fraction <= 0:
+            return
+        reward = self.objective or self.store.manifest(self.run_id)["reward"]
+        value = objective_value(metrics, reward)
+        self.best = max(self.best, value)  # at_best: the value a checkpoint selected now would have
+        step = round(100 * (self.index + min(fraction, 1.0)) / self.n_seeds)
+        if step in self.reported:
+            return
+        self.reported.add(step)
+        self.trial.report(self.best if self.running_max else value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at {step}% of the trial's spend")
+
+
+class StudyFull(Exception):
+    """A trial that started when the study already held ``trials`` trials (another command got there)."""
+
+
+def make_objective(cfg: StudyConfig, setup: Setup, *, sampler_seed: int | None = None) -> Callable[[Any], Any]:
+    """The Optuna objective: mean held-out objective over ``cfg.seeds`` (and mean pixel drift when
+    multi-objective); failures are recorded in the trial's ``error`` user attribute. ``sampler_seed``, the
+    worker's TPE seed, is recorded on each trial."""
+    import optuna
+
+    def objective(trial: optuna.Trial) -> Any:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if sampler_seed is not None:
+            trial.set_user_attr("sampler_seed", sampler_seed)
+        try:
+            _check_room(trial, cfg.trials)
+            return _evaluate(trial, cfg, setup)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("error", "KeyboardInterrupt")
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            trial.set_user_attr("error", redact(f"{type(exc).__name__}: {text}"))
+            raise
+    return objective
+
+
+def _check_room(trial: Any, total: int) -> None:
+    """Raise :class:`StudyFull` (marking the trial surplus, so it does not count) when ``total`` trials
+    that count or still run were created before this one: commands sharing a database can ask for a trial
+    at the same moment, and trial numbers order them."""
+    from optuna.trial import TrialState
+
+    trials = trial.study.get_trials(deepcopy=False)
+    ahead = {t.number for t in counted(trials)} | {t.number for t in trials if t.state == TrialState.RUNNING}
+    held = sum(n < trial.number for n in ahead)
+    if held >= total:
+        trial.set_user_attr("surplus", True)
+        raise StudyFull(f"the study already held {held} of {total} trials when trial {trial.number} started; "
+                        "not run")
+
+
+def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
+    import numpy as np
+
+    from harness.run import run
+    from harness.store import Store, read_json
+    from methods import METHODS
+
+    store = Store(cfg.out)
+    proxy = SpaceTrial(trial, setup.overrides)
+    params = METHODS.get(cfg.method).space(proxy)
+    k = proxy.suggest_int("k", 2, 64) if any(o.name == "k" for o in setup.overrides) else setup.base_run.k
+    method_cfg = dataclasses.replace(setup.base_method, **params)
+    trial.set_user_attr("method_config", config_dict(method_cfg))
+    trial.set_user_attr("k", k)
+    values, drifts, run_ids, reported = [], [], [], set()
+    earlier = _earlier_runs(trial, store)
+    for i, seed in enumerate(cfg.seeds):
+        # A retried trial picks up the stopped trial's runs: complete ones are reused, others resume from
+        # their checkpoints (or restart when they have none).
+        run_cfg = setup.base_run.replace(seed=seed, k=k)
+        resume = earlier[i] if i < len(earlier) else ""
+        if resume and store.manifest(resume).get("key") != run_key(run_cfg, method_cfg):
+            resume = ""  # not this configuration's run
+        run_id = resume or _run_id(store, cfg.name, trial.number, seed)
+        run_cfg = run_cfg.replace(run_id="" if resume else run_id)
+        report = None if cfg.multi_objective else _Reporter(trial, i, len(cfg.seeds), store, run_id,
+                                                            cfg.objective, reported, running_max=cfg.at_best)
+        run_ids.append(run_id)
+        trial.set_user_attr("run_ids", run_ids)
+        if not resume or store.status(resume) != "complete":
+            run(run_cfg, method_cfg, store=store, on_eval=report, progress=False, resume=resume)
+        summary = read_json(store.run_dir(run_id) / "summary.json")  # the number in the store
+        reward = cfg.objective or store.manifest(run_id)["reward"]
+        values.append(float(summary["select/value"]) if cfg.at_best else objective_value(summary, reward))
+        drifts.append(float(summary[DRIFT_KEY]))
+        trial.set_user_attr("objective", reward)
+        trial.set_user_attr("seed_values", values)
+        trial.set_user_attr("seed_drift", drifts)
+    mean = float(np.mean(values))
+    return (mean, float(np.mean(drifts))) if cfg.multi_objective else mean
+
+
+def _earlier_runs(trial: Any, store: Any) -> list[str]:
+    """The run ids of the stopped trial this one retries (``retry_of``), those still in the store."""
+    number = trial.user_attrs.get("retry_of") if hasattr(trial, "user_attrs") else None
+    if number is None:
+        return []
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.number == number:
+            return [r if store.run_dir(r).is_dir() else "" for r in t.user_attrs.get("run_ids", [])]
+    return []
