@@ -127,15 +127,19 @@ def load_metadata(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"GenEval metadata file '{path}' does not exist")
     metas = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                meta = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not a JSON object ({err.msg} at column {err.colno})") from None
-            metas.append(check_metadata(meta, f"{path}:{lineno}"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        where = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{where}: GenEval metadata must be UTF-8 ({err.reason} at byte {err.start})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            meta = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not a JSON object ({err.msg} at column {err.colno})") from None
+        metas.append(check_metadata(meta, f"{path}:{lineno}"))
     if not metas:
         raise ValueError(f"GenEval metadata file '{path}' holds no prompts")
     return metas

@@ -239,6 +239,9 @@ def test_metadata_file_errors(tmp_path):
     bad.write_text(json.dumps({**metas[0], "include": [{"class": "circle", "count": 0}]}))
     with pytest.raises(ValueError, match=r"bad.jsonl:1: include\[0\] needs 'class' .* 'count' \(int >= 1\)"):
         load_metadata(bad)
+    bad.write_bytes(good.encode() + '{"prompt": "un caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: GenEval metadata must be UTF-8"):
+        load_metadata(bad)
     assert len(load_metadata(write_jsonl(tmp_path / "ok.jsonl", metas))) == 6
     with pytest.raises(FileNotFoundError, match="metadata file '.*missing.jsonl' does not exist"):
         GenEvalBenchmark(Config(metadata=str(tmp_path / "missing.jsonl")))

@@ -129,6 +129,34 @@ def test_assets_match_checksums_and_corruption_is_named(tmp_path):
 
 
 @pytest.mark.slow
+def test_damaged_assets_with_matching_checksums_are_named(tmp_path):
+    """A truncated weights file or a malformed config whose checksums were regenerated passes the checksum
+    check; loading it is still one AssetError naming the file and the command that rebuilds it."""
+    copy = tmp_path / "shapes"
+    shutil.copytree(assets.ASSET_DIR, copy)
+    sums_path = copy / assets.CHECKSUMS
+
+    def regenerate(path):
+        sums = json.loads(sums_path.read_text())
+        sums[path.name] = assets.sha256(path)
+        sums_path.write_text(json.dumps(sums))
+
+    weights = assets.asset_path("reward", copy)
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    regenerate(weights)
+    with pytest.raises(assets.AssetError, match=r"reward\.safetensors is unreadable .*pretrain reward"):
+        assets.load_asset("reward", copy)
+    config = assets.asset_path("encoder", copy).with_suffix(".json")
+    config.write_text('{"channels": [8, 16')
+    regenerate(config)
+    with pytest.raises(assets.AssetError, match=r"encoder\.json is not valid JSON .*pretrain encoder"):
+        assets.load_asset("encoder", copy)
+    sums_path.write_bytes(b"\xff\xfe not json")
+    with pytest.raises(assets.AssetError, match=r"checksums\.json is not valid JSON"):
+        assets.load_asset("generator", copy)
+
+
+@pytest.mark.slow
 def test_total_asset_size_under_30_mb():
     total = sum(p.stat().st_size for p in assets.ASSET_DIR.iterdir())
     assert total <= 30 * 2 ** 20
