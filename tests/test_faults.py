@@ -446,7 +446,7 @@ def test_every_numeric_config_field_declares_its_bound():
 def _prompt_files(tmp: Path) -> dict[str, str]:
     (tmp / "latin1.txt").write_bytes("a photo of a caf\xe9\n".encode("latin-1"))
     (tmp / "cats.txt").write_text("a photo of a red circle\na photo of a cat\n")
-    return {"{latin1}": str(tmp / "latin1.txt"), "{cats}": str(tmp / "cats.txt")}
+    return {"{latin1}": str(tmp / "latin1.txt"), "{cats}": str(tmp / "cats.txt"), "{missing}": str(tmp / "no-such-dir")}
 
 
 TRAIN = ["train", "--preset", "tiny-jpeg", "--quiet"]
@@ -501,7 +501,7 @@ BAD_INPUTS = [
     (["table2", "--seeds", "0", "-1"], 2, "--seeds must be >= 0, got 0 -1"),
     (["table2", "--profile", "tinny"], 2, "did you mean 'tiny'"),
     (["study", "--name", "s", "--trials", "0"], 2, "--trials must be >= 1, got 0"),
-    (["study", "--name", "s", "--storage", "/nonexistent/dir/x.journal"], 2, "directory /nonexistent/dir does not"),
+    (["study", "--name", "s", "--storage", "{missing}/x.journal"], 2, "directory {missing} does not"),
     (["study", "--name", "s", "--space", "k=1:4"], 2, "space entry 'k=1:4': k must be >= 2, got 1"),
     (["study", "--name", "s", "--space", "lr=0:1e-3"], 2, "space entry 'lr=0:1e-3': lr must be > 0, got 0.0"),
     (["study", "--name", "../s"], 2, "study name '../s'"),
