@@ -2,7 +2,7 @@
 
 Four kinds of component meet in :func:`harness.run.run`:
 
-* a **generator** (``harness/generator.py``, ``harness/shapes/model.py``): prompt encoding, noise, the
+* a **generator** (``harness/generator.py``, ``harness/shapes/generator.py``): prompt encoding, noise, the
   one-step trainable map from noise to latents, a frozen decoder to images, and a frozen reference pass;
 * a **reward** (``rewards/``): scores images for prompts; the harness calls it, methods never do;
 * a **method** (``methods/<name>.py``): an update rule. It receives a :class:`Rollout` that the harness

@@ -12,12 +12,12 @@ from harness.shapes.pretrain import (
     EncoderConfig,
     GeneratorConfig,
     RewardConfig,
-    log_bce,
     main,
     pretrain_encoder,
     pretrain_generator,
     pretrain_reward,
 )
+from harness.shapes.pretrain_reward import log_bce
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import torch
 from harness.api import Cond, Generator, Reward
 from harness.features import LatentFeatures, ResNetEncoder, multiscale_features
 from harness.shapes import assets
+from harness.shapes.generator import load_features, load_generator
 from harness.shapes.measure import flops_per_image
-from harness.shapes.model import load_features, load_generator
 from rewards.shapes_pref import clause_tensors, count_terms, include_weights, load_reward, position_terms
 
 PROMPTS = ["a photo of a red circle and a blue square", "a photo of three triangles"]
@@ -281,7 +281,7 @@ def test_pretrained_latent_features():
 def test_offline_anchors_are_rendered_scenes_in_latent_space(gen):
     """Offline DrPO's data: rendered correct/incorrect scenes enter the latent space through the committed
     image encoder, and decoding them back keeps the verifier's verdicts."""
-    from harness.shapes.model import load_image_encoder
+    from harness.shapes.generator import load_image_encoder
     from harness.shapes.offline import ShapesOffline
     from rewards.shapes_geneval import ShapesGenEval
 

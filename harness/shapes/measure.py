@@ -132,7 +132,7 @@ def render_auc(reward, metas: Sequence[dict], per_prompt: int, rng: np.random.Ge
 
 def measure(cfg: MeasureConfig, gen=None, reward=None) -> dict:
     """Every band figure for the committed assets (or the given generator and reward)."""
-    from harness.shapes.model import load_generator
+    from harness.shapes.generator import load_generator
     from rewards.shapes_geneval import ShapesGenEval
     from rewards.shapes_pref import load_reward
 

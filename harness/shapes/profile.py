@@ -41,7 +41,7 @@ def tag_balanced(tags: dict[str, str]):
 
 
 def build(cfg: RunConfig) -> World:
-    from harness.shapes.model import load_features, load_generator, load_image_encoder
+    from harness.shapes.generator import load_features, load_generator, load_image_encoder
     from harness.shapes.offline import ShapesOffline
     from harness.shapes.prompts import SPLITS, parse_prompt, split
 
