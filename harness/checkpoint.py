@@ -12,26 +12,26 @@ running state per process), so another count would not continue the same run.
 from __future__ import annotations
 
 import errno
-import os
-import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from harness import distributed, faults
 from harness.budget import PhaseStat, Spend
-from harness.config import config_dict, stored_run
+from harness.config import NOT_IN_KEY, config_dict, stored_run
 from harness.redact import redact
-from harness.store import publish
+from harness.store import write_atomic
 
 if TYPE_CHECKING:
     from harness.run import Parts
     from harness.selection import Selection
     from harness.store import Store
 
-IGNORED = {"run_id", "out", "log_with", "paper_processes"}
-"""Run-config fields that may differ between the interrupted and the resuming command."""
+IGNORED = frozenset(NOT_IN_KEY)
+"""Run-config fields that may differ between the interrupted and the resuming command: those outside the
+run key, which do not change what a run computes."""
 
 
 @dataclass
@@ -62,21 +62,16 @@ def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_up
             "trainable": parts.world.generator.trainable_state(), "optimizer": parts.optimizer.state_dict(),
             "method_state": parts.state, "meter": parts.meter.snapshot(), "processes": len(ranks),
             "ranks": ranks[1:]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def dump(tmp: Path) -> None:
         try:
             torch.save(data, tmp)
         except RuntimeError as exc:  # torch reports a failed write (full disk, file size limit) this way
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "write failed"
             raise OSError(errno.EIO, f"cannot write the checkpoint ({reason})", str(path)) from None
-        faults.point("write", path)
         faults.point("checkpoint", path)
-        publish(tmp, path)
-    except BaseException:  # never leave a half-written file behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    write_atomic(path, dump)
 
 
 def load(store: "Store", run_id: str, parts: "Parts") -> Resume | None:

@@ -7,14 +7,13 @@ line per figure. A figure whose data are not in the store is skipped and the ind
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from harness.store import Store, read_json
+from harness.store import Store, read_json, write_atomic
 from harness.tables import headline, t_interval
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -55,7 +54,7 @@ def save(fig, directory: Path, stem: str) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{stem}.png", directory / f"{stem}.pdf"]
     for path in paths:
-        _atomic(path, lambda tmp: fig.savefig(tmp, bbox_inches="tight", format=path.suffix[1:]))
+        write_atomic(path, lambda tmp: fig.savefig(tmp, bbox_inches="tight", format=path.suffix[1:]))
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -253,23 +252,8 @@ def plots(cfg: PlotsConfig) -> Path:
         lines.append("No stored results to plot yet: run `nox -s reproduce_table2` first.")
     directory.mkdir(parents=True, exist_ok=True)
     index = directory / "README.md"
-    _atomic(index, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    write_atomic(index, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     return index
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` then rename onto ``path``: a failed write (full disk) leaves neither a torn file nor its
-    temporary."""
-    from harness import faults
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        faults.point("write", path)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _slug(text: str) -> str:

@@ -38,7 +38,7 @@ import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from harness import faults
 from harness.redact import redact
@@ -49,19 +49,25 @@ LOCK = ".lock"
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "optuna", "numpy", "pandas", "scipy", "tyro")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomically replace ``path`` with ``data`` as indented JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then move it over ``path`` with the mode of a new
+    file: a failed write (full disk) leaves neither a torn file nor its temporary."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            faults.point("write", path)
+        write(Path(tmp))
+        faults.point("write", path)
         publish(tmp, path)
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically replace ``path`` with ``data`` as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def publish(tmp: str | os.PathLike, path: Path) -> None:
@@ -104,6 +110,12 @@ class RunLock:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
         return self
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
     def release(self) -> None:
         if self.fd is not None:

@@ -330,24 +330,16 @@ def _check_some_trial_ran(the_study: Any, cfg: StudyConfig) -> None:
 
 
 def _requeue_lock(cfg: StudyConfig):
-    """An exclusive lock beside the study's journal (a no-op for RDB storages, which retry by heartbeat)."""
+    """An exclusive lock beside the study's journal, waited for (the other command holds it for milliseconds);
+    a no-op for RDB storages, which retry by heartbeat."""
     import contextlib
+
+    from harness.store import RunLock
 
     if is_rdb(cfg.storage):
         return contextlib.nullcontext()
     path = Path(cfg.storage) if cfg.storage else journal_path(cfg.out, cfg.name)
-
-    @contextlib.contextmanager
-    def held():
-        import fcntl
-
-        fd = os.open(path.with_name(f".{path.name}.requeue.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # waits: the other command holds it for milliseconds
-            yield
-        finally:
-            os.close(fd)
-    return held()
+    return RunLock(path.with_name(f".{path.name}.requeue.lock"), f"study '{cfg.name}'").acquire(wait=True)
 
 
 def _log_best(the_study: Any, cfg: StudyConfig, seconds: float, log: Callable[[str], None]) -> None:

@@ -133,6 +133,8 @@ def repair_journal(path: Path) -> None:
     from optuna.storages.journal import JournalFileSymlinkLock
     from optuna.storages.journal._file import get_lock_file
 
+    from harness.store import write_atomic
+
     if not path.is_file() or path.stat().st_size == 0:
         return
     with get_lock_file(JournalFileSymlinkLock(str(path))):
@@ -155,9 +157,7 @@ def repair_journal(path: Path) -> None:
                         pass
         if not torn and not mended:
             return
-        tmp = path.with_name(f".{path.name}.repair.tmp")
-        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: tmp.write_bytes(b"".join(line + b"\n" for line in kept)))
     warnings.warn(f"{path}: repaired {mended + bool(torn)} line(s) torn by a crash", stacklevel=2)
 
 
