@@ -33,7 +33,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from evals import EVALS
+from harness.config import RunConfig, config_dict, from_dict, plain_name
+from harness.images import to_uint8
+from harness.profiles import PROFILES
+from harness.registry import unknown
+from harness.run import EVAL_SEED_BASE
+from harness.store import Store, git_state
 from harness.validate import Bound, at_least
+from harness.validate import check as check_bounds
+from rewards import check_scores
 
 BENCHMARKS = ("geneval", "hpdv3", "pickapic-parti")
 """The evaluators ``driftbench evaluate`` runs (``heldout`` runs inside training, per reward)."""
@@ -100,9 +109,6 @@ def load_weights(gen: Any, run_dir: str | Path) -> str:
 
 def load_run(out: str, run_id: str, *, model: str = "", device: str = "", base: bool = False):
     """(world, manifest, run_dir, weights file or "") for a stored run, its trained weights loaded unless ``base``."""
-    from harness.config import RunConfig, from_dict, plain_name
-    from harness.profiles import PROFILES
-    from harness.store import Store
 
     plain_name("--run", run_id)
     store = Store(out)
@@ -184,7 +190,6 @@ def _table_rows(path: Path, delimiter: str, what: str, extra: str | None = None)
 def heldout_seeds(prompt_index: int, n: int) -> list[int]:
     """The harness's fixed evaluation seeds (``harness.run.generate``): image j of prompt i uses
     ``EVAL_SEED_BASE + 1000 i + j``, the same for every method, run and the base."""
-    from harness.run import EVAL_SEED_BASE
 
     return [EVAL_SEED_BASE + 1000 * prompt_index + j for j in range(n)]
 
@@ -265,7 +270,6 @@ def build_reward(name: str, options: Mapping[str, Mapping[str, str]] | None, con
 
 def score_batch(reward: Any, images: Tensor, prompts: Sequence[str]) -> list[float]:
     """Validated scores of one batch, under ``no_grad``."""
-    from rewards import check_scores
 
     with torch.no_grad():
         return check_scores(reward.score(images, list(prompts)), len(prompts), reward.name).tolist()
@@ -286,8 +290,6 @@ def save_png(image: Tensor, path: Path) -> None:
     """One image (3, H, W) in [0, 1] as an 8-bit RGB PNG."""
     from PIL import Image
 
-    from harness.images import to_uint8
-
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(to_uint8(image[None])[0]).save(path)
 
@@ -295,8 +297,6 @@ def save_png(image: Tensor, path: Path) -> None:
 def record(name: str, version: int, cfg: Any, *, run_id: str = "", reference: bool = False, weights: str = "",
            profile: str = "") -> dict[str, Any]:
     """What every benchmark summary carries: evaluator, version, config, source and git state."""
-    from harness.config import config_dict
-    from harness.store import git_state
 
     return {"evaluator": name, "version": version, "config": config_dict(cfg), "run_id": run_id,
             "generator": "base" if reference else "trained", "weights": weights, "profile": profile,
@@ -308,8 +308,6 @@ def record(name: str, version: int, cfg: Any, *, run_id: str = "", reference: bo
 # ---------------------------------------------------------------------------------------------------
 
 def benchmark_class(name: str) -> Any:
-    from evals import EVALS
-    from harness.registry import unknown
 
     EVALS.check(name)
     if name not in BENCHMARKS:
@@ -320,8 +318,6 @@ def benchmark_class(name: str) -> Any:
 def main(argv: Sequence[str]) -> int:
     """``driftbench evaluate NAME --run RUN_ID [--base] [evaluator options ...]``."""
     import tyro
-
-    from harness.validate import check as check_bounds
 
     argv = list(argv)
     if not argv or argv[0].startswith("-"):
@@ -339,7 +335,6 @@ def main(argv: Sequence[str]) -> int:
     check_bounds(args.command)
     check_bounds(args.bench)
     if args.command.run:
-        from harness.config import plain_name
 
         plain_name("--run", args.command.run)
     summary = evaluate(name, args.bench, args.command)
@@ -357,7 +352,6 @@ def evaluate(name: str, cfg: Any, options: EvaluateOptions) -> dict[str, Any]:
                          batch_size=options.batch_size)
     profile = options.profile
     if options.run:
-        from harness.store import Store
 
         profile = Store(options.out).manifest(options.run)["run"]["profile"]
     if hasattr(bench, "check_profile"):  # e.g. GenEval's scorer choice depends on the generator
@@ -367,8 +361,6 @@ def evaluate(name: str, cfg: Any, options: EvaluateOptions) -> dict[str, Any]:
                                               base=options.base)
         dest = Path(options.dest) if options.dest else run_dir / (name + ("-base" if options.base else ""))
     elif options.profile:
-        from harness.config import RunConfig
-        from harness.profiles import PROFILES
 
         run_cfg = RunConfig(profile=options.profile, model=options.model, device=options.device or "auto")
         world, weights = PROFILES.get(options.profile)(run_cfg), ""

@@ -55,15 +55,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evals.bench import build_reward, iter_images, parse_kv, record
 from evals.geneval import (
-    GENEVAL_TAGS,
-    RELATIONS,
     Detection,
     evaluate_detections,
     filter_detections,
     summarize,
 )
+from evals.geneval_layout import check_metadata, load_metadata  # noqa: F401 - part of the benchmark's API
+from harness.images import grid as tile
+from harness.images import to_uint8
+from harness.shapes.detect import detect_batch
+from harness.store import write_json
 from harness.validate import Bound, at_least, nonnegative, within
+from rewards.geneval_mmdet import GenEvalMMDet
 
 SAMPLES = 4
 """Images per prompt (GenEval's ``--n_samples`` default)."""
@@ -83,69 +88,6 @@ def sample_seeds(n: int = SAMPLES, seed: int = SEED) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Metadata
-# ---------------------------------------------------------------------------------------------------
-
-def check_metadata(meta: Any, where: str) -> dict:
-    """``meta`` if it is a GenEval metadata object (tag, prompt, include clauses, optional exclude), else a
-    ValueError naming ``where`` and the first problem."""
-    if not isinstance(meta, dict):
-        raise ValueError(f"{where}: metadata must be a JSON object, got {type(meta).__name__}")
-    for key, kind in (("tag", str), ("prompt", str), ("include", list)):
-        if not isinstance(meta.get(key), kind):
-            raise ValueError(f"{where}: metadata needs '{key}' ({kind.__name__}); keys present: {sorted(meta)}")
-    if meta["tag"] not in GENEVAL_TAGS:
-        raise ValueError(f"{where}: unknown tag '{meta['tag']}'; GenEval's tags: {', '.join(GENEVAL_TAGS)}")
-    if not meta["include"]:
-        raise ValueError(f"{where}: 'include' is empty")
-    for part in ("include", "exclude"):
-        clauses = meta.get(part, [])
-        if not isinstance(clauses, list):
-            raise ValueError(f"{where}: '{part}' must be a list")
-        for i, clause in enumerate(clauses):
-            if not (isinstance(clause, dict) and isinstance(clause.get("class"), str)
-                    and type(clause.get("count")) is int and clause["count"] >= 1):
-                raise ValueError(f"{where}: {part}[{i}] needs 'class' (str) and 'count' (int >= 1), got {clause!r}")
-            if "color" in clause and not isinstance(clause["color"], str):
-                raise ValueError(f"{where}: {part}[{i}].color must be a string")
-            if "position" in clause:
-                pos = clause["position"]
-                if (part != "include" or not isinstance(pos, list) or len(pos) != 2 or pos[0] not in RELATIONS
-                        or type(pos[1]) is not int or not 0 <= pos[1] < i):
-                    raise ValueError(f"{where}: {part}[{i}].position must be [relation, index of an earlier include "
-                                     f"clause] with relation in {list(RELATIONS)}, got {pos!r}")
-    return meta
-
-
-def load_metadata(path: str | Path) -> list[dict]:
-    """GenEval's ``evaluation_metadata.jsonl`` (553 lines upstream) or any file in its format: one JSON object per
-    line, blank lines skipped. Errors name the file and the line number."""
-    path = Path(path)
-    if not str(path) or str(path) == ".":
-        raise ValueError("geneval needs --metadata PATH (GenEval's prompts/evaluation_metadata.jsonl, or a Shapes "
-                         "metadata file)")
-    if not path.is_file():
-        raise FileNotFoundError(f"GenEval metadata file '{path}' does not exist")
-    metas = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        where = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{where}: GenEval metadata must be UTF-8 ({err.reason} at byte {err.start})") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            meta = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not a JSON object ({err.msg} at column {err.colno})") from None
-        metas.append(check_metadata(meta, f"{path}:{lineno}"))
-    if not metas:
-        raise ValueError(f"GenEval metadata file '{path}' holds no prompts")
-    return metas
-
-
-# ---------------------------------------------------------------------------------------------------
 # The folder layout
 # ---------------------------------------------------------------------------------------------------
 
@@ -162,7 +104,6 @@ class LayoutEntry:
 
 def _as_uint8(images: Any) -> np.ndarray:
     """(k, 3, H, W) float in [0, 1] (tensor or array) or (k, H, W, 3) uint8 -> (k, H, W, 3) uint8."""
-    from harness.images import to_uint8
 
     if isinstance(images, Tensor):
         return to_uint8(images)
@@ -189,7 +130,6 @@ def write_prompt(folder: str | Path, index: int, metadata: Mapping, images: Any,
     for k, image in enumerate(pixels):
         Image.fromarray(image).save(samples / f"{k:05d}.png")
     if grid and len(pixels):
-        from harness.images import grid as tile
 
         Image.fromarray(tile(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0, len(pixels))).save(
             out / "grid.png")
@@ -361,11 +301,9 @@ def build_detector(name: str, options: Mapping[str, str]) -> Detector:
     if name == "shapes":
         if options:
             raise ValueError(f"the shapes detector takes no options, got {sorted(options)}")
-        from harness.shapes.detect import detect_batch
 
         return detect_batch
     if name == "mmdet":
-        from rewards.geneval_mmdet import GenEvalMMDet
 
         return GenEvalMMDet(**dict(options)).detect
     raise ValueError(f"unknown GenEval detector '{name}'; valid detectors: shapes, mmdet (or --reward NAME)")
@@ -421,7 +359,6 @@ class GenEvalBenchmark:
     Config = Config
 
     def __init__(self, cfg: Config):
-        from evals.bench import parse_kv
 
         if cfg.samples < 1 or cfg.score_batch < 1:
             raise ValueError(f"samples and score_batch must be >= 1, got {cfg.samples} and {cfg.score_batch}")
@@ -437,7 +374,6 @@ class GenEvalBenchmark:
         options = parse_kv(cfg.option)
         self.reward = self.detector = None
         if cfg.reward:
-            from evals.bench import build_reward
 
             self.reward = build_reward(cfg.reward, {cfg.reward: options}, "geneval --reward")
         elif cfg.detector != "auto":
@@ -462,7 +398,6 @@ class GenEvalBenchmark:
 
     def generate(self, gen: Any, dest: Path, *, reference: bool, batch_size: int) -> None:
         """Write the layout for every prompt: ``cfg.samples`` images each, noise seeds ``seed + k``."""
-        from evals.bench import iter_images
 
         seeds = sample_seeds(self.cfg.samples, self.cfg.seed)
         prompts = [m["prompt"] for m in self.metadatas]
@@ -480,8 +415,6 @@ class GenEvalBenchmark:
 
     def run(self, gen: Any, dest: Path | None, *, reference: bool = False, batch_size: int = 16,
             info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        from evals.bench import record
-        from harness.store import write_json
 
         info = dict(info or {})
         if self.cfg.images:

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from rewards import check_scores
+
 
 class HeldoutReward:
     """Held-out mean, standard error and win rate against the base generator, for one reward."""
@@ -37,7 +39,6 @@ class HeldoutReward:
     def score(self, images: Tensor, prompts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, dict[str, float]]:
         """Per-image scores (B,) on CPU and the reward's breakdown ({} without one), in one pass where the
         reward offers ``score_and_breakdown`` (GenEval's detector runs once)."""
-        from rewards import check_scores
 
         if hasattr(self.reward, "score_and_breakdown"):
             scores, breakdown = self.reward.score_and_breakdown(images, list(prompts))

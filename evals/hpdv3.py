@@ -32,8 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from evals.bench import read_prompts
+from evals.bench import (
+    PROMPT_COLUMNS,
+    _table_rows,
+    build_reward,
+    heldout_seeds,
+    read_prompts,
+    record,
+    save_png,
+    score_prompts,
+)
+from harness.store import write_json
 from harness.validate import Bound, at_least, nonnegative
+from rewards import parse_options
 
 CATEGORIES = ("Characters", "Arts", "Design", "Architecture", "Animals", "Natural Scenery", "Transportation",
               "Products", "Plants", "Food", "Science", "Others")
@@ -73,7 +84,6 @@ def read_categories(path: str | Path) -> dict[str, list[str]]:
 
 def _from_table(path: Path) -> dict[str, list[str]]:
     """A single file whose rows carry a prompt and a category."""
-    from evals.bench import PROMPT_COLUMNS, _table_rows
 
     suffix = path.suffix.lower()
     rows: list[tuple[Any, Any]] = []
@@ -156,8 +166,6 @@ class HPDv3Benchmark:
     Config = Config
 
     def __init__(self, cfg: Config):
-        from evals.bench import build_reward
-        from rewards import parse_options
 
         if cfg.images_per_prompt < 1 or cfg.per_category < 0:
             raise ValueError(f"images_per_prompt must be >= 1 and per_category >= 0, got {cfg.images_per_prompt}, "
@@ -173,8 +181,6 @@ class HPDv3Benchmark:
 
     def run(self, gen: Any, dest: Path, *, reference: bool = False, batch_size: int = 16,
             info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        from evals.bench import heldout_seeds, record, save_png, score_prompts
-        from harness.store import write_json
 
         info = dict(info or {})
         dest = Path(dest)

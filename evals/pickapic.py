@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from evals.bench import build_reward, heldout_seeds, parse_kv, read_prompts, record, score_prompts
+from harness.store import write_json
 from harness.validate import Bound, at_least, nonnegative
+from rewards import parse_options
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,6 @@ class PickapicPartiBenchmark:
     Config = Config
 
     def __init__(self, cfg: Config):
-        from evals.bench import build_reward, parse_kv, read_prompts
-        from rewards import parse_options
 
         if cfg.images_per_prompt < 1 or cfg.limit < 0:
             raise ValueError(f"images_per_prompt must be >= 1 and limit >= 0, got {cfg.images_per_prompt}, {cfg.limit}")
@@ -116,8 +117,6 @@ class PickapicPartiBenchmark:
 
     def run(self, gen: Any, dest: Path, *, reference: bool = False, batch_size: int = 16,
             info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        from evals.bench import heldout_seeds, record, score_prompts
-        from harness.store import write_json
 
         info = dict(info or {})
         dest = Path(dest)

@@ -128,6 +128,12 @@ class Needs:
     """Run the frozen reference generator on the same noise (``Rollout.ref_latents``)."""
     reward_grad: bool = False
     """Decode and score with gradients, so ``Rollout.rewards`` is differentiable in the latents."""
+    anchors: int = 0
+    """M: the positives and negatives the method ranks per prompt (0: it ranks none). The harness checks
+    K >= 2M once for every method and measures a reward economy's top-M agreement at this M."""
+    features: str = ""
+    """The feature space the method reads (``Context.features``), if any: the harness checks that the run can
+    build it (the real profiles' encoder needs local weights) and prices it."""
 
 
 @dataclass

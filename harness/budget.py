@@ -105,7 +105,7 @@ class _Count:
 class TraceEntry:
     """One metered component call of an update: what ran, on how many items, and whether its backward ran.
 
-    The trace is the method's computation pattern; ``harness.compute`` replays it on full-size models.
+    The trace is the method's computation pattern; ``harness.compute.flops`` replays it on full-size models.
     """
 
     phase: str

@@ -14,20 +14,16 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from harness import distributed, faults
 from harness.budget import PhaseStat, Spend
 from harness.config import NOT_IN_KEY, config_dict, stored_run
+from harness.parts import Parts
 from harness.redact import redact
-from harness.store import write_atomic
-
-if TYPE_CHECKING:
-    from harness.run import Parts
-    from harness.selection import Selection
-    from harness.store import Store
+from harness.selection import Selection
+from harness.store import Store, write_atomic
 
 IGNORED = frozenset(NOT_IN_KEY)
 """Run-config fields that may differ between the interrupted and the resuming command: those outside the
@@ -44,7 +40,6 @@ class Resume:
 
 
 def _selection(data: dict | None = None):
-    from harness.selection import Selection
 
     return Selection(**(data or {}))
 

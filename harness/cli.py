@@ -121,7 +121,7 @@ def train(argv: Sequence[str]) -> int:
 
 def table2(argv: Sequence[str]) -> int:
     from harness import distributed
-    from harness.reproduce import Table2Config, reproduce
+    from harness.reporting.reproduce import Table2Config, reproduce
 
     cfg = _cli(Table2Config, argv, "driftbench table2")
     path = reproduce(cfg)
@@ -134,8 +134,8 @@ def table2(argv: Sequence[str]) -> int:
 
 def tune(argv: Sequence[str]) -> int:
     from harness import distributed
-    from harness.tune import TuneConfig
-    from harness.tune import tune as run_tune
+    from harness.studies.tune import TuneConfig
+    from harness.studies.tune import tune as run_tune
 
     if distributed.launched_world() > 1:
         raise ValueError("driftbench tune does not run under accelerate launch yet (its trials are not data-parallel); "
@@ -145,7 +145,7 @@ def tune(argv: Sequence[str]) -> int:
 
 
 def run_time(argv: Sequence[str]) -> int:
-    from harness.run_time import RunTimeConfig, measure
+    from harness.compute.run_time import RunTimeConfig, measure
 
     path = measure(_cli(RunTimeConfig, argv, "driftbench run-time"))
     print(f"wrote {path} and {path.with_suffix('.json')}")
@@ -159,8 +159,8 @@ def pretrain(argv: Sequence[str]) -> int:
 
 
 def compute(argv: Sequence[str]) -> int:
-    from harness.compute import ComputeConfig
-    from harness.compute import compute as run_compute
+    from harness.compute.flops import ComputeConfig
+    from harness.compute.flops import compute as run_compute
 
     cfg = _cli(ComputeConfig, argv, "driftbench compute")
     _, path = run_compute(cfg)
@@ -171,8 +171,8 @@ def compute(argv: Sequence[str]) -> int:
 
 def study(argv: Sequence[str]) -> int:
     from harness import distributed
-    from harness.study import StudyConfig
-    from harness.study import study as run_study
+    from harness.studies.study import StudyConfig
+    from harness.studies.study import study as run_study
 
     if distributed.launched_world() > 1:
         raise ValueError("driftbench study does not run under accelerate launch yet (its trials are not data-parallel); "
@@ -182,15 +182,15 @@ def study(argv: Sequence[str]) -> int:
 
 
 def study_report(argv: Sequence[str]) -> int:
-    from harness.study_report import StudyReportConfig, report
+    from harness.studies.report import StudyReportConfig, report
 
     report(_cli(StudyReportConfig, argv, "driftbench study-report"))
     return 0
 
 
 def profile_step(argv: Sequence[str]) -> int:
-    from harness.profile_step import ProfileConfig
-    from harness.profile_step import profile_step as run_profile
+    from harness.compute.profile_step import ProfileConfig
+    from harness.compute.profile_step import profile_step as run_profile
 
     cfg = _cli(ProfileConfig, argv, "driftbench profile-step")
     _, path = run_profile(cfg)
@@ -200,8 +200,8 @@ def profile_step(argv: Sequence[str]) -> int:
 
 
 def bench_drift(argv: Sequence[str]) -> int:
-    from harness.bench_drift import BenchDriftConfig
-    from harness.bench_drift import bench_drift as run_bench
+    from harness.compute.bench_drift import BenchDriftConfig
+    from harness.compute.bench_drift import bench_drift as run_bench
 
     _, path = run_bench(_cli(BenchDriftConfig, argv, "driftbench bench-drift"))
     print(path.with_suffix(".md").read_text())
@@ -210,8 +210,8 @@ def bench_drift(argv: Sequence[str]) -> int:
 
 
 def bench_serve(argv: Sequence[str]) -> int:
-    from harness.bench_serve import BenchServeConfig
-    from harness.bench_serve import bench_serve as run_bench
+    from harness.serving.bench import BenchServeConfig
+    from harness.serving.bench import bench_serve as run_bench
 
     _, path = run_bench(_cli(BenchServeConfig, argv, "driftbench bench-serve"))
     print(path.read_text())
@@ -220,7 +220,7 @@ def bench_serve(argv: Sequence[str]) -> int:
 
 
 def serve_reward(argv: Sequence[str]) -> int:
-    from harness.serve import main as serve_main
+    from harness.serving.server import main as serve_main
 
     return serve_main(list(argv))
 
@@ -232,8 +232,8 @@ def evaluate(argv: Sequence[str]) -> int:
 
 
 def plots(argv: Sequence[str]) -> int:
-    from harness.plots import PlotsConfig
-    from harness.plots import plots as draw
+    from harness.reporting.plots import PlotsConfig
+    from harness.reporting.plots import plots as draw
 
     index = draw(_cli(PlotsConfig, argv, "driftbench plots"))
     print(index.read_text())

@@ -9,13 +9,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from harness.budget import Budget
 from harness.evaluation import EVAL_SEED_BASE, TEST_SEED_BASE
-from harness.validate import Bound, at_least, nonnegative, positive, within
+from harness.redact import redact
+from harness.registry import unknown
+from harness.validate import Bound, at_least, check, nonnegative, positive, within
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class RunConfig:
     """Training reward; empty means the profile's default."""
     evals: tuple[str, ...] = ()
     """Held-out evaluation rewards; empty means the profile's defaults (always includes the training reward)."""
-    reward_economy: str = "exact"
+    reward_economy: Literal["exact", "bf16", "small-decoder", "bf16+small-decoder"] = "exact"
     """How the training reward is computed for ranking: exact, bf16 (autocast + inference mode),
     small-decoder, bf16+small-decoder. Gradient-free methods only; every run using an economy records its
     rank agreement with the exact path (see ``driftbench rank-agreement``)."""
@@ -93,7 +97,7 @@ class RunConfig:
     """Save a resumable checkpoint every N updates (0: only at the end)."""
     offline_data: bool = False
     """Give the method the profile's offline preference data set (offline DrPO)."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto" (CUDA if present), "cpu" or "cuda"."""
     out: str = "results"
     """Results root; runs go to ``<out>/runs/<run_id>/``."""
@@ -103,10 +107,10 @@ class RunConfig:
     """Free-form label stored in the manifest (tables group runs by it)."""
     count_flops: bool = True
     """Count FLOPs (a one-off counting pass per component and input shape)."""
-    mixed_precision: str = "fp16"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
     """no, fp16 or bf16: the dtype of the frozen weights (generator, reference, reward, feature encoder) on
     a GPU; the LoRA weights and the optimizer stay float32. On CPU everything runs in float32 (recorded)."""
-    log_with: tuple[str, ...] = ()
+    log_with: tuple[Literal["tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
     """Experiment trackers to mirror the record to: tensorboard, wandb, mlflow, trackio (the JSON record
     stays the source of truth)."""
     paper_processes: int = 0
@@ -130,16 +134,11 @@ class RunConfig:
                       flops=self.max_flops or None)
 
     def validate(self) -> None:
-        """Cheap checks that need no component (component checks happen when they are built)."""
-        from harness.validate import check
-
+        """The checks of this config's own fields (bounds, choices, names); ``harness.checks.check_run`` adds
+        the checks across components and calls this first."""
         check(self)
         if self.run_id:
             plain_name("--run-id", self.run_id)
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"unknown device '{self.device}'; valid devices: auto, cpu, cuda")
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"unknown mixed precision '{self.mixed_precision}'; valid: {', '.join(PRECISIONS)}")
         self.budget()
 
     def replace(self, **changes: Any) -> "RunConfig":
@@ -162,21 +161,51 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return json_ready(dataclasses.asdict(cfg))
 
 
-def json_ready(value: Any) -> Any:
+def json_ready(value: Any, *, finite: bool = False) -> Any:
+    """``value`` with string keys and lists for tuples; ``finite`` also turns NaN and infinities into None
+    (JSON has no such numbers)."""
     if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v, finite=finite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
+        return [json_ready(v, finite=finite) for v in value]
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any]):
-    """Rebuild a config dataclass from :func:`config_dict` output (lists become tuples)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {', '.join(fields)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Rebuild a config dataclass from :func:`config_dict` output, checked field by field against its types
+    (int -> float and list -> tuple are the only conversions); ``where`` names the source in errors."""
+    where = where or cls.__name__
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: config must be an object of {cls.__module__}.{cls.__qualname__} fields")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in data.items():
+        if name not in fields:
+            raise unknown(f"field of {cls.__module__}.{cls.__qualname__}", name, fields, where=where)
+        out[name] = _typed(value, hints[name], f"{where}.{name}")
+    return cls(**out)
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` asks, or a one-line ``TypeError`` naming where it came from."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        inner = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        return tuple(_typed(v, inner, where) for v in value)
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise unknown("value", str(value), [str(a) for a in typing.get_args(hint)], where=where)
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise TypeError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
 PRECISIONS = ("no", "fp16", "bf16")
@@ -198,8 +227,6 @@ def stored_run(data: dict[str, Any]) -> dict[str, Any]:
 def run_key(run_cfg: RunConfig, method_cfg: Any) -> str:
     """A short hash of everything that defines a run except where it is stored, what it is called and the
     secrets it is given (a new token is the same run)."""
-    from harness.redact import redact
-
     data = {k: v for k, v in redact(config_dict(run_cfg)).items()
             if k not in NOT_IN_KEY and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
     blob = json.dumps({"run": data, "method": config_dict(method_cfg)}, sort_keys=True)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from evals.heldout import HeldoutReward
 from harness import faults
 
 EVAL_SEED_BASE = 10_000_000
@@ -82,7 +83,6 @@ class EvalSet:
 
     def evaluate(self, gen) -> tuple[dict[str, float], Tensor]:
         """Metrics of the generator's current weights, and its images (n, 3, H, W)."""
-        from evals.heldout import HeldoutReward
 
         base_images, prompts, base_latents = self.base(gen)
         images, _, latents = generate(gen, self.prompts, self.seeds, seed_base=self.seed_base)

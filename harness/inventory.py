@@ -5,7 +5,12 @@ Reward and method attributes are read from their classes and modules without bui
 
 from __future__ import annotations
 
+from evals import EVALS
+from harness.presets import PRESETS
+from harness.profiles import PROFILES
 from harness.registry import load
+from methods import METHODS
+from rewards import REWARDS
 
 
 def _first_line(obj) -> str:
@@ -13,11 +18,6 @@ def _first_line(obj) -> str:
 
 
 def describe() -> str:
-    from evals import EVALS
-    from harness.presets import PRESETS
-    from harness.profiles import PROFILES
-    from methods import METHODS
-    from rewards import REWARDS
 
     lines = ["methods (reward gradient: the method backpropagates through the reward):"]
     for name in METHODS:

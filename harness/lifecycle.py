@@ -10,14 +10,13 @@ from __future__ import annotations
 import signal
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from harness import distributed
+from harness import checkpoint, distributed
 from harness.config import RunConfig, config_dict, plain_name, run_key
+from harness.parts import Parts
+from harness.precision import describe
 from harness.store import Store, describe_environment, source_hash, utc_stamp
-
-if TYPE_CHECKING:
-    from harness.run import Parts
 
 
 class Interrupted(KeyboardInterrupt):
@@ -27,7 +26,6 @@ class Interrupted(KeyboardInterrupt):
 def open_run(store: Store, parts: "Parts", resume: str):
     """Create the run (or claim the stored one to resume) under its lock; returns (run id, checkpoint.Resume,
     manifest). In a data-parallel run process 0 does the store's part and every process learns the result."""
-    from harness import checkpoint
 
     if not resume:
         cfg = parts.cfg
@@ -144,7 +142,6 @@ def layout_record(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _precision_record(parts: "Parts") -> dict[str, Any]:
-    from harness.precision import describe
 
     gen = parts.world.generator
     out = describe(parts.cfg.mixed_precision, gen.device)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.config import RunConfig
+from harness.registry import unknown
+from methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,6 @@ class Preset:
     """Per-method adaptation notes, recorded in tables."""
 
     def method_config(self, name: str):
-        from methods import METHODS
 
         module = METHODS.get(name)
         return dataclasses.replace(module.Config(), **self.methods.get(name, {}))
@@ -124,7 +125,6 @@ PRESETS: dict[str, Preset] = {
 
 
 def get(name: str) -> Preset:
-    from harness.registry import unknown
 
     if name not in PRESETS:
         raise unknown("preset", name, list(PRESETS))

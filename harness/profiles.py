@@ -6,149 +6,46 @@ paths only; ``tiny`` and ``tiny-xl`` build SD-Turbo's and SDXL-Turbo's classes a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from harness.api import Generator
 from harness.config import RunConfig
+from harness.features import LatentFeatures, ResNetEncoder
+from harness.generator import from_pretrained, tiny_sd, tiny_sdxl
 from harness.registry import Registry
+from harness.world import (
+    FeatureMap,
+    World,
+    device_for,
+    dtype_for,
+    latent_token_features,
+    pixel_features,
+    raw_latent_features,
+)
 
 PROFILES = Registry("profile", {
-    "shapes": "harness.profiles:shapes",
+    "shapes": "harness.shapes.profile:build",
     "tiny": "harness.profiles:tiny",
     "tiny-xl": "harness.profiles:tiny_xl",
     "sd-turbo": "harness.profiles:sd_turbo",
     "sdxl-turbo": "harness.profiles:sdxl_turbo",
-    "sd-turbo-random": "harness.profiles:sd_turbo_random",
-    "sdxl-turbo-random": "harness.profiles:sdxl_turbo_random",
+    "sd-turbo-random": "harness.compute.random_profiles:sd_turbo_random",
+    "sdxl-turbo-random": "harness.compute.random_profiles:sdxl_turbo_random",
 })
+"""Generator profiles by name: a builder ``(RunConfig) -> World`` each, imported on first use."""
 
-FeatureMap = Callable[[Tensor], dict[str, Tensor]]
-
-
-@dataclass
-class World:
-    """What a profile provides to a run."""
-
-    name: str
-    generator: Generator
-    splits: dict[str, list[str]]
-    """Prompt splits by name: "train", "val" (tuning, selection), "test" (the final table only), "heldout"."""
-    default_reward: str
-    default_evals: tuple[str, ...]
-    feature_factories: dict[str, Callable[[], FeatureMap]]
-    """Feature spaces by name; built on first use (the encoder may need local weights)."""
-    pixel_spaces: frozenset[str] = frozenset({"pixel"})
-    """Feature spaces that read decoded images rather than latents."""
-    sample_prompts: Callable[[np.random.Generator, Sequence[str], int], list[str]] | None = None
-    """How to draw a micro-batch's prompts (default: uniform without replacement)."""
-    offline: object | None = None
-    """An offline preference data set with ``anchors(prompts, m, rng)`` (offline DrPO), if any."""
-    lora_rank: int = 16
-    small_decoder: Callable[[Tensor], Tensor] | None = None
-    """A cheaper decoder (latents -> images in [0, 1]) for the small-decoder reward economy, if any."""
-    check_prompt: Callable[[str], None] | None = None
-    """Raises ValueError for a prompt this world cannot use (checked on prompt files before any run starts)."""
-    _features: dict[str, FeatureMap] = field(default_factory=dict)
-
-    def features(self, space: str) -> FeatureMap:
-        if space not in self.feature_factories:
-            raise ValueError(f"unknown feature space '{space}'; valid spaces: {', '.join(self.feature_factories)}")
-        if space not in self._features:
-            self._features[space] = self.feature_factories[space]()
-        return self._features[space]
-
-    def prompts(self, spec: str) -> list[str]:
-        """A split by name, or the non-empty lines of a text file."""
-        if spec in self.splits:
-            prompts = list(self.splits[spec])
-        elif Path(spec).is_file():
-            try:
-                lines = Path(spec).read_text(encoding="utf-8").splitlines()
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"prompt file {spec} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                                 f"offset {exc.start})") from None
-            prompts = [line.strip() for line in lines if line.strip()]
-            if self.check_prompt is not None:
-                for lineno, prompt in enumerate((p.strip() for p in lines), start=1):
-                    if prompt:
-                        try:
-                            self.check_prompt(prompt)
-                        except ValueError as exc:
-                            raise ValueError(f"{spec}:{lineno}: {exc} (profile '{self.name}' needs prompts "
-                                             "it can score)") from None
-        elif self.splits and "/" not in spec and "." not in spec:
-            from harness.registry import unknown
-
-            raise unknown(f"split of profile '{self.name}' (or prompt file)", spec, list(self.splits))
-        else:
-            raise ValueError(f"prompts '{spec}' is neither a split of profile '{self.name}' "
-                             f"({', '.join(self.splits) or 'none'}) nor an existing file")
-        if not prompts:
-            raise ValueError(f"prompt set '{spec}' is empty")
-        return prompts
+DEFAULT_REWARDS = {"shapes": "shapes-pref", "tiny": "jpeg", "tiny-xl": "jpeg", "sd-turbo": "pickscore",
+                   "sdxl-turbo": "pickscore", "sd-turbo-random": "pickscore", "sdxl-turbo-random": "pickscore"}
+"""Each profile's training reward when a run names none; known before the profile is built, so a run's
+capability checks (``harness.checks``) need not build it. Every builder's ``World.default_reward`` is this."""
 
 
-def device_for(cfg: RunConfig) -> torch.device:
-    """The run's device; in a data-parallel run on GPUs, this process's own GPU."""
-    from harness import distributed
-
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available")
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", distributed.current().local_rank)
-
-
-def dtype_for(cfg: RunConfig) -> torch.dtype:
-    """The frozen weights' dtype under ``cfg.mixed_precision`` on the run's device (float32 on CPU)."""
-    from harness.precision import dtype_for as resolve
-
-    return resolve(cfg.mixed_precision, device_for(cfg))
-
-
-# -- feature spaces shared by every profile ---------------------------------------------------
-
-def raw_latent_features() -> FeatureMap:
-    """The whole latent as one token, (B, 1, C*h*w): the paper's raw-latent ablation."""
-    return lambda x: {"latent": x.flatten(1)[:, None, :]}
-
-
-LATENT_TOKEN_KEYS = ("layer0_mean", "layer0_std", "layer0_mean_2", "layer0_std_2", "layer0_mean_4", "layer0_std_4")
-
-
-def latent_token_features() -> FeatureMap:
-    """The official drifting extractor's statistics taken on the raw latent (B, C, h, w): per-position tokens
-    ``latent_tokens`` (B, hw, C), global ``latent_mean``/``latent_std`` (B, 1, C) and 2x2 / 4x4 patch mean/std
-    ``latent_mean_2`` ... (B, hw/s^2, C); each key is its own drift problem."""
-    from harness.features import multiscale_features
-
-    def fmap(x: Tensor) -> dict[str, Tensor]:
-        out = {"latent_tokens": x.flatten(2).transpose(1, 2)}
-        stats = multiscale_features({"layer0": x}, LATENT_TOKEN_KEYS)
-        out.update({"latent_" + k[len("layer0_"):]: v for k, v in stats.items()})
-        return out
-    return fmap
-
-
-def pixel_features(max_side: int = 64) -> FeatureMap:
-    """Decoded pixels, average-pooled to at most ``max_side``, as one token (B, 1, 3*s*s)."""
-    def fmap(images: Tensor) -> dict[str, Tensor]:
-        if images.shape[-1] > max_side:
-            images = torch.nn.functional.adaptive_avg_pool2d(images, max_side)
-        return {"pixel": images.flatten(1)[:, None, :]}
-    return fmap
-
-
-def _random_encoder(seed: int, in_channels: int, keys: Sequence[str]) -> Callable[[], FeatureMap]:
+def _random_encoder(seed: int, in_channels: int, keys: tuple[str, ...]) -> Callable[[], FeatureMap]:
     def build() -> FeatureMap:
-        from harness.features import LatentFeatures, ResNetEncoder
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return LatentFeatures(ResNetEncoder(in_channels, 16, (1, 1, 1)), keys)
@@ -175,7 +72,7 @@ def tiny_prompts(split_seed: int = 0) -> dict[str, list[str]]:
 
 def _tiny_world(name: str, generator: Generator, seed: int, split_seed: int) -> World:
     keys = ("layer3_mean", "layer3_std", "layer3_mean_2", "layer3_std_2")
-    return World(name=name, generator=generator, splits=tiny_prompts(split_seed), default_reward="jpeg",
+    return World(name=name, generator=generator, splits=tiny_prompts(split_seed), default_reward=DEFAULT_REWARDS["tiny"],
                  default_evals=("jpeg", "colorfulness"),
                  feature_factories={"encoder": _random_encoder(seed, generator.latent_shape[0], keys),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
@@ -188,29 +85,23 @@ def tiny(cfg: RunConfig) -> World:
 
     Its "encoder" features are a frozen random ResNet (a fixed random feature map, not a pretrained MAE).
     """
-    from harness.generator import tiny_sd
-
     gen = tiny_sd(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg), dtype=dtype_for(cfg))
     return _tiny_world("tiny", gen, seed=0, split_seed=cfg.split_seed)
 
 
 def tiny_xl(cfg: RunConfig) -> World:
     """SDXL-Turbo's classes (two encoders, pooled embeddings, time ids) at toy size."""
-    from harness.generator import tiny_sdxl
-
     gen = tiny_sdxl(seed=0, lora_rank=cfg.lora_rank or 4, device=device_for(cfg), dtype=dtype_for(cfg))
     return _tiny_world("tiny-xl", gen, seed=0, split_seed=cfg.split_seed)
 
 
 def _real(cfg: RunConfig, family: str, name: str, resolution: int) -> World:
-    from harness.generator import from_pretrained
-
     if not cfg.model:
         raise ValueError(f"profile '{name}' needs --model PATH_OR_ID (a local diffusers directory or a cached Hub id)")
     device, dtype = device_for(cfg), dtype_for(cfg)
     gen = from_pretrained(cfg.model, family=family, name=name, resolution=resolution,
                           lora_rank=cfg.lora_rank or 16, device=device, dtype=dtype)
-    return World(name=name, generator=gen, splits={}, default_reward="pickscore",
+    return World(name=name, generator=gen, splits={}, default_reward=DEFAULT_REWARDS[name],
                  default_evals=("pickscore",),
                  feature_factories={"encoder": lambda: _mae256(cfg.features_path, device, dtype),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
@@ -219,8 +110,6 @@ def _real(cfg: RunConfig, family: str, name: str, resolution: int) -> World:
 
 def _mae256(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> FeatureMap:
     """The drifting release's latent MAE-256 (ResNet, base 256, layers [3,4,6,3]) from a local file."""
-    from harness.features import LatentFeatures, ResNetEncoder
-
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"latent MAE-256 weights not found at '{path}'; pass --features-path "
                                 "(a torch port of the drifting release's mae_latent_256), or use --drpo.features latent/pixel")
@@ -239,53 +128,3 @@ def sd_turbo(cfg: RunConfig) -> World:
 def sdxl_turbo(cfg: RunConfig) -> World:
     """SDXL-Turbo (two text encoders, pooled embeddings, time ids) from local weights, LoRA r=16, 512 px."""
     return _real(cfg, "sdxl", "sdxl-turbo", 512)
-
-
-def shapes(cfg: RunConfig) -> World:
-    """The embedded default: the Shapes world's pretrained generator, rewards and latent MAE."""
-    from harness.shapes.profile import build
-
-    return build(cfg)
-
-
-def _random_full_size(cfg: RunConfig, family: str) -> World:
-    """A full-size generator with random weights built from ``harness/configs`` (no download), for
-    ``driftbench profile-step`` timing on a GPU: timing does not depend on weight values."""
-    from harness import archs
-    from harness.generator import OneStepGenerator, word_tokenizer
-
-    device, dtype = device_for(cfg), dtype_for(cfg)
-    prefix = "sd" if family == "sd" else "sdxl"
-    unet = archs.build_random(f"{prefix}-turbo-unet", device=device)
-    vae = archs.build_random(f"{prefix}-vae", device=device)
-    if family == "sd":
-        encoders = [archs.build_random("openclip-h-text", device=device)]
-    else:
-        both = archs.build_random("sdxl-text-encoders", device=device)
-        encoders = [both["text_encoder"], both["text_encoder_2"]]
-    tokenizers = [word_tokenizer(max_length=77) for _ in encoders]
-    gen = OneStepGenerator(name=f"{prefix}-turbo-random", family=family, unet=unet, vae=vae, text_encoders=encoders,
-                           tokenizers=tokenizers, resolution=512, lora_rank=cfg.lora_rank or 16, device=device,
-                           dtype=dtype)
-    features = {"encoder": lambda: _random_mae(device, dtype), "latent": raw_latent_features,
-                "latent-tokens": latent_token_features, "pixel": pixel_features}
-    return World(name=gen.name, generator=gen, splits=tiny_prompts(cfg.split_seed), default_reward="pickscore",
-                 default_evals=("pickscore",), feature_factories=features)
-
-
-def _random_mae(device: torch.device, dtype: torch.dtype = torch.float32) -> FeatureMap:
-    from harness import archs
-    from harness.features import LatentFeatures
-
-    keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
-    return LatentFeatures(archs.build_random("mae-latent-256", device=device), keys).to(device, dtype)
-
-
-def sd_turbo_random(cfg: RunConfig) -> World:
-    """SD-Turbo at full size with random weights (timing only; prompts are the tiny set)."""
-    return _random_full_size(cfg, "sd")
-
-
-def sdxl_turbo_random(cfg: RunConfig) -> World:
-    """SDXL-Turbo at full size with random weights (timing only; prompts are the tiny set)."""
-    return _random_full_size(cfg, "sdxl")

@@ -20,11 +20,12 @@ class UnknownName(ValueError):
     """A name that is not in a registry; the message names the valid choices and the nearest match."""
 
 
-def unknown(kind: str, name: str, valid: list[str]) -> UnknownName:
-    """Build the one-line error for ``name`` not being a valid ``kind``."""
+def unknown(kind: str, name: str, valid: list[str], where: str = "") -> UnknownName:
+    """Build the one-line error for ``name`` not being a valid ``kind`` (``where``: the flag or file it came from)."""
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    return UnknownName(f"unknown {kind} '{name}'{hint} valid {kind}s: {', '.join(valid)}")
+    at = f" ({where})" if where else ""
+    return UnknownName(f"unknown {kind} '{name}'{at}{hint} valid {kind}s: {', '.join(valid)}")
 
 
 class Registry(Mapping[str, Any]):

@@ -13,87 +13,44 @@ summed over processes, and process 0 alone writes the record.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from harness import distributed, economy, faults
-from harness.api import Context, Needs, Rollout
-from harness.budget import Budget, Meter, Spend
+import rewards as reward_registry
+from harness import checkpoint, distributed, economy, faults
+from harness.api import Context, Rollout
+from harness.budget import Meter, Spend
+from harness.checks import CapabilityError, check_run
 from harness.config import RunConfig, plain_name
 from harness.evaluation import EVAL_SEED_BASE, EvalSet
+from harness.images import save_samples
 from harness.lifecycle import StopSignals, open_run, record_end
-from harness.profiles import PROFILES, World
+from harness.parts import Parts
+from harness.precision import reward_options
+from harness.profiles import PROFILES
 from harness.selection import check_select_metric, evaluate_test
 from harness.store import Store
-from harness.validate import check as check_bounds
+from harness.trackers import Mirrored
+from harness.world import World, dtype_for
+from rewards import check_scores
 
 __all__ = ["EVAL_SEED_BASE", "CapabilityError", "Parts", "prepare", "run", "update"]
 
 
-class CapabilityError(ValueError):
-    """A method asked to run with a component it cannot use (e.g. reward backprop on a black-box reward)."""
-
-
-@dataclass
-class Parts:
-    """Everything a run needs, built and validated before anything is written to disk."""
-
-    cfg: RunConfig
-    method: Any
-    method_cfg: Any
-    world: World
-    reward: Any
-    eval_rewards: dict[str, Any]
-    needs: Needs
-    train_prompts: list[str]
-    evals: EvalSet
-    """The evaluation split (curves, selection); its base side is computed once per run."""
-    test: EvalSet | None
-    """The test split, evaluated once at the selected checkpoint and once at the end (None: not asked)."""
-    budget: Budget
-    meter: Meter
-    ctx: Context
-    state: Any
-    optimizer: torch.optim.Optimizer
-
-
 def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
-    """Resolve names, build every component and validate the combination; raises before any compute."""
-    import rewards as reward_registry
-    from methods import METHODS
-
-    cfg.validate()
-    # Names first: a typo must fail before any model is built.
-    PROFILES.check(cfg.profile)
-    for name in ([cfg.reward] if cfg.reward else []) + list(cfg.evals):
-        reward_registry.REWARDS.check(name)
-    from harness import trackers
-    from harness.profiles import dtype_for
-
-    trackers.check(cfg.log_with)
-    distributed.check_divides(cfg.grad_accum, cfg.prompts_per_step, cfg.k, distributed.layout(cfg.device).world)
-    dtype = dtype_for(cfg)  # bf16 where the device has none fails here
-    method = METHODS.get(cfg.method)
-    method_cfg = method_cfg if method_cfg is not None else method.Config()
-    if not isinstance(method_cfg, method.Config):
-        raise TypeError(f"method config for '{cfg.method}' must be {method.__name__}.Config")
-    check_bounds(method_cfg, cfg.method)
+    """Check the run (``harness.checks.check_run``: every static check, before anything is built), then
+    build every component."""
+    method, method_cfg, needs = check_run(cfg, method_cfg)
+    dtype = dtype_for(cfg)
     options = reward_registry.parse_options(cfg.reward_options)
     world = PROFILES.get(cfg.profile)(cfg)
     reward_name = cfg.reward or world.default_reward
     options = {n: _precision_options(n, options.get(n), dtype) for n in {reward_name, *cfg.evals, *world.default_evals}}
     reward = reward_registry.build(reward_name, options.get(reward_name))
-    if method.REWARD_GRADIENT and not reward.differentiable:
-        raise CapabilityError(f"method '{cfg.method}' backpropagates through the reward, but reward "
-                              f"'{reward_name}' is not differentiable; use a reward-gradient-free method")
-    if method.REWARD_GRADIENT and economy.check(cfg.reward_economy) != "exact":
-        raise CapabilityError(f"method '{cfg.method}' backpropagates through the reward; reward economy "
-                              f"'{cfg.reward_economy}' only serves ranking (use exact)")
-    economy.decoder(world, economy.check(cfg.reward_economy))  # the profile must offer it
+    economy.decoder(world, cfg.reward_economy)  # the profile must offer it
     # Keyed by the built reward's name (a remote reward's is the served reward's, read from /health), so
     # metrics do not change with a server's port and one reward reached two ways is evaluated once.
     eval_rewards = {reward.name: reward}
@@ -105,7 +62,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
                     cfg.eval_seed_base, eval_rewards)
     test = EvalSet("test", world.prompts(cfg.test_split), cfg.test_seeds, cfg.test_seed_base,
                    eval_rewards) if cfg.test_split else None
-    check_select_metric(cfg, eval_rewards)
+    check_select_metric(cfg, eval_rewards)  # against the built rewards' names: the one check that waits for them
     meter = Meter(world.generator.device, count_flops=cfg.count_flops)
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),
                   features=lambda space: _features(meter, world, space), rng=torch.Generator(),
@@ -115,16 +72,13 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     optimizer = torch.optim.AdamW(world.generator.trainable(), lr=method_cfg.lr, betas=(0.9, 0.999),
                                   weight_decay=cfg.weight_decay, eps=1e-8)
     return Parts(cfg=cfg, method=method, method_cfg=method_cfg, world=world, reward=reward,
-                 eval_rewards=eval_rewards, needs=method.needs(method_cfg),
+                 eval_rewards=eval_rewards, needs=needs,
                  train_prompts=world.prompts(cfg.prompts), evals=evals, test=test, budget=cfg.budget(), meter=meter,
                  ctx=ctx, state=state, optimizer=optimizer)
 
 
 def _precision_options(name: str, options: dict[str, str] | None, dtype: torch.dtype) -> dict[str, str]:
     """A reward's options with the run's mixed precision as its dtype, unless the options set one."""
-    import rewards as reward_registry
-    from harness.precision import reward_options
-
     return reward_options(reward_registry.REWARDS.get(name), options, dtype)
 
 
@@ -184,7 +138,6 @@ def sample(parts: Parts, prompts: list[str], seeds: list[int]) -> Rollout:
         with torch.no_grad():
             images = meter.call("decode", economy.decoder(parts.world, cheap), scored.detach(), key=f"decode:{cheap}")
             scores = meter.call("reward", call, images, prompts_k, count=count)
-    from rewards import check_scores
 
     rewards = check_scores(scores, len(prompts_k), parts.reward.name).to(latents.device)
     return Rollout(prompts=prompts, k=k, cond=cond, noise=noise, latents=latents, ref_latents=ref,
@@ -258,13 +211,12 @@ def _micro_step(parts: Parts, step: int, micro: int, logs: dict[str, float], cou
 
 def _agreement(parts: Parts, batch: Rollout) -> dict[str, float]:
     """Rank agreement of the run's reward economy with the exact path on its first micro-batch (not metered)."""
-    from rewards import check_scores
 
     prompts_k = [p for p in batch.prompts for _ in range(batch.k)]
     with torch.no_grad():
         exact = parts.reward.score(parts.world.generator.decode(batch.scored_latents), prompts_k)
     exact = check_scores(exact, len(prompts_k), parts.reward.name)
-    m = getattr(parts.method_cfg, "m", max(1, batch.k // 4))
+    m = parts.needs.anchors or max(1, batch.k // 4)
     return economy.agreement(exact, batch.rewards, batch.k, m)
 
 
@@ -295,7 +247,6 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
         run_id, start, manifest = open_run(store, parts, resume)
         writer: Any = store if main else _Silent(store)
         if main and cfg.log_with:
-            from harness.trackers import Mirrored
 
             writer = Mirrored(store, cfg.log_with, run_id, manifest)
         try:
@@ -328,8 +279,6 @@ class _Silent:
 
 def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: bool,
           stop: StopSignals | None = None) -> dict[str, Any]:
-    from harness import checkpoint
-    from harness.images import save_samples
 
     cfg, meter, spend, gen = parts.cfg, parts.meter, start.spend, parts.world.generator
     clock = {"eval": 0.0, "test": 0.0, "checkpoint": 0.0}

@@ -9,16 +9,15 @@ ones; nothing during training reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import Tensor
 
 from harness.config import RunConfig
 from harness.evaluation import headline_key
-
-if TYPE_CHECKING:
-    from harness.run import Parts
+from harness.parts import Parts
+from harness.registry import unknown
 
 
 def check_select_metric(cfg: RunConfig, eval_rewards: dict[str, Any]) -> None:
@@ -27,7 +26,6 @@ def check_select_metric(cfg: RunConfig, eval_rewards: dict[str, Any]) -> None:
         return
     reward = cfg.select_metric.split("/")[0]
     if reward not in eval_rewards:
-        from harness.registry import unknown
 
         raise unknown("select_metric reward", reward, list(eval_rewards))
 

@@ -168,9 +168,9 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty if commit else None}
 
 
-REPORTING_ONLY = ("harness/cli.py", "harness/plots.py", "harness/tables.py", "harness/reproduce.py",
-                  "harness/study_report.py", "harness/study_figures.py", "harness/reporting/", "harness/tune.py",
-                  "harness/tuned/", "harness/run_time.py", "rewards/envcheck.py")
+REPORTING_ONLY = ("harness/cli.py", "harness/reporting/", "harness/sections.py", "harness/studies/report.py",
+                  "harness/studies/figures.py", "harness/studies/tune.py", "harness/studies/tuned.py", "harness/tuned/",
+                  "harness/compute/run_time.py", "rewards/envcheck.py")
 """Modules that read stored results but never change what a run computes; the source hash leaves them out."""
 
 

@@ -18,6 +18,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness.registry import unknown
+
 TRACKERS = {
     "tensorboard": ("tensorboard", "pip install 'driftbench[tensorboard]'  (or: pip install tensorboard)"),
     "wandb": ("wandb", "pip install 'driftbench[wandb]'  (or: pip install wandb)"),
@@ -31,7 +33,6 @@ PROJECT = "driftbench"
 
 def check(names: Sequence[str]) -> None:
     """Raise before any compute for an unknown tracker or one whose package is missing."""
-    from harness.registry import unknown
 
     for name in names:
         if name not in TRACKERS:

@@ -18,7 +18,9 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from harness.registry import unknown
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,37 @@ def flag(prefix: str, name: str) -> str:
 
 
 def check(cfg: Any, prefix: str = "") -> None:
-    """Raise a one-line ``ValueError`` for the first field of ``cfg`` outside its declared bound."""
+    """Raise a one-line ``ValueError`` for the first field of ``cfg`` outside its declared bound, or the first
+    ``Literal`` field holding a value that is not one of its choices (nearest match named)."""
     for name, bound in getattr(type(cfg), "BOUNDS", {}).items():
         value = getattr(cfg, name)
         values = value if isinstance(value, (tuple, list)) else (value,)
         if not all(bound.admits(v) for v in values):
             odd = any(isinstance(v, float) and not math.isfinite(v) for v in values)
             raise ValueError(f"{flag(prefix, name)} must be {bound.text(odd)}, got {_show(value)}")
+    for name, valid in choice_fields(type(cfg)).items():
+        value = getattr(cfg, name)
+        check_choice(prefix, name, value, valid)
+
+
+def check_choice(prefix: str, name: str, value: Any, valid: tuple[str, ...]) -> None:
+    """One-line error for a value (or any element of a tuple value) outside ``valid``."""
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+        if v not in valid:
+            raise unknown(name.replace("_", " "), str(v), list(valid), where=flag(prefix, name))
+
+
+def choice_fields(cls: type) -> dict[str, tuple[str, ...]]:
+    """{field: its choices} for every field of dataclass ``cls`` typed ``Literal[...]`` or a tuple of one."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = hints.get(f.name)
+        if typing.get_origin(tp) is tuple:
+            tp = typing.get_args(tp)[0]
+        if typing.get_origin(tp) is Literal:
+            out[f.name] = tuple(typing.get_args(tp))
+    return out
 
 
 def _show(value: Any) -> str:

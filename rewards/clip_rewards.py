@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.generator import word_tokenizer
 from rewards import check_images
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -133,8 +134,6 @@ def clip_pixels(images: Tensor, size: int, mean: Sequence[float] = CLIP_MEAN, st
 def tiny_tokenizer(max_length: int = 16):
     """The harness's word-level tokenizer with CLIP's framing: <bos> words <eos>."""
     from tokenizers.processors import TemplateProcessing
-
-    from harness.generator import word_tokenizer
 
     tok = word_tokenizer(max_length=max_length)
     tok.backend_tokenizer.post_processor = TemplateProcessing(

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from harness.config import plain_name
 from harness.redact import redact_text
+from harness.serving.wire import to_uint8
 from rewards import check_images, number_option
 
 
@@ -62,8 +63,6 @@ class CommandReward:
 
     def _score_batch(self, images: Tensor, prompts: list[str]) -> list[float]:
         from PIL import Image
-
-        from harness.wire import to_uint8
 
         with tempfile.TemporaryDirectory(prefix="driftbench-cmd-") as tmp:
             directory = Path(tmp)

@@ -41,6 +41,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.serving.wire import to_uint8
+from rewards import build
+from rewards.geneval_mmdet import _import_stack
+from rewards.hpsv3 import _local_config
+from rewards.remote import RemoteReward
+
 PROMPTS = ["a red cat on a blue car", "two dogs in the snow", "a red cat on a blue car"]
 PACKAGES = {"hpsv3": ("hpsv3", "transformers", "torch", "torchvision", "diffusers"),
             "imagereward": ("image-reward", "transformers", "timm", "clip-anytorch", "torch", "torchvision"),
@@ -60,8 +66,6 @@ def images(n: int, size: int, seed: int = 0):
 
 def pil(batch) -> list:
     from PIL import Image
-
-    from harness.wire import to_uint8
 
     return [Image.fromarray(a) for a in to_uint8(batch)]
 
@@ -134,8 +138,6 @@ def hpsv3_files(tmp: Path) -> dict[str, str]:
         parse_args_with_yaml,
     )
 
-    from rewards.hpsv3 import _local_config
-
     tiny_qwen(tmp / "qwen")
     package_yaml = os.path.join(os.path.dirname(hpsv3.__file__), "config", "HPSv3_7B.yaml")
     (tmp / "yaml").mkdir()
@@ -152,8 +154,6 @@ def hpsv3_files(tmp: Path) -> dict[str, str]:
 def hpsv3_check(tmp: Path, options: dict[str, str], report: dict[str, Any]) -> Any:
     """Harness scores (no grad and with grad) against the package's reward() on PNG files of the same images."""
     import torch
-
-    from rewards import build
 
     reward = build("hpsv3", options)
     x = images(len(PROMPTS), 448)
@@ -217,8 +217,6 @@ def imagereward_check(tmp: Path, options: dict[str, str], report: dict[str, Any]
     """Harness scores against the package's own one-image ``score(prompt, image)``."""
     import torch
 
-    from rewards import build
-
     reward = build("imagereward", options)
     saved = torch.load(options["checkpoint"], map_location="cpu")
     loaded = reward.model.state_dict()
@@ -259,8 +257,6 @@ def hpsv2_check(tmp: Path, options: dict[str, str], report: dict[str, Any]) -> A
     import torch
     from hpsv2 import img_score
 
-    from rewards import build
-
     reward = build("hpsv2", options)
     x = images(len(PROMPTS), 64)
     ours = torch.tensor(reward.score(x, PROMPTS))
@@ -299,7 +295,6 @@ def free_port() -> int:
 
 def serve_check(name: str, options: dict[str, str], x, expected, report: dict[str, Any], log: Path) -> None:
     """Start serve-reward with ``options``, wait for /health, score ``x`` remotely and compare."""
-    from rewards.remote import RemoteReward
 
     port = free_port()
     cmd = [sys.executable, "-m", "harness", "serve-reward", name, "--port", str(port)]
@@ -349,8 +344,6 @@ def geneval_build_check(report: dict[str, Any]) -> None:
     """GenEval's stack imports, is mmdet 2.x, and mmcv's compiled CUDA ops run (no model: see the docstring)."""
     import torch
     from mmcv.ops import nms
-
-    from rewards.geneval_mmdet import _import_stack
 
     _import_stack()
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], device="cuda")

@@ -45,6 +45,8 @@ import torch
 from torch import Tensor
 
 from evals.geneval import Detection, clause_results, filter_detections
+from evals.geneval_layout import check_metadata, load_metadata
+from harness.images import to_uint8
 from rewards import check_images
 
 SESSION = "reward_env-geneval"
@@ -182,7 +184,6 @@ class GenEvalMMDet:
 
     @staticmethod
     def _read_metadata(path: str) -> dict[str, dict]:
-        from evals.geneval_bench import load_metadata
 
         out: dict[str, dict] = {}
         for meta in load_metadata(_local_file(path, "metadata", "a GenEval evaluation_metadata.jsonl")):
@@ -236,8 +237,6 @@ class GenEvalMMDet:
         highest score first. ``need_color[i]`` limits colour classification to those classes (None: all)."""
         from mmdet.apis import inference_detector
 
-        from harness.images import to_uint8
-
         pixels = to_uint8(images)  # (B, H, W, 3) RGB, the same rounding as the PNG files GenEval reads
         cut = min(self.threshold, self.counting_threshold)
         out = []
@@ -273,7 +272,6 @@ class GenEvalMMDet:
     # -- the reward ------------------------------------------------------------------------------
     def metadata_for(self, prompt: str) -> dict:
         """A prompt's GenEval metadata: the prompt itself as a JSON object, or its line in ``metadata=``."""
-        from evals.geneval_bench import check_metadata
 
         if prompt.lstrip().startswith("{"):
             try:

@@ -25,7 +25,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from harness.serving.wire import to_uint8
 from rewards import check_images
+from rewards.clip_rewards import default_device
+from rewards.remote import isolated_env_error
 
 SESSION = "reward_env-hpsv2"
 
@@ -40,8 +43,6 @@ class HPSv2:
 
     def __init__(self, checkpoint: str | None = None, hps_version: str = "v2.1", device: str | None = None,
                  batch: int | str = 16, arch: str = "ViT-H-14"):
-        from rewards.clip_rewards import default_device
-        from rewards.remote import isolated_env_error
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
@@ -80,8 +81,6 @@ class HPSv2:
     def score(self, images: Tensor, prompts: Sequence[str]) -> list[float]:
         """images (B, 3, H, W) in [0, 1] -> B floats, cos(image, text) per pair."""
         from PIL import Image
-
-        from harness.wire import to_uint8
 
         check_images(images, prompts, self.name)
         arrays = to_uint8(images)

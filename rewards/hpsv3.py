@@ -37,8 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.generator import word_tokenizer
 from rewards import check_images
 from rewards.clip_rewards import CLIP_MEAN, CLIP_STD, default_device, flag
+from rewards.remote import isolated_env_error
 
 SESSION = "reward_env-hpsv3"
 IMAGE_SIZE = 448
@@ -157,8 +159,6 @@ def tiny_hpsv3(seed: int = 0) -> QwenRewardPath:
     """A tiny random Qwen2-VL reward model (text 64 wide x 2 layers, vision 32 x 2, rm_head 64-32-16-2), offline."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from harness.generator import word_tokenizer
-
     tok = word_tokenizer(max_length=512)
     base = len(tok)
     special = {"pad": tok.pad_token_id, "vision_start": base, "vision_end": base + 1, "image": base + 2,
@@ -187,7 +187,6 @@ class _PackagePath:
     """HPSv3RewardInferencer from local files; ``score`` is mu, differentiable when grad is enabled."""
 
     def __init__(self, config: str | None, checkpoint: str | None, qwen: str | None, device: torch.device):
-        from rewards.remote import isolated_env_error
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported by hpsv3
         try:

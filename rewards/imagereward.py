@@ -22,7 +22,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from harness.serving.wire import to_uint8
 from rewards import check_images
+from rewards.clip_rewards import default_device
+from rewards.remote import isolated_env_error
 
 SESSION = "reward_env-imagereward"
 
@@ -36,8 +39,6 @@ class ImageReward:
                 "checkpoint= ImageReward.pt, med_config= med_config.json, bert-base-uncased in the HF cache")
 
     def __init__(self, checkpoint: str | None = None, med_config: str | None = None, device: str | None = None):
-        from rewards.clip_rewards import default_device
-        from rewards.remote import isolated_env_error
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
@@ -61,8 +62,6 @@ class ImageReward:
     def score(self, images: Tensor, prompts: Sequence[str]) -> list[float]:
         """images (B, 3, H, W) in [0, 1] -> B floats (one ``model.score(prompt, images)`` call per prompt)."""
         from PIL import Image
-
-        from harness.wire import to_uint8
 
         check_images(images, prompts, self.name)
         pil = [Image.fromarray(a) for a in to_uint8(images)]

@@ -34,7 +34,9 @@ from urllib.parse import urlsplit
 
 from torch import Tensor
 
+from harness import distributed
 from harness.redact import redact_text
+from harness.serving.wire import LOOPBACK, TOKEN_ENV, encode_request, request_bytes
 from rewards import check_images, number_option
 
 
@@ -50,7 +52,6 @@ class RemoteReward:
 
     def __init__(self, url: str, token: str | None = None, timeout: float | str = 600, retries: int | str = 3,
                  batch: int | str = 0, backoff: float | str = 0.5):
-        from harness.wire import TOKEN_ENV
 
         urls = [u.strip() for u in url.split(",")]
         if not all(urls):
@@ -132,7 +133,6 @@ class RemoteReward:
     # -- scoring ---------------------------------------------------------------------------------
     def batch_size(self, height: int, width: int, prompts: Sequence[str]) -> int:
         """Images per request: the requested batch, capped by the server's max-batch and max-bytes."""
-        from harness.wire import request_bytes
 
         n = min(self.requested_batch or self.max_batch, self.max_batch)
         longest = max((len(p.encode("utf-8")) for p in prompts), default=0) * 2 + 8
@@ -145,7 +145,6 @@ class RemoteReward:
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> list[float]:
         """images (B, 3, H, W) in [0, 1] -> B floats from the server, in batches."""
-        from harness.wire import encode_request
 
         check_images(images, prompts, self.name)
         prompts = list(prompts)
@@ -198,7 +197,6 @@ def _normalise(url: str) -> str:
 
 
 def _rank() -> int:
-    from harness import distributed
 
     return distributed.current().rank
 
@@ -206,8 +204,6 @@ def _rank() -> int:
 def _opener(host: str):
     """urllib's opener; proxies from the environment are ignored for loopback hosts."""
     import urllib.request
-
-    from harness.wire import LOOPBACK
 
     if host in LOOPBACK:
         return urllib.request.build_opener(urllib.request.ProxyHandler({}))

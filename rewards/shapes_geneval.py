@@ -14,9 +14,9 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from evals.geneval import clause_results, filter_detections
+from evals.geneval import clause_results, filter_detections, summarize
 from harness.shapes.detect import detect_batch
-from harness.shapes.prompts import parse_prompt
+from harness.shapes.prompts import DISJOINT_TAGS, parse_prompt
 from rewards import check_images
 
 
@@ -97,8 +97,6 @@ class ShapesGenEval:
 
     def score_and_breakdown(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, dict[str, float]]:
         """``score`` and ``breakdown`` from one pass of the detector."""
-        from evals.geneval import summarize
-        from harness.shapes.prompts import DISJOINT_TAGS
 
         rows = verify_shapes(images, self._metadatas(prompts))
         summary = {k: float(v) for k, v in summarize(rows).items() if isinstance(v, (int, float))}

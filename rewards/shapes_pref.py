@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.features import BasicBlock
+from harness.shapes.assets import load_asset
 from harness.shapes.model import coords
+from harness.shapes.prompts import COLORS, SHAPES, parse_prompt
 
 NAME = "shapes-pref"
 VERSION = 2
@@ -70,7 +72,6 @@ class PrefConfig:
 def _clauses(prompt: str) -> tuple:
     """((class, colour or None, count) per include clause, (class, count) per exclude clause,
     (relation or None)) of a Shapes prompt; raises on text outside the world's grammar."""
-    from harness.shapes.prompts import parse_prompt
 
     meta = parse_prompt(prompt)
     include = tuple((c["class"], c.get("color"), c["count"]) for c in meta["include"])
@@ -85,7 +86,6 @@ def _clauses(prompt: str) -> tuple:
 def clause_tensors(prompts: Sequence[str]) -> dict[str, Tensor]:
     """Padded clause tables for B prompts: include class/colour (-1: any)/count/valid (B, 2), exclude
     class/count/valid (B,), relation axis/sign/valid (B,)."""
-    from harness.shapes.prompts import COLORS, SHAPES
 
     colors, b = list(COLORS), len(prompts)
     t = {"inc_class": torch.zeros(b, 2, dtype=torch.long), "inc_color": torch.full((b, 2), -1, dtype=torch.long),
@@ -197,7 +197,6 @@ class ShapesPref:
         """``cfg`` None loads the committed pretrained weights (checksum-verified); otherwise ``state`` (or a
         fresh initialisation) for that architecture."""
         if cfg is None:
-            from harness.shapes.assets import load_asset
 
             state, config = load_asset("reward")
             cfg = PrefConfig.from_dict(config)

@@ -1,7 +1,7 @@
 """Full-size architectures on meta: config schema, parameter counts and per-image FLOPs.
 
 The reference numbers are independent measurements (shared/reference/cpu-facts.md section 3), taken with a
-hand-written build of each model, not with ``harness.archs``.
+hand-written build of each model, not with ``harness.compute.archs``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from harness import archs
+from harness.compute import archs
 from harness.registry import UnknownName
 
 G = 1e9

@@ -278,7 +278,7 @@ def test_geneval_reward_over_http_matches_the_detector_path(tmp_path):
     """``--reward remote:URL`` serving geneval-mmdet: the rules run server-side on metadata sent as JSON prompts.
     A stand-in detector (the Shapes one) replaces Mask2Former, which needs GenEval's environment."""
     from evals.geneval_bench import Config, GenEvalBenchmark, read_results, write_layout
-    from harness.serve import RewardServer
+    from harness.serving.server import RewardServer
     from harness.shapes.detect import detect_batch
     from harness.shapes.render import render_batch
     from rewards.geneval_mmdet import GenEvalMMDet
@@ -655,7 +655,7 @@ def test_nox_lists_the_reward_environments_and_they_fail_early(tmp_path):
 def test_table2_passes_the_model_and_prompt_files_to_the_paper_sections(tmp_path):
     import tyro
 
-    from harness.reproduce import PAPER_METHODS, SECTIONS, Table2Config, check_real, plan
+    from harness.reporting.reproduce import PAPER_METHODS, SECTIONS, Table2Config, check_real, plan
     from harness.store import Store
 
     train = tmp_path / "train.txt"

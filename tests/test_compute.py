@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from harness.compute import ComputeConfig, compute
+from harness.compute.flops import ComputeConfig, compute
 from harness.economy import agreement
-from harness.profile_step import ProfileConfig, profile_step
+from harness.compute.profile_step import ProfileConfig, profile_step
 from harness.run import CapabilityError, run
 from tests.conftest import tiny_run
 

@@ -234,7 +234,7 @@ def test_orphans_are_cleaned_and_torn_metrics_lines_skipped_and_cut(tmp_path):
 
 
 def test_table2_resumes_every_unfinished_run_and_never_starts_a_duplicate(tmp_path):
-    from harness.reproduce import SECTIONS, Table2Config, plan, reproduce
+    from harness.reporting.reproduce import SECTIONS, Table2Config, plan, reproduce
     from harness.store import RunLock, RunLocked
 
     cfg = Table2Config(profile="tiny", seeds=(0,), out=str(tmp_path), progress=False, plots=False)
@@ -349,7 +349,7 @@ def test_read_only_results_directory_is_one_line(tmp_path, capsys, monkeypatch, 
 def test_a_torn_journal_is_repaired_with_a_warning_naming_the_file(tmp_path):
     import optuna
 
-    from harness.study import open_storage
+    from harness.studies.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = tmp_path / "s.journal"
@@ -379,7 +379,7 @@ def test_a_torn_journal_is_repaired_with_a_warning_naming_the_file(tmp_path):
 
 def test_the_token_never_reaches_the_record(tmp_path, capsys, monkeypatch):
     from harness.cli import main
-    from harness.serve import RewardServer
+    from harness.serving.server import RewardServer
     from rewards import build
 
     with RewardServer(build("jpeg"), port=0, token=TOKEN).start() as server:
@@ -418,18 +418,18 @@ def test_every_numeric_config_field_declares_its_bound():
 
     from evals import geneval_bench, hpdv3, pickapic
     from evals.bench import EvaluateOptions
-    from harness.bench_drift import BenchDriftConfig
-    from harness.bench_serve import BenchServeConfig
-    from harness.compute import ComputeConfig
+    from harness.compute.bench_drift import BenchDriftConfig
+    from harness.serving.bench import BenchServeConfig
+    from harness.compute.flops import ComputeConfig
     from harness.config import RunConfig
-    from harness.economy import AgreementConfig
-    from harness.profile_step import ProfileConfig
-    from harness.reproduce import Table2Config
-    from harness.run_time import RunTimeConfig
-    from harness.serve import ServeConfig
-    from harness.study import StudyConfig
-    from harness.study_report import StudyReportConfig
-    from harness.tune import TuneConfig
+    from harness.compute.rank_agreement import AgreementConfig
+    from harness.compute.profile_step import ProfileConfig
+    from harness.reporting.reproduce import Table2Config
+    from harness.compute.run_time import RunTimeConfig
+    from harness.serving.server import ServeConfig
+    from harness.studies.config import StudyConfig
+    from harness.studies.report import StudyReportConfig
+    from harness.studies.tune import TuneConfig
     from harness.validate import check, unbounded
     from methods import METHODS
 
@@ -547,7 +547,7 @@ def test_bad_input_is_one_line_naming_the_value_and_writes_nothing(tmp_path, cap
 def _body() -> bytes:
     import torch
 
-    from harness.wire import encode_request
+    from harness.serving.wire import encode_request
 
     return encode_request(torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)), ["a"])
 
@@ -577,7 +577,7 @@ def _length(head: bytes) -> int:
 
 @pytest.fixture
 def server(capfd):
-    from harness.serve import RewardServer
+    from harness.serving.server import RewardServer
     from rewards import build
 
     with RewardServer(build("jpeg"), port=0, token=TOKEN, read_timeout=0.5).start() as s:

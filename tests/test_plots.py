@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_plots_from_stored_runs(tmp_path):
-    from harness.plots import PlotsConfig, plots
+    from harness.reporting.plots import PlotsConfig, plots
     from harness.run import run
     from methods import drpo
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.serve import RewardServer
-from harness.wire import encode_request, to_uint8
+from harness.serving.server import RewardServer
+from harness.serving.wire import encode_request, to_uint8
 from rewards import build, parse_options
 from rewards.remote import RemoteReward
 
@@ -284,7 +284,7 @@ def test_unreachable_server_at_construction():
 
 def test_serving_a_light_reward_imports_no_model_libraries():
     """The server runs inside other environments (other transformers): it must not drag them in itself."""
-    code = ("import sys; from harness.cli import COMMANDS; from harness.serve import RewardServer; "
+    code = ("import sys; from harness.cli import COMMANDS; from harness.serving.server import RewardServer; "
             "from rewards import build, REWARDS; from harness.registry import load; "
             "[load(REWARDS.target(n)) for n in REWARDS]; "
             "s = RewardServer(build('jpeg'), port=0); s.server_close(); "

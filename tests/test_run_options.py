@@ -64,9 +64,9 @@ def test_unknown_or_missing_tracker_fails_before_anything_is_written(tmp_path):
 
 
 def test_bf16_on_a_device_without_bf16_fails_before_anything_is_written(tmp_path, monkeypatch):
-    from harness import precision, profiles
+    from harness import precision, world
 
-    monkeypatch.setattr(profiles, "device_for", lambda cfg: torch.device("cuda", 0))
+    monkeypatch.setattr(world, "device_for", lambda cfg: torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
     with pytest.raises(ValueError, match="--mixed-precision bf16: Tesla V100 has no bf16 support"):

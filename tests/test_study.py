@@ -9,16 +9,11 @@ import pytest
 from harness.config import RunConfig
 from harness.presets import PRESETS, Preset
 from harness.store import Store, read_json
-from harness.study import (
-    StudyConfig,
-    create_or_load,
-    load_study,
-    open_storage,
-    parse_space,
-    resolve,
-    study,
-)
-from harness.study_objective import _Reporter
+from harness.studies.config import StudyConfig, resolve
+from harness.studies.space import parse_space
+from harness.studies.storage import create_or_load, open_storage
+from harness.studies.study import load_study, study
+from harness.studies.objective import _Reporter
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +61,7 @@ def parallel(tiny_preset, tmp_path_factory):
 def test_two_workers_complete_exactly_the_requested_trials(parallel):
     from optuna.trial import TrialState
 
-    from harness.tables import headline
+    from harness.reporting.tables import headline
 
     trials = load_study("par", parallel.out).get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3]
@@ -148,7 +143,7 @@ def test_space_overrides_replace_the_method_distributions():
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from harness.study import SpaceTrial
+    from harness.studies.space import SpaceTrial
     from methods import drpo
 
     overrides = parse_space(["lr=1e-5:1e-3:log", "kernel=laplacian,rbf", "m=2:6", "lam=0.5", "k=8:24"], drpo)
@@ -258,7 +253,7 @@ def test_reports_land_at_fixed_fractions_of_the_trial_spend():
 def test_study_report_writes_importances_slices_best_and_robustness(parallel):
     import pandas as pd
 
-    from harness.study_report import StudyReportConfig, report
+    from harness.studies.report import StudyReportConfig, report
 
     out = report(StudyReportConfig(name="par", out=parallel.out, fresh_seeds=1), log=lambda s: None)
     for stem in ("importances", "slices"):

@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from harness.store import Store
-from harness.study import counted, create_or_load, load_study, open_storage, resolve
+from harness.studies.config import resolve
+from harness.studies.storage import counted, create_or_load, open_storage
+from harness.studies.study import load_study
 from tests.test_study import PRESET, TINY, config
 
 pytestmark = pytest.mark.slow

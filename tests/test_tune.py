@@ -9,8 +9,9 @@ import pytest
 
 from harness.config import RunConfig
 from harness.presets import PRESETS, Preset
-from harness.reproduce import SECTIONS, Section
-from harness.tune import TuneConfig, method_config, tuned_configs, unequal_effort
+from harness.reporting.reproduce import SECTIONS, Section
+from harness.studies.tune import TuneConfig
+from harness.studies.tuned import method_config, tuned_configs, unequal_effort
 
 TINY = Preset("tests: tiny profile, 2 updates, K=4", RunConfig(
     method="drpo", profile="tiny", reward="jpeg", evals=("jpeg",), k=16, prompts_per_step=1, updates=2,
@@ -25,8 +26,8 @@ def tiny_table(monkeypatch):
 
 
 def _tune(tmp_path, name):
-    from harness.study import load_study
-    from harness.tune import study_name, tune
+    from harness.studies.study import load_study
+    from harness.studies.tune import study_name, tune
 
     cfg = TuneConfig(profile="test-tiny", trials=2, n_workers=1, out=str(tmp_path / name),
                      tuned_file=str(tmp_path / name / "tuned.json"))
@@ -124,7 +125,7 @@ def test_overoptimisation_summary_by_hand():
 @pytest.mark.unit
 def test_stored_runs_are_reused_only_for_the_same_method_version_and_code(tmp_path):
     from harness.config import run_key
-    from harness.reproduce import Table2Config, plan
+    from harness.reporting.reproduce import Table2Config, plan
     from harness.store import Store, source_hash
     from methods import METHODS
 

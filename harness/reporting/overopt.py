@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from harness.reporting.plots import _style, color, save
 from harness.store import Store
 
 DISTANCE = "eval/drift/latent_rms"
@@ -105,7 +106,6 @@ def table(rows: Sequence[dict]) -> list[str]:
 
 def figure(curves: Sequence[Curve], proxy: str, gold: str, directory: Path, stem: str, title: str) -> list[Path]:
     """Gold and proxy against distance from the base, one curve per method with seed bands."""
-    from harness.plots import _style, color, save
 
     plt = _style()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

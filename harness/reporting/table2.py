@@ -1,18 +1,19 @@
 """The main table from stored results: per-section tables (untuned and tuned, with the over-optimisation
 and tuning reports), the paper comparison of the real profiles and the reward-backprop cost ratio. Reads
-only the store; ``harness/reproduce.py`` runs what it reads."""
+only the store; ``harness/reporting/reproduce.py`` runs what it reads."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+from harness.reporting import overopt, tuned_table, tuning
+from harness.reporting.tables import cost_ratios, fmt, method_rows, t_interval
+from harness.sections import Section
 from harness.store import Store, git_state
-from harness.tables import fmt, method_rows
-
-if TYPE_CHECKING:
-    from harness.reproduce import Section
+from harness.studies.tuned import tuned_entries, unequal_effort
+from methods import METHODS
 
 # The paper's numbers (drpo-method.md section 2.4: DrPO website dd473d8, aligned with the arXiv table in 689acca).
 # Row: (label, driftbench method or "base" or None for reference-only rows, steps, uses reward gradient,
@@ -51,7 +52,6 @@ def paper_table(profile: str, results: dict[str, tuple[dict, list[tuple[str, dic
     ``results``: {section title: (base summary, [(method, run summary), ...])}; ours are mean ± 95% t-interval
     half-width over seeds, the paper's (one run each) in parentheses.
     """
-    from harness.tables import t_interval
 
     lines: list[str] = []
     records: list[dict[str, Any]] = []
@@ -116,8 +116,6 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
                    tuned_path: Path | None = None) -> tuple[list[str], list[dict]]:
     """A section evaluated on the test split: the paired table, the over-optimisation table and figure, and for
     a tuned section the tuning report (space sizes, best-so-far curves)."""
-    from harness.reporting import overopt, tuned_table
-    from harness.tune import tuned_entries, unequal_effort
 
     entries, unequal = {}, []
     if section.tuned:
@@ -137,7 +135,6 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
               f"`{figure[0].relative_to(out).as_posix()}`):", "", *overopt.table(rows)]
     records += [{"section": section.title, "table": "overoptimisation", **r} for r in rows]
     if section.tuned:
-        from harness.reporting import tuning
 
         report, fig = tuning.report(section.preset, list(by_method), str(store.root), out / "plots")
         lines += ["", f"Equal-effort tuning (figure `{fig[0].relative_to(out).as_posix()}`):", "", *report]
@@ -146,7 +143,6 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
 
 def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Markdown lines and CSV records for one section."""
-    from methods import METHODS
 
     summaries = []
     for run_id in run_ids:
@@ -178,14 +174,3 @@ def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[l
         records.append(rec)
     lines += cost_ratios(per_method)
     return lines, records
-
-
-def cost_ratios(per_method: dict[str, dict[str, Any]], numerator: str = "draft", denominator: str = "drpo") -> list[str]:
-    """The reward-backprop cost claim, measured: DRaFT's FLOPs and metered seconds per update over DrPO's."""
-    if numerator not in per_method or denominator not in per_method:
-        return []
-    a, b = per_method[numerator], per_method[denominator]
-    flops = (a["flops"] / a["updates"]) / (b["flops"] / b["updates"])
-    seconds = (a["seconds"] / a["updates"]) / (b["seconds"] / b["updates"])
-    return ["", f"{numerator} / {denominator} per update: FLOP ratio {flops:.2f}x, wall-clock ratio {seconds:.2f}x "
-                f"(metered training seconds, mean over seeds; evaluation excluded)."]

@@ -12,8 +12,9 @@ import json
 import math
 from typing import Any, Sequence
 
+from harness.reporting.tables import cost_ratios, fmt, headline, t_interval
 from harness.store import Store
-from harness.tables import fmt, headline, t_interval
+from methods import METHODS
 
 GOLD = "shapes-geneval"
 
@@ -49,8 +50,6 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float]:
 def section_table(title: str, store: Store, run_ids: Sequence[str], tuned: dict[str, dict[str, Any]],
                   unequal: Sequence[str] = ()) -> tuple[list[str], list[dict[str, Any]]]:
     """Markdown lines and CSV records of one tuned section."""
-    from harness.reporting.table2 import cost_ratios
-    from methods import METHODS
 
     summaries = _summaries(store, run_ids)
     proxy = summaries[0]["reward"]

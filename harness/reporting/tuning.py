@@ -11,14 +11,16 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.tune import study_name
+from harness.reporting.plots import _style, color, save
+from harness.studies.space import method_space
+from harness.studies.study import load_study
+from harness.studies.tune import study_name
+from methods import METHODS
 
 
 def space_size(method: str) -> dict[str, Any]:
     """A method's searched parameters (its ``space`` plus the shared learning-rate override): how many are
     continuous or integer ranges, and how many combinations the categorical ones make."""
-    from harness.study import method_space
-    from methods import METHODS
 
     params = {k: v for k, v in method_space(METHODS.get(method)).items() if k != "k"}
     categorical = [v for v in params.values() if v[0] == "categorical"]
@@ -42,9 +44,6 @@ def best_so_far(the_study: Any) -> list[float]:
 def report(section: str, methods: Sequence[str], out: str, directory: Path) -> tuple[list[str], list[Path]]:
     """Markdown lines (space sizes, trials, best values) and the best-so-far figure of one section."""
     from optuna.trial import TrialState
-
-    from harness.plots import _style, color, save
-    from harness.study import load_study
 
     lines = ["| method | searched parameters | ranges | categorical combinations | trials (complete / pruned / "
              "failed) | best validation value |", "|---|---|---|---|---|---|"]

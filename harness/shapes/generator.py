@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from harness.api import Cond
 from harness.features import LatentFeatures, ResNetEncoder
-from harness.lora import adapters_disabled, add_lora, load_lora_state, lora_state
+from harness.lora import DEFAULT_TARGETS, adapters_disabled, add_lora, load_lora_state, lora_state
+from harness.shapes.assets import asset_info, load_asset
 from harness.shapes.model import (
     CODE_POOL,
     LATENT_SHAPE,
@@ -137,7 +138,6 @@ class ShapesGenerator:
 
 
 def _lora_targets(module: nn.Module) -> set[str]:
-    from harness.lora import DEFAULT_TARGETS
 
     names = {n for n, _ in module.named_modules()}
     return {t for t in DEFAULT_TARGETS if any(n == t or n.endswith("." + t) for n in names)}
@@ -167,7 +167,6 @@ def load_generator(*, lora_rank: int = 8, seed: int = 0, device: str | torch.dev
                    directory: str | os.PathLike | None = None) -> ShapesGenerator:
     """The pretrained generator (``harness/assets/shapes/generator.safetensors`` unless ``directory`` says
     otherwise), checksum-verified; ``lora_rank`` 0 means full fine-tuning."""
-    from harness.shapes.assets import asset_info, load_asset
 
     state, config = load_asset("generator", directory)
     return ShapesGenerator(ModelConfig.from_dict(config), state, lora_rank=lora_rank, seed=seed, device=device,
@@ -188,7 +187,6 @@ class LatentImageEncoder(nn.Module):
 def load_image_encoder(*, device: str | torch.device = "cpu",
                        directory: str | os.PathLike | None = None) -> LatentImageEncoder:
     """The committed image -> latent encoder (``image_encoder`` asset), checksum-verified."""
-    from harness.shapes.assets import load_asset
 
     state, config = load_asset("image_encoder", directory)
     encoder = ImageEncoder(config["width"])
@@ -200,7 +198,6 @@ def load_features(keys: Sequence[str] | None = None, *, device: str | torch.devi
                   directory: str | os.PathLike | None = None) -> LatentFeatures:
     """The pretrained latent MAE encoder as a frozen feature map on Shapes latents (B, 4, 16, 16) ->
     {key: (B, N, D)}; ``keys`` defaults to the asset's suggested DrPO keys."""
-    from harness.shapes.assets import load_asset
 
     state, config = load_asset("encoder", directory)
     encoder = ResNetEncoder(config["in_channels"], config["base_width"], tuple(config["layers"]))

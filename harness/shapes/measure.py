@@ -24,7 +24,11 @@ import torch
 from scipy.stats import rankdata
 
 from evals.geneval import summarize
+from harness.shapes.generator import load_generator
 from harness.shapes.prompts import split
+from harness.shapes.render import render_batch
+from rewards.shapes_geneval import ShapesGenEval
+from rewards.shapes_pref import load_reward
 
 BANDS = {"overall": (0.25, 0.65), "tag_max_except_single": 0.9, "reward_auc_min": 0.9, "flop_ratio_min": 5.0}
 """The bands the project relies on (see the module docstring)."""
@@ -120,7 +124,6 @@ def reward_scores(reward, images: torch.Tensor, prompts: Sequence[str], chunk: i
 
 def render_auc(reward, metas: Sequence[dict], per_prompt: int, rng: np.random.Generator) -> float:
     """shapes-pref AUC: correct vs one-clause-broken renders, ``per_prompt`` of each per prompt."""
-    from harness.shapes.render import render_batch
 
     rows = [m for m in metas for _ in range(per_prompt)]
     good, _ = render_batch(rows, rng, correct=True)
@@ -132,9 +135,6 @@ def render_auc(reward, metas: Sequence[dict], per_prompt: int, rng: np.random.Ge
 
 def measure(cfg: MeasureConfig, gen=None, reward=None) -> dict:
     """Every band figure for the committed assets (or the given generator and reward)."""
-    from harness.shapes.generator import load_generator
-    from rewards.shapes_geneval import ShapesGenEval
-    from rewards.shapes_pref import load_reward
 
     torch.set_num_threads(cfg.threads)
     gen = gen or load_generator(lora_rank=0)

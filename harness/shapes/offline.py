@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness.shapes.prompts import parse_prompt
+from harness.shapes.render import render_batch
+
 
 class ShapesOffline:
     """``anchors(prompts, m, rng) -> (preferred, rejected)``, each (P, M, C, h, w) latents."""
@@ -30,8 +33,6 @@ class ShapesOffline:
     def pool(self, prompt: str) -> tuple[Tensor, Tensor]:
         """The prompt's fixed pairs as latents: (preferred, rejected), each (pairs, C, h, w)."""
         if prompt not in self._pool:
-            from harness.shapes.prompts import parse_prompt
-            from harness.shapes.render import render_batch
 
             meta = parse_prompt(prompt)
             digest = int(hashlib.sha256(f"{self.seed}:{prompt}".encode()).hexdigest()[:8], 16)

@@ -57,6 +57,7 @@ from harness.shapes.pretrain_common import (
 from harness.shapes.pretrain_encoder import EncoderConfig, pretrain_encoder
 from harness.shapes.pretrain_reward import RewardConfig, pretrain_reward
 from harness.shapes.prompts import all_prompts, split
+from harness.shapes.render import render_batch
 
 # -- generator: autoencoder, then a conditional VAE in its latent space --------------------------------------
 
@@ -100,7 +101,6 @@ class GeneratorConfig:
 def train_autoencoder(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[ImageEncoder, LatentDecoder, float]:
     """Phase 1: pixel-MSE autoencoder on fresh renders. Returns the frozen encoder and decoder and the
     scaling factor that gives the encoder's latents unit std (SD's 0.18215, measured)."""
-    from harness.shapes.render import render_batch
 
     train = split("train", cfg.split_seed)
     encoder, decoder = ImageEncoder(), LatentDecoder(cfg.model.decoder)
@@ -170,7 +170,6 @@ class Cvae(nn.Module):
 def train_cvae(cfg: GeneratorConfig, encoder: ImageEncoder, decoder: LatentDecoder, scaling: float,
                rng: np.random.Generator, on_step: Callable[[int, Cvae, Ema], None] | None = None) -> tuple[Cvae, Ema]:
     """Phase 2: the conditional VAE on the frozen encoder's latents of fresh renders."""
-    from harness.shapes.render import render_batch
 
     train = split("train", cfg.split_seed)
     model = Cvae(cfg.model)

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from harness.features import ResNetEncoder
 from harness.shapes import assets
+from harness.shapes.generator import load_generator
 from harness.shapes.model import (
     LATENT_SHAPE,
     ImageEncoder,
@@ -27,6 +29,7 @@ from harness.shapes.pretrain_common import (
     train_loop,
 )
 from harness.shapes.prompts import split
+from harness.shapes.render import render_batch
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,6 @@ def random_patch_mask(n: int, patch: int, ratio: float, gen: torch.Generator) ->
 
 def pretrain_encoder(cfg: EncoderConfig, out: str | Path = assets.ASSET_DIR) -> Path:
     """MAE on the pretrained generator's latents (out/generator.safetensors); saves the encoder only."""
-    from harness.features import ResNetEncoder
-    from harness.shapes.generator import load_generator
 
     seed_all(cfg.seed, cfg.threads)
     start = time.perf_counter()
@@ -143,7 +144,6 @@ def pretrain_encoder(cfg: EncoderConfig, out: str | Path = assets.ASSET_DIR) -> 
 def train_image_encoder(cfg: EncoderConfig, gen) -> tuple[ImageEncoder, float]:
     """Image -> raw latent encoder trained to reconstruct renders through the generator's frozen decoder (the
     first phase's :func:`reconstruction_loss`, decoder fixed). Returns it and its last MSE."""
-    from harness.shapes.render import render_batch
 
     rng = np.random.default_rng(cfg.seed)
     train = split("train", cfg.split_seed)

@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.shapes import assets
+from harness.shapes.generator import load_generator
 from harness.shapes.pretrain_common import record_time, save_asset, seed_all, tag_balanced, train_loop
-from harness.shapes.prompts import split
+from harness.shapes.prompts import COLORS, SHAPES, split
+from harness.shapes.render import DAMAGE_KINDS, damage, render_batch
+from rewards.shapes_geneval import ShapesGenEval
 from rewards.shapes_pref import GRID, PrefConfig, PrefModel
 
 
@@ -54,7 +57,6 @@ class RewardConfig:
 def cell_targets(scenes: Sequence, n_shapes: int = 3) -> tuple[Tensor, Tensor, Tensor]:
     """Per-cell targets of rendered scenes: objectness (B, 8, 8) float, shape and colour class (B, 8, 8) long
     (-100, ignored, where no object's centre falls in the cell)."""
-    from harness.shapes.prompts import COLORS, SHAPES
 
     b = len(scenes)
     obj = torch.zeros(b, GRID, GRID)
@@ -74,8 +76,6 @@ def labelled_generator_pool(gen_dir: str | Path, prompts: Sequence[str], per_pro
                             chunk: int = 256) -> tuple[Tensor, list[str], Tensor]:
     """Samples of the pretrained generator on ``prompts`` with the verifier's 0/1 labels:
     images (N, 3, 64, 64), their prompts, labels (N,)."""
-    from harness.shapes.generator import load_generator
-    from rewards.shapes_geneval import ShapesGenEval
 
     gen, verifier = load_generator(lora_rank=0, directory=gen_dir), ShapesGenEval()
     rows = [p for p in prompts for _ in range(per_prompt)]
@@ -108,7 +108,6 @@ class RewardBatches:
     def next(self) -> dict:
         """{"images" (N, 3, 64, 64), "prompts" N, "labels" (B + B + G,) for the pointwise rows, "scenes" 2B,
         "sizes" (B, B, D, G)}: rows are [correct renders | broken renders | damaged | generator samples]."""
-        from harness.shapes.render import DAMAGE_KINDS, damage, render_batch
 
         b, rng = self.cfg.batch, self.rng
         metas = tag_balanced(self.train, b, rng)

@@ -13,7 +13,11 @@ from typing import Sequence
 import numpy as np
 
 from harness.config import RunConfig
-from harness.profiles import World, device_for, latent_token_features, pixel_features, raw_latent_features
+from harness.profiles import DEFAULT_REWARDS
+from harness.shapes.generator import load_features, load_generator, load_image_encoder
+from harness.shapes.offline import ShapesOffline
+from harness.shapes.prompts import SPLITS, parse_prompt, split
+from harness.world import World, device_for, latent_token_features, pixel_features, raw_latent_features
 
 LORA_RANK = 8
 """The Shapes net's attention projections are 64-128 wide; rank 8 adapts them at about the paper's
@@ -25,7 +29,6 @@ def tag_balanced(tags: dict[str, str]):
     a micro-batch when possible), so rare tags are not starved by the many colour-attribute prompts."""
 
     def sample(rng: np.random.Generator, pool: Sequence[str], n: int) -> list[str]:
-        from harness.shapes.prompts import parse_prompt
 
         by_tag: dict[str, list[str]] = {}
         for p in pool:  # a prompt file's prompts are not in the splits: their tag comes from the grammar
@@ -41,9 +44,6 @@ def tag_balanced(tags: dict[str, str]):
 
 
 def build(cfg: RunConfig) -> World:
-    from harness.shapes.generator import load_features, load_generator, load_image_encoder
-    from harness.shapes.offline import ShapesOffline
-    from harness.shapes.prompts import SPLITS, parse_prompt, split
 
     device = device_for(cfg)
     gen = load_generator(lora_rank=cfg.lora_rank or LORA_RANK, device=device)
@@ -51,7 +51,7 @@ def build(cfg: RunConfig) -> World:
     tags = {m["prompt"]: m["tag"] for metas in splits.values() for m in metas}
     return World(name="shapes", generator=gen,
                  splits={name: [m["prompt"] for m in metas] for name, metas in splits.items()},
-                 default_reward="shapes-pref", default_evals=("shapes-geneval", "shapes-pref"),
+                 default_reward=DEFAULT_REWARDS["shapes"], default_evals=("shapes-geneval", "shapes-pref"),
                  feature_factories={"encoder": lambda: load_features(device=device),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
                                     "pixel": pixel_features},

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.registry import unknown
+
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -130,7 +132,6 @@ def split(name: str, seed: int = 0) -> list[dict]:
     are unchanged from the two-split layout the assets were pretrained on.
     """
     if name not in SPLITS:
-        from harness.registry import unknown
 
         raise unknown("split", name, list(SPLITS))
     prompts = all_prompts()

@@ -3,7 +3,7 @@
 Each released component the benchmark talks about (the SD-Turbo and SDXL-Turbo generators, their VAEs
 and text encoders, the HPSv3 and PickScore rewards, the DrPO feature encoders) has a JSON file in
 ``harness/configs/`` with the exact architecture hyperparameters of the released model and a ``source``
-field saying where they come from. ``harness/arch_configs.py`` validates and loads those files; this module
+field saying where they come from. ``harness/compute/arch_configs.py`` validates and loads those files; this module
 builds the models on ``torch.device("meta")`` (no weights, no memory, well under a second each) and counts their FLOPs with
 :func:`harness.budget.count_flops`, the same counter the meter uses (math SDPA forced, never inside
 ``inference_mode``).
@@ -64,7 +64,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.arch_configs import (  # noqa: F401 - CONFIG_DIR, NAMES, PARTS and load_config re-exported
+from harness.budget import count_flops
+from harness.compute.arch_configs import (  # noqa: F401 - CONFIG_DIR, NAMES, PARTS and load_config re-exported
     CONFIG_DIR,
     NAMES,
     OPTIONAL_INPUTS,
@@ -75,6 +76,8 @@ from harness.arch_configs import (  # noqa: F401 - CONFIG_DIR, NAMES, PARTS and 
     resolve,
     validate,
 )
+from harness.features import ResNetEncoder
+from harness.lora import add_lora
 from harness.registry import unknown
 
 MODES = ("forward", "forward_grad", "backward_params", "forward_lora", "backward_lora", "backward_input")
@@ -132,7 +135,6 @@ def _build(cfg: dict) -> nn.Module:
 
         return CLIPModel(CLIPConfig(**c))
     if kind == "resnet-encoder":
-        from harness.features import ResNetEncoder
 
         return ResNetEncoder(c["in_channels"], c["base_width"], tuple(c["layers"]))
     if kind == "vit-mae":
@@ -353,11 +355,9 @@ def component_flops(name: str, *, batch: int = 1, mode: str, inputs: dict | None
 
 
 def _count(base: str, cfg: dict, part: str, setting: str, batch: int, inputs: dict):
-    from harness.budget import count_flops
 
     kind = cfg["kind"]
     if setting == "lora":
-        from harness.lora import add_lora
 
         model = build_meta(base)  # a fresh copy: injection mutates the model
         with torch.device("meta"):

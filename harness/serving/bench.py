@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from harness.serving.server import BACKLOG, RewardServer
+from harness.serving.wire import encode_request
+from harness.store import describe_environment, write_json
 from harness.validate import Bound, at_least, positive
+from rewards import build
 
 STDLIB_BACKLOG = 5
 """``socketserver.TCPServer.request_queue_size``: what the server listened with before it set its own."""
@@ -41,8 +45,6 @@ class BenchServeConfig:
 
 
 def _serve(backlog: int, ready: Any, stop: Any) -> None:
-    from harness.serve import RewardServer
-    from rewards import build
 
     server_class = type("LoadServer", (RewardServer,), {"request_queue_size": backlog})
     with server_class(build("jpeg"), port=0).start() as server:
@@ -92,10 +94,6 @@ def _load(port: int, body: bytes, clients: int, seconds: float) -> dict[str, Any
 def bench_serve(cfg: BenchServeConfig) -> tuple[dict[str, Any], Path]:
     """Load a server at each backlog in turn; returns the report and the path of its markdown."""
     import torch
-
-    from harness.serve import BACKLOG
-    from harness.store import describe_environment, write_json
-    from harness.wire import encode_request
 
     backlogs = cfg.backlogs or (STDLIB_BACKLOG, BACKLOG)
     body = encode_request(torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)), ["a"])

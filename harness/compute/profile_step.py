@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.budget import PHASES, Spend
+from harness.config import RunConfig
+from harness.presets import get as get_preset
+from harness.run import prepare, update
 from harness.validate import Bound, at_least, nonnegative
+from methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,6 @@ def profile_method(cfg: ProfileConfig, method: str) -> dict[str, Any]:
     """Per-phase seconds, FLOPs and peak memory per update for one method."""
     import tempfile
 
-    from harness.config import RunConfig
-    from harness.presets import get as get_preset
-    from harness.run import prepare, update
-
     method_cfg = get_preset(cfg.preset).method_config(method)
     if "m" in {f.name for f in dataclasses.fields(method_cfg)} and 2 * method_cfg.m > cfg.k:
         method_cfg = dataclasses.replace(method_cfg, m=cfg.k // 2)
@@ -86,7 +86,6 @@ def profile_method(cfg: ProfileConfig, method: str) -> dict[str, Any]:
 
 
 def profile_step(cfg: ProfileConfig) -> tuple[list[dict[str, Any]], Path]:
-    from methods import METHODS
 
     if cfg.warmup < 0 or cfg.steps < 1:
         raise ValueError(f"need warmup >= 0 and steps >= 1, got warmup={cfg.warmup}, steps={cfg.steps}")

@@ -28,10 +28,17 @@ from typing import Annotated, Any, ClassVar
 
 import tyro
 
-from harness.study import DRIFT_KEY, dumps, load_study, objective_value
-from harness.study_figures import DRIFT_LABEL, draw, pareto
-from harness.study_storage import trial_error
+from harness.config import RunConfig, from_dict, json_ready, run_key
+from harness.registry import load
+from harness.run import run
+from harness.store import Store, read_json, utc_stamp, write_json
+from harness.studies.figures import DRIFT_LABEL, draw, pareto
+from harness.studies.objective import DRIFT_KEY, objective_value
+from harness.studies.storage import trial_error
+from harness.studies.study import load_study
 from harness.validate import Bound, at_least, nonnegative
+from methods import METHODS
+from rewards import REWARDS
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ def report(cfg: StudyReportConfig, log: Callable[[str], None] = print) -> Path:
     best = _best(study, multi)
     if multi:
         pareto(complete, study.best_trials, labels, out)
-    (out / "best.json").write_text(dumps(_best_record(best, study, multi, setup)) + "\n")
+    write_json(out / "best.json", json_ready(_best_record(best, study, multi, setup), finite=True))
     if cfg.robustness:
         robustness(cfg, setup, best, out, log)
     log(f"wrote the report of study '{cfg.name}' to {out}")
@@ -99,8 +106,6 @@ def _labels(reward: str, multi: bool) -> list[str]:
 
 
 def _reward_unit(reward: str) -> str:
-    from harness.registry import load
-    from rewards import REWARDS
 
     try:
         return getattr(load(REWARDS.target(reward)), "unit", "reward units")
@@ -162,9 +167,6 @@ def fresh_seeds(cfg: StudyReportConfig, study_seeds: Sequence[int]) -> list[int]
 
 def _ensure_run(store: Any, run_cfg: Any, method_cfg: Any, progress: bool) -> str:
     """Run ``run_cfg`` unless a complete run with the same id and configuration is stored; returns the id."""
-    from harness.config import run_key
-    from harness.run import run
-    from harness.store import utc_stamp
 
     run_id = run_cfg.run_id
     if store.run_dir(run_id).exists():
@@ -179,9 +181,6 @@ def robustness(cfg: StudyReportConfig, setup: dict[str, Any], best: Any, out: Pa
                log: Callable[[str], None] = print) -> Path:
     """Re-run the best and the default configuration on fresh seeds, with the study's prompt split and a
     resampled one, and write robustness.md / .csv from the stored summaries."""
-    from harness.config import RunConfig, from_dict
-    from harness.store import Store
-    from methods import METHODS
 
     store = Store(cfg.out)
     seeds = fresh_seeds(cfg, setup["study"]["seeds"])
@@ -211,8 +210,7 @@ def _robustness_tables(store: Any, runs: list[dict[str, Any]], reward: str, best
                        setup: dict[str, Any], out: Path) -> Path:
     import pandas as pd
 
-    from harness.store import read_json
-    from harness.tables import fmt, headline, t_interval
+    from harness.reporting.tables import fmt, headline, t_interval
 
     for r in runs:  # read back from the store only
         summary = read_json(store.run_dir(r["run_id"]) / "summary.json")

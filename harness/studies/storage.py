@@ -26,14 +26,19 @@ from typing import TYPE_CHECKING, Any
 
 from harness.config import config_dict
 from harness.redact import redact
+from harness.store import Store, write_atomic
+from harness.studies.config import (
+    HEARTBEAT_SECONDS,
+    Setup,
+    StudyConfig,
+    check_heartbeat,
+    is_rdb,
+    journal_path,
+)
 
 if TYPE_CHECKING:
     import optuna
 
-    from harness.study import Setup, StudyConfig
-
-HEARTBEAT_SECONDS = 60
-"""Database storages: a worker's default heartbeat interval; the default grace is three intervals."""
 MAX_RETRY = 2
 """How many times one set of parameters is re-run after its workers stopped beating."""
 DRIVERS = {
@@ -55,30 +60,12 @@ garbage collector runs; a process that opens the same study repeatedly (a report
 trial) would otherwise exhaust the server's connection slots (measured: 10 opens held 14 connections)."""
 
 
-def journal_path(out: str, name: str) -> Path:
-    return Path(out) / "studies" / f"{name}.journal"
-
-
-def is_rdb(spec: str) -> bool:
-    return "://" in spec
-
-
 def hide_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def storage_label(cfg: StudyConfig) -> str:
     return hide_password(cfg.storage) if cfg.storage else str(journal_path(cfg.out, cfg.name))
-
-
-def check_heartbeat(heartbeat: int, grace: int) -> int:
-    """The grace period to use (``grace``, or three intervals when 0); one-line ValueError on bad values."""
-    if heartbeat <= 0:
-        raise ValueError(f"heartbeat must be > 0 seconds, got {heartbeat}")
-    if grace < 0 or (grace and grace < heartbeat):
-        raise ValueError(f"grace must be >= the heartbeat interval ({heartbeat} s) or 0 (three intervals), "
-                         f"got {grace}")
-    return grace or 3 * heartbeat
 
 
 def open_storage(spec: str, out: str, name: str, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int = 0) -> Any:
@@ -132,8 +119,6 @@ def repair_journal(path: Path) -> None:
     torn last line is cut; a line a later write was appended to is split back into that write."""
     from optuna.storages.journal import JournalFileSymlinkLock
     from optuna.storages.journal._file import get_lock_file
-
-    from harness.store import write_atomic
 
     if not path.is_file() or path.stat().st_size == 0:
         return
@@ -298,7 +283,6 @@ def _alive(worker: str | None) -> bool:
 
 def _interrupt_runs(out: str, run_ids: Sequence[str], why: str) -> None:
     """Runs of a stopped trial still say "running" in their manifests; those on this machine get ``why``."""
-    from harness.store import Store
 
     store = Store(out)
     for run_id in run_ids:

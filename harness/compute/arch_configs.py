@@ -1,5 +1,5 @@
 """The architecture config files in ``harness/configs/``: their names, the parts of each kind, the schema
-every file is validated against, and loading (cached, and copied for callers). ``harness/archs.py`` builds
+every file is validated against, and loading (cached, and copied for callers). ``harness/compute/archs.py`` builds
 and counts the models these files describe.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.registry import unknown
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 NAMES = ("sd-turbo-unet", "sd-vae", "openclip-h-text", "sdxl-turbo-unet", "sdxl-vae", "sdxl-text-encoders",
          "hpsv3", "pickscore", "mae-latent-256", "vit-mae-base")

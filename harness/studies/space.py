@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness.config import RunConfig
 from harness.registry import unknown
 
 
@@ -117,7 +118,6 @@ def parse_space(entries: Sequence[str], method: Any) -> tuple[Override, ...]:
 
 def _check_bound(entry: str, override: Override, method: Any) -> None:
     """Refuse a range that reaches outside the parameter's declared bound (every trial would fail)."""
-    from harness.config import RunConfig
 
     owner = RunConfig if override.name == "k" else getattr(method, "Config", None)
     bound = getattr(owner, "BOUNDS", {}).get(override.name)

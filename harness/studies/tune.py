@@ -16,21 +16,22 @@ entry against the method's ``Config``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from harness import presets
 from harness.registry import unknown
+from harness.sections import SECTIONS
+from harness.store import Store, write_json
+from harness.studies import study as studies
+from harness.studies.study import StudyConfig, counted, load_study
+from harness.studies.tuned import TUNED_DIR
 from harness.validate import Bound, at_least, nonnegative
 
 LR_SPACE = "lr=1e-5:1e-2:log"
 """The learning-rate range every method gets (an override on top of each ``space``)."""
-TUNED_DIR = Path(__file__).resolve().parent / "tuned"
-EFFORT_KEYS = ("trials", "updates", "seeds", "sampler_seed", "pruner", "space_lr", "objective", "k",
-               "prompts_per_step", "eval_at", "eval_seeds", "eval_split")
 """What must be equal across the studies of one section."""
 
 
@@ -75,7 +76,6 @@ def study_name(section: str, method: str) -> str:
 
 def plan(cfg: TuneConfig) -> list[tuple[str, str]]:
     """(section preset, method) pairs to tune, in table order; unknown names fail with the nearest match."""
-    from harness.reproduce import SECTIONS
 
     if cfg.profile not in SECTIONS:
         raise unknown("table profile", cfg.profile, list(SECTIONS))
@@ -92,13 +92,11 @@ def plan(cfg: TuneConfig) -> list[tuple[str, str]]:
 
 
 def objective(cfg: TuneConfig, section: str) -> str:
-    from harness import presets
 
     return cfg.objective or ("shapes-geneval" if cfg.profile.startswith("shapes") else presets.get(section).run.reward)
 
 
 def study_config(cfg: TuneConfig, section: str, method: str):
-    from harness.study import StudyConfig
 
     return StudyConfig(name=study_name(section, method), method=method, preset=section, trials=cfg.trials,
                        seeds=cfg.seeds, objective=objective(cfg, section), at_best=True, pruner=cfg.pruner,
@@ -107,7 +105,6 @@ def study_config(cfg: TuneConfig, section: str, method: str):
 
 def tune(cfg: TuneConfig, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) every study, then write the tuned file; returns its path."""
-    from harness import study as studies
 
     pairs = plan(cfg)
     if not cfg.write_only:
@@ -131,8 +128,6 @@ def best_trial(the_study: Any) -> Any:
 
 def effort(cfg: TuneConfig, section: str, the_study: Any) -> dict[str, Any]:
     """The tuning effort a study had: what ``EFFORT_KEYS`` compares across a section."""
-    from harness import presets
-    from harness.study import counted
 
     run = presets.get(section).run
     attrs = the_study.user_attrs
@@ -145,8 +140,6 @@ def effort(cfg: TuneConfig, section: str, the_study: Any) -> dict[str, Any]:
 
 def write_tuned(cfg: TuneConfig, pairs: list[tuple[str, str]], log: Callable[[str], None] = print) -> Path:
     """Write the tuned file from the stored studies (existing entries of other sections are kept)."""
-    from harness.store import Store, write_json
-    from harness.study import load_study
 
     path = Path(cfg.tuned_file) if cfg.tuned_file else TUNED_DIR / f"{cfg.profile}.json"
     data = json.loads(path.read_text()) if path.is_file() else {"profile": cfg.profile, "sections": {}}
@@ -168,64 +161,3 @@ def write_tuned(cfg: TuneConfig, pairs: list[tuple[str, str]], log: Callable[[st
     return path
 
 
-def unequal_effort(entries: dict[str, dict[str, Any]]) -> list[str]:
-    """Keys of ``EFFORT_KEYS`` on which a section's methods were tuned differently (empty: equal)."""
-    efforts = {m: e["effort"] for m, e in entries.items()}
-    return [k for k in EFFORT_KEYS if len({json.dumps(e.get(k), sort_keys=True) for e in efforts.values()}) > 1]
-
-
-def tuned_configs(section: str, path: str | Path | None = None, profile: str = "shapes") -> dict[str, Any]:
-    """{method: validated Config} of a section from the tuned file; raises a one-line error naming an
-    unknown section, method or field, or a value of the wrong type."""
-    path = Path(path) if path else TUNED_DIR / f"{profile}.json"
-    entries = tuned_entries(section, path, profile)
-    return {m: method_config(m, entry.get("config"), f"{path.name}: {section}.{m}") for m, entry in entries.items()}
-
-
-def tuned_entries(section: str, path: str | Path | None = None, profile: str = "shapes") -> dict[str, dict]:
-    """The raw entries (study, trial, value, config, commit, effort) of one section of the tuned file."""
-    path = Path(path) if path else TUNED_DIR / f"{profile}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no tuned file at {path}; run `driftbench tune --profile {profile}`")
-    try:
-        data = json.loads(path.read_text())
-        sections = data["sections"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a tuned file ({err})") from None
-    if section not in sections:
-        raise unknown(f"section of {path.name}", section, list(sections))
-    return sections[section]
-
-
-def method_config(method: str, values: Any, where: str) -> Any:
-    """A method's Config from a dict of field values, checked field by field against the Config's types."""
-    from methods import METHODS
-
-    if method not in METHODS:
-        raise unknown(f"method in {where.split(':')[0]}", method, list(METHODS))
-    config = METHODS.get(method).Config
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: config must be an object of {config.__module__}.Config fields")
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    hints = typing.get_type_hints(config)
-    out = {}
-    for name, value in values.items():
-        if name not in fields:
-            raise unknown(f"field of {method}.Config ({where})", name, list(fields))
-        out[name] = _typed(value, hints[name], f"{where}.{name}")
-    return config(**out)
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as the type ``hint`` asks (int -> float and list -> tuple are the only conversions)."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        inner = typing.get_args(hint)[0]
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{where}: expected a list, got {value!r}")
-        return tuple(_typed(v, inner, where) for v in value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    raise TypeError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

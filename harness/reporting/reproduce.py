@@ -26,49 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from evals.bench import load_run, parse_kv
+from evals.pickapic import COLUMNS, Config, PickapicPartiBenchmark
+from harness import distributed
 from harness.config import config_dict, run_key
 from harness.presets import Preset
 from harness.presets import get as get_preset
+from harness.registry import unknown
 from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
-from harness.store import Store
-from harness.tune import tuned_configs
+from harness.run import run
+from harness.sections import PAPER_METHODS, SECTIONS, Section  # noqa: F401 - the table's sections
+from harness.store import RunLock, Store, read_json, source_hash
+from harness.studies.tuned import tuned_configs
 from harness.validate import Bound, at_least, nonnegative
-
-
-@dataclass(frozen=True)
-class Section:
-    title: str
-    preset: str
-    methods: tuple[str, ...]
-    tuned: bool = False
-    """Take every method's config from the committed tuned file (``driftbench tune``), not the preset."""
-
-
-PAPER_METHODS = ("drpo", "draft", "vggflow", "dpo1", "pso", "ngrpo")
-"""The six methods of the paper's tables (DrPO, the two reward-backprop references, three gradient-free baselines)."""
-
-_SHAPES_PREF_METHODS = ("drpo", "dpo1", "pso", "ngrpo", "draft", "vggflow")
-_SHAPES_GENEVAL_METHODS = ("drpo", "dpo1", "pso", "ngrpo")
-SECTIONS: dict[str, tuple[Section, ...]] = {
-    "shapes": (
-        Section("Shapes world, trained with shapes-pref (learned, differentiable), tuned", "shapes-pref",
-                _SHAPES_PREF_METHODS, tuned=True),
-        Section("Shapes world, trained with shapes-geneval (binary verifier, not differentiable), tuned",
-                "shapes-geneval", _SHAPES_GENEVAL_METHODS, tuned=True),
-    ),
-    "shapes-defaults": (
-        Section("Shapes world, trained with shapes-pref, paper-default (untuned) configurations", "shapes-pref",
-                _SHAPES_PREF_METHODS),
-        Section("Shapes world, trained with shapes-geneval, paper-default (untuned) configurations",
-                "shapes-geneval", _SHAPES_GENEVAL_METHODS),
-    ),
-    "tiny": (Section("Tiny profile, trained with JPEG compressibility", "tiny-jpeg", ("drpo",)),),
-    "sd-turbo": (Section("SD-Turbo, trained with PickScore (the paper's SD-Turbo setting)", "paper-sd-turbo",
-                         PAPER_METHODS),),
-    "sdxl-turbo": (Section("SDXL-Turbo, trained with PickScore (the paper's SDXL-Turbo MAE setting)", "paper-sdxl-turbo",
-                           PAPER_METHODS),),
-}
-"""Table sections per profile."""
+from methods import METHODS
 
 BENCHMARK = "pickapic-parti"
 """The benchmark the real-profile tables are evaluated with after training."""
@@ -143,8 +114,6 @@ def _test_overrides(cfg: Table2Config, preset: Preset) -> dict[str, Any]:
 
 def same_code(manifest: dict[str, Any], method: str) -> bool:
     """A stored run may be reused only if it ran this method version and this code (``source_hash``)."""
-    from harness.store import source_hash
-    from methods import METHODS
 
     versions = manifest.get("versions", {})
     return versions.get("method") == METHODS.get(method).VERSION and versions.get("code") == source_hash()
@@ -174,7 +143,6 @@ def _find(store: Store, key: str, method: str) -> tuple[str | None, str | None]:
 
 
 def _table_lock(cfg: Table2Config):
-    from harness.store import RunLock
 
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     return RunLock(Path(cfg.out) / ".table2.lock", f"table2 in {cfg.out}", hint="pass --wait to wait for it, or "
@@ -214,8 +182,6 @@ def run_overrides(cfg: Table2Config) -> dict[str, Any]:
 
 def benchmark_config(cfg: Table2Config):
     """The ``pickapic-parti`` Config of a real-profile table."""
-    from evals.bench import parse_kv
-    from evals.pickapic import COLUMNS, Config
 
     chosen = parse_kv(cfg.columns)
     fields = {c.key: c.field for c in COLUMNS}
@@ -229,7 +195,6 @@ def benchmark_config(cfg: Table2Config):
 
 def check_real(cfg: Table2Config):
     """Fail before any training when a real-profile table lacks its inputs; returns the built benchmark."""
-    from evals.pickapic import PickapicPartiBenchmark
 
     missing = [flag for flag, value in (("--model", cfg.model), ("--prompts", cfg.prompts)) if not value]
     if missing:
@@ -280,8 +245,6 @@ def plan(sections: Sequence[Section], cfg: Table2Config, store: Store) -> list[J
 def _execute(job: Job, threads: int) -> str:
     """Run one job (in a worker process when jobs > 1) and return its run id."""
     import torch
-
-    from harness.run import run
 
     if threads:
         torch.set_num_threads(threads)
@@ -335,11 +298,8 @@ def _stop_workers(pool: Any) -> None:
 def reproduce(cfg: Table2Config) -> Path:
     """Run every section of the table for ``cfg.profile`` and write ``table2.md`` and ``table2.csv``."""
     if cfg.profile not in SECTIONS:
-        from harness.registry import unknown
 
         raise unknown("table profile", cfg.profile, list(SECTIONS))
-    from harness import distributed
-    from harness.store import RunLock
 
     store = Store(cfg.out)
     started = time.time()
@@ -374,7 +334,7 @@ def reproduce(cfg: Table2Config) -> Path:
     path = write_table(sections, store, Path(cfg.out), elapsed=time.time() - started, extra=extra, name=name,
                        tuned_path=Path(cfg.tuned_file) if cfg.tuned_file else None)
     if cfg.plots:
-        from harness.plots import PlotsConfig, plots
+        from harness.reporting.plots import PlotsConfig, plots
 
         plots(PlotsConfig(out=cfg.out, tags=tuple(get_preset(s.preset).run.tag for s in SECTIONS[cfg.profile])))
     return path
@@ -383,8 +343,6 @@ def reproduce(cfg: Table2Config) -> Path:
 def evaluate_benchmark(bench: Any, store: Store, run_id: str, *, base: bool = False, dest: Path | None = None) -> dict:
     """The benchmark summary of a run (or, with ``base``, of its base generator), reused when already stored with
     the same benchmark configuration."""
-    from evals.bench import load_run
-    from harness.store import read_json
 
     dest = dest or store.run_dir(run_id) / (BENCHMARK + ("-base" if base else ""))
     if (dest / "summary.json").is_file():

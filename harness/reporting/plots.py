@@ -13,8 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
+from harness.budget import PHASES
+from harness.reporting.tables import headline, t_interval
 from harness.store import Store, read_json, write_atomic
-from harness.tables import headline, t_interval
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """Okabe-Ito, colour-blind safe; methods keep their colour across figures."""
@@ -189,8 +190,6 @@ def _variant_order(value: str) -> tuple:
 def compute_breakdown(root: Path, directory: Path) -> list[tuple[str, str]]:
     """Per-phase stacked bars for every method, from ``driftbench compute`` and ``profile-step`` tables."""
     import pandas as pd
-
-    from harness.budget import PHASES
 
     plt = _style()
     made = []

@@ -1,4 +1,4 @@
-"""The reward server's wire format, shared by the server (``harness/serve.py``) and the ``remote:URL``
+"""The reward server's wire format, shared by the server (``harness/serving/server.py``) and the ``remote:URL``
 client (``rewards/remote.py``): its constants, request encoding and decoding. Standard library, numpy and
 torch only.
 

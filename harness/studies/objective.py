@@ -1,6 +1,6 @@
 """A study trial's objective: the method's configuration from the trial, every seed run (a retried trial
 picks up the stopped trial's runs), intermediate reports at equal spend, and the mean held-out value
-read back from the stored summaries. Split from ``harness/study.py``, which drives the workers."""
+read back from the stored summaries. Split from ``harness/studies/study.py``, which drives the workers."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import math
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.config import config_dict, run_key
 from harness.redact import redact
-from harness.study_space import SpaceTrial
-from harness.study_storage import counted
-
-if TYPE_CHECKING:
-    from harness.study import Setup, StudyConfig
+from harness.reporting.tables import headline
+from harness.run import run
+from harness.store import Store, read_json, utc_stamp
+from harness.studies.config import Setup, StudyConfig
+from harness.studies.space import SpaceTrial
+from harness.studies.storage import counted
+from methods import METHODS
 
 DRIFT_KEY = "eval/drift/pixel_rms"
 """The summary key of a run's pixel distance from the base (the second objective of a multi-objective study)."""
@@ -26,7 +28,6 @@ DRIFT_KEY = "eval/drift/pixel_rms"
 
 def objective_value(summary: dict[str, Any], reward: str) -> float:
     """The held-out headline of ``reward`` in a run summary (``overall`` when present, else ``mean``)."""
-    from harness.tables import headline
 
     value = headline(summary, reward)
     if value is None:
@@ -37,7 +38,6 @@ def objective_value(summary: dict[str, Any], reward: str) -> float:
 
 
 def _run_id(store: Any, name: str, number: int, seed: int) -> str:
-    from harness.store import utc_stamp
 
     run_id = f"study-{name}__t{number:04d}__s{seed}"
     return run_id if not store.run_dir(run_id).exists() else f"{run_id}__{utc_stamp()}"
@@ -118,10 +118,6 @@ def _check_room(trial: Any, total: int) -> None:
 
 def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
     import numpy as np
-
-    from harness.run import run
-    from harness.store import Store, read_json
-    from methods import METHODS
 
     store = Store(cfg.out)
     proxy = SpaceTrial(trial, setup.overrides)

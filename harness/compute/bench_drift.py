@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from harness.validate import Bound, at_least, nonnegative
+from methods.drift import drift_loss
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,6 @@ def _inputs(cfg: BenchDriftConfig) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _ours(cfg: BenchDriftConfig) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    from methods.drift import drift_loss
 
     def call(gen: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         return drift_loss(gen, pos, neg, positive_weight=cfg.weight, negative_weight=cfg.weight,

@@ -5,7 +5,7 @@ A reward whose package pins its own dependencies (HPSv3 pins transformers 4.45.2
 ``remote:URL`` reward (``rewards/remote.py``). Only the standard library, numpy and torch are imported
 here; the served reward imports what it needs when it is built.
 
-The wire format (protocol, request encoding and decoding) lives in ``harness/wire.py``; errors answer
+The wire format (protocol, request encoding and decoding) lives in ``harness/serving/wire.py``; errors answer
 ``{"error": message}`` with 400 (malformed JSON, images or lengths, a Content-Length that is not a
 non-negative integer; a reward rejecting its input), 401 (wrong or missing token, sent as
 ``Authorization: Bearer TOKEN``; every endpoint when a token is set; checked before any body is read),
@@ -36,8 +36,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from harness.validate import Bound, at_least, positive, within
-from harness.wire import (
+from harness.serving.wire import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BYTES,
     LOOPBACK,
@@ -46,6 +45,8 @@ from harness.wire import (
     BadRequest,
     decode_request,
 )
+from harness.validate import Bound, at_least, check, positive, within
+from rewards import REWARDS, build, check_scores
 
 BACKLOG = 1024
 """Pending connections the listening socket queues (the kernel caps it at net.core.somaxconn)."""
@@ -135,7 +136,6 @@ class RewardServer(ThreadingHTTPServer):
         self.close()
 
     def score(self, images: Tensor, prompts: list[str]) -> list[float]:
-        from rewards import check_scores
 
         with self.lock, torch.no_grad():
             scores = self.reward.score(images, prompts)
@@ -287,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Serve one registered reward over HTTP (see ``harness/serve.py`` for the wire format)."""
+    """Serve one registered reward over HTTP (see ``harness/serving/server.py`` for the wire format)."""
 
     name: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="NAME")]
     """The registered reward to serve (``driftbench list``)."""
@@ -327,8 +327,6 @@ def serve(cfg: ServeConfig) -> int:
     """Build the reward, bind, print one line with the URL and serve until interrupted."""
     import os
 
-    from rewards import REWARDS, build
-
     REWARDS.check(cfg.name)
     token = cfg.token or os.environ.get(TOKEN_ENV, "")
     reward = build(cfg.name, parse_options(cfg.option))
@@ -351,7 +349,6 @@ def serve(cfg: ServeConfig) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """``driftbench serve-reward NAME [--host H --port N --token T --max-batch B --max-bytes M --option K=V ...]``."""
-    from harness.validate import check
 
     cfg = tyro.cli(ServeConfig, args=list(argv), prog="driftbench serve-reward")
     check(cfg)

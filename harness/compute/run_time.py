@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from harness import presets
+from harness.run import run
+from harness.store import Store, utc_stamp, write_json
+from harness.studies.tuned import tuned_configs
 from harness.validate import Bound, nonnegative
 
 
@@ -41,11 +45,6 @@ def measure(cfg: RunTimeConfig) -> Path:
     import json
 
     import torch
-
-    from harness import presets
-    from harness.run import run
-    from harness.store import Store, utc_stamp, write_json
-    from harness.tune import tuned_configs
 
     preset = presets.get(cfg.preset)
     method_cfg = tuned_configs(cfg.preset)[cfg.method] if cfg.tuned else preset.method_config(cfg.method)

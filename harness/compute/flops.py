@@ -7,7 +7,7 @@ How it works, so that no method's cost is written down by hand:
    The harness's meter records every component call: which component, on how many items, with or without
    autograd, and whether the backward pass reached it (:class:`harness.budget.TraceEntry`).
 2. **Replay.** Each trace entry is priced with the full-size component's per-image FLOPs, counted on the
-   meta device from the configs in ``harness/configs`` (:mod:`harness.archs`), and scaled to the effective
+   meta device from the configs in ``harness/configs`` (:mod:`harness.compute.archs`), and scaled to the effective
    batch: a generator call with grad costs the LoRA forward plus, if its backward ran, the LoRA backward;
    a frozen decoder, reward or feature encoder whose backward ran adds its input-gradient backward.
 
@@ -22,8 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from harness.budget import PHASES, TraceEntry
+from harness.budget import PHASES, Spend, TraceEntry
+from harness.compute import archs
+from harness.config import RunConfig
+from harness.presets import get as get_preset
+from harness.registry import unknown
+from harness.run import prepare, update
 from harness.validate import Bound, at_least
+from methods import METHODS
 
 GENERATORS = {
     "sd-turbo": {"text": "openclip-h-text", "unet": "sd-turbo-unet", "decoder": "sd-vae", "tiny": "tiny"},
@@ -84,10 +90,6 @@ def trace_method(method: str, method_cfg: Any, *, k: int, generator: str, differ
     """One real update of ``method`` on the tiny profile with one prompt and K candidates; its meter trace."""
     import tempfile
 
-    from harness.budget import Spend
-    from harness.config import RunConfig
-    from harness.run import prepare, update
-
     reward = "colorfulness" if differentiable else "jpeg"
     fields = {f.name for f in dataclasses.fields(method_cfg)}
     if "m" in fields and 2 * method_cfg.m > k:
@@ -102,7 +104,6 @@ def trace_method(method: str, method_cfg: Any, *, k: int, generator: str, differ
 
 def price(trace: Sequence[TraceEntry], cfg: ComputeConfig) -> dict[str, float]:
     """FLOPs per phase for one update at ``cfg``'s effective batch, from a one-prompt trace."""
-    from harness import archs
 
     names = GENERATORS[cfg.generator]
     scale = cfg.prompts_per_update()  # the trace covers one prompt
@@ -134,9 +135,6 @@ def price(trace: Sequence[TraceEntry], cfg: ComputeConfig) -> dict[str, float]:
 
 def compute(cfg: ComputeConfig) -> tuple[list[dict[str, Any]], Path]:
     """Price every method; write the CSV and markdown tables; return the rows and the markdown path."""
-    from harness.presets import get as get_preset
-    from harness.registry import unknown
-    from methods import METHODS
 
     if cfg.generator not in GENERATORS:
         raise unknown("generator", cfg.generator, list(GENERATORS))

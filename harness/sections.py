@@ -1,0 +1,46 @@
+"""The main table's sections: per profile, which preset each section runs and which methods it compares.
+
+Beside the presets (``harness/presets.py``) because a section is a preset plus a list of methods; read by
+``driftbench table2`` (``harness/reporting/reproduce.py``) and by ``driftbench tune``, which tunes every
+method of a tuned section with equal effort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    preset: str
+    methods: tuple[str, ...]
+    tuned: bool = False
+    """Take every method's config from the committed tuned file (``driftbench tune``), not the preset."""
+
+
+PAPER_METHODS = ("drpo", "draft", "vggflow", "dpo1", "pso", "ngrpo")
+"""The six methods of the paper's tables (DrPO, the two reward-backprop references, three gradient-free baselines)."""
+
+_SHAPES_PREF_METHODS = ("drpo", "dpo1", "pso", "ngrpo", "draft", "vggflow")
+_SHAPES_GENEVAL_METHODS = ("drpo", "dpo1", "pso", "ngrpo")
+SECTIONS: dict[str, tuple[Section, ...]] = {
+    "shapes": (
+        Section("Shapes world, trained with shapes-pref (learned, differentiable), tuned", "shapes-pref",
+                _SHAPES_PREF_METHODS, tuned=True),
+        Section("Shapes world, trained with shapes-geneval (binary verifier, not differentiable), tuned",
+                "shapes-geneval", _SHAPES_GENEVAL_METHODS, tuned=True),
+    ),
+    "shapes-defaults": (
+        Section("Shapes world, trained with shapes-pref, paper-default (untuned) configurations", "shapes-pref",
+                _SHAPES_PREF_METHODS),
+        Section("Shapes world, trained with shapes-geneval, paper-default (untuned) configurations",
+                "shapes-geneval", _SHAPES_GENEVAL_METHODS),
+    ),
+    "tiny": (Section("Tiny profile, trained with JPEG compressibility", "tiny-jpeg", ("drpo",)),),
+    "sd-turbo": (Section("SD-Turbo, trained with PickScore (the paper's SD-Turbo setting)", "paper-sd-turbo",
+                         PAPER_METHODS),),
+    "sdxl-turbo": (Section("SDXL-Turbo, trained with PickScore (the paper's SDXL-Turbo MAE setting)", "paper-sdxl-turbo",
+                           PAPER_METHODS),),
+}
+"""Table sections per profile."""

@@ -1,0 +1,56 @@
+"""The tuned file (``harness/tuned/<profile>.json``): the configuration each method of a tuned section runs
+with, the study and trial it came from, and the effort spent finding it. ``driftbench tune`` writes it;
+``driftbench table2`` reads it through :func:`tuned_configs`, which checks every entry against the method's
+``Config`` field by field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.config import from_dict
+from harness.registry import unknown
+from methods import METHODS
+
+TUNED_DIR = Path(__file__).resolve().parent.parent / "tuned"
+EFFORT_KEYS = ("trials", "updates", "seeds", "sampler_seed", "pruner", "space_lr", "objective", "k",
+               "prompts_per_step", "eval_at", "eval_seeds", "eval_split")
+"""What a section's studies must share for their tuning to count as equal effort."""
+
+
+def unequal_effort(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """Keys of ``EFFORT_KEYS`` on which a section's methods were tuned differently (empty: equal)."""
+    efforts = {m: e["effort"] for m, e in entries.items()}
+    return [k for k in EFFORT_KEYS if len({json.dumps(e.get(k), sort_keys=True) for e in efforts.values()}) > 1]
+
+
+def tuned_configs(section: str, path: str | Path | None = None, profile: str = "shapes") -> dict[str, Any]:
+    """{method: validated Config} of a section from the tuned file; raises a one-line error naming an
+    unknown section, method or field, or a value of the wrong type."""
+    path = Path(path) if path else TUNED_DIR / f"{profile}.json"
+    entries = tuned_entries(section, path, profile)
+    return {m: method_config(m, entry.get("config"), f"{path.name}: {section}.{m}") for m, entry in entries.items()}
+
+
+def tuned_entries(section: str, path: str | Path | None = None, profile: str = "shapes") -> dict[str, dict]:
+    """The raw entries (study, trial, value, config, commit, effort) of one section of the tuned file."""
+    path = Path(path) if path else TUNED_DIR / f"{profile}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tuned file at {path}; run `driftbench tune --profile {profile}`")
+    try:
+        data = json.loads(path.read_text())
+        sections = data["sections"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a tuned file ({err})") from None
+    if section not in sections:
+        raise unknown(f"section of {path.name}", section, list(sections))
+    return sections[section]
+
+
+def method_config(method: str, values: Any, where: str) -> Any:
+    """A method's Config from a dict of field values, checked field by field against the Config's types."""
+    if method not in METHODS:
+        raise unknown(f"method in {where.split(':')[0]}", method, list(METHODS))
+    return from_dict(METHODS.get(method).Config, values, where)
