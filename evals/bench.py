@@ -275,17 +275,6 @@ def score_batch(reward: Any, images: Tensor, prompts: Sequence[str]) -> list[flo
         return check_scores(reward.score(images, list(prompts)), len(prompts), reward.name).tolist()
 
 
-def parse_kv(entries: Sequence[str]) -> dict[str, str]:
-    """``("checkpoint=/data/x.pth", ...)`` -> {"checkpoint": "/data/x.pth"}; values may contain '='."""
-    out = {}
-    for entry in entries:
-        key, eq, value = entry.partition("=")
-        if not (eq and key):
-            raise ValueError(f"bad option '{entry}'; expected KEY=VALUE, e.g. checkpoint=/data/model.pth")
-        out[key] = value
-    return out
-
-
 def save_png(image: Tensor, path: Path) -> None:
     """One image (3, H, W) in [0, 1] as an 8-bit RGB PNG."""
     from PIL import Image

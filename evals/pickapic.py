@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from evals.bench import build_reward, heldout_seeds, parse_kv, read_prompts, record, score_prompts
+from evals.bench import build_reward, heldout_seeds, read_prompts, record, score_prompts
+from harness.config import parse_kv
 from harness.store import write_json
 from harness.validate import Bound, at_least, nonnegative
 from rewards import parse_options

@@ -5,6 +5,10 @@
     driftbench train --preset tiny-jpeg --method drpo --resume RUN_ID
     driftbench table2 --profile shapes               the main comparison, resumable
     driftbench pretrain generator|encoder|reward|all the Shapes world's assets
+    driftbench --version                             the package version and the git commit
+
+The command table, :data:`COMMANDS`, is data: each entry names its function and its config class as lazy
+import strings (as the registries do), so the usage text and the one generic wrapper are generated from it.
 
 Bad input ends with a one-line error naming the value and the valid choices, and a non-zero exit; so does
 an operating-system failure (read-only directory, full disk, port in use), naming the path or the port.
@@ -18,40 +22,112 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field, make_dataclass
-from typing import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
 
-USAGE = """usage: driftbench COMMAND [OPTIONS]   (driftbench COMMAND --help for a command's options)
-
-commands:
-  list           methods (with their reward-gradient requirement), rewards, evaluators, profiles, presets
-  train          train one method under a run config (--preset, --resume)
-  table2         run or resume the main comparison and write results/table2.md and .csv
-  tune           equal-effort Optuna studies of every method of a table, and the tuned file the table reads
-  run-time       where one run's wall-clock goes (start-up, training phases, evaluation), written to results/compute
-  pretrain       pretrain the Shapes world's generator, encoder and reward assets
-  compute        FLOPs per update and per phase of every method at full size (meta device, no weights)
-  profile-step   time real updates per phase (GPU: full-size random weights; CPU: the tiny profile)
-  bench-drift    time methods/drift.py against a plain torch drift field at DrPO's SD-Turbo size
-  bench-serve    the reward server under sustained concurrent load: answers and resets per listen backlog
-  plots          redraw every figure from stored results (index in results/plots/README.md)
-  rank-agreement how well the cheap reward economies (bf16, small decoder) keep the exact reward's ranking
-  study          run or resume an Optuna study of a method's hyperparameters (--name, --n-workers, --space)
-  study-report   importances, slice/contour/Pareto plots, best.json and a robustness re-run of a study
-  serve-reward   serve a registered reward over HTTP for remote:URL (NAME --port N --token T --option K=V)
-  evaluate       a benchmark on a stored run: geneval, hpdv3, pickapic-parti (NAME --run RUN_ID [--base])
-"""
+from harness import distributed
+from harness.registry import load, unknown
+from harness.store import git_state
+from harness.validate import check, choice_fields
 
 
 @dataclass(frozen=True)
-class TrainOptions:
-    """Options of the train command itself."""
+class Command:
+    """One ``driftbench`` command."""
 
-    preset: str = ""
-    """Start from a named preset (see ``driftbench list``); flags override it."""
-    resume: str = ""
-    """Resume this run id from its checkpoint (the config must match the stored one)."""
-    quiet: bool = False
-    """No progress bar."""
+    summary: str
+    """One line for the usage text."""
+    target: str
+    """``module:function``. With ``config`` it is called with the parsed config; without, with the raw argv."""
+    config: str = ""
+    """``module:Class``: the frozen dataclass the argv is parsed into (bounds and choices checked first)."""
+    launch: bool = True
+    """False: refused under ``accelerate launch`` with several processes (its work is not data-parallel)."""
+
+
+COMMANDS: dict[str, Command] = {
+    "list": Command("methods (with their reward-gradient requirement), rewards, evaluators, profiles, presets",
+                    "harness.inventory:main"),
+    "train": Command("train one method under a run config (--preset, --resume)", "harness.cli:train"),
+    "table2": Command("run or resume the main comparison and write results/table2.md and .csv",
+                      "harness.reporting.reproduce:reproduce", "harness.reporting.reproduce:Table2Config"),
+    "tune": Command("equal-effort Optuna studies of every method of a table, and the tuned file the table reads",
+                    "harness.studies.tune:tune", "harness.studies.tune:TuneConfig", launch=False),
+    "run-time": Command("where one run's wall-clock goes (start-up, training phases, evaluation)",
+                        "harness.compute.run_time:measure", "harness.compute.run_time:RunTimeConfig"),
+    "pretrain": Command("pretrain the Shapes world's generator, encoder and reward assets",
+                        "harness.shapes.pretrain:main"),
+    "compute": Command("FLOPs per update and per phase of every method at full size (meta device, no weights)",
+                       "harness.compute.flops:compute", "harness.compute.flops:ComputeConfig"),
+    "profile-step": Command("time real updates per phase (GPU: full-size random weights; CPU: the tiny profile)",
+                            "harness.compute.profile_step:profile_step", "harness.compute.profile_step:ProfileConfig"),
+    "bench-drift": Command("time methods/drift.py against a plain torch drift field at DrPO's SD-Turbo size",
+                           "harness.compute.bench_drift:bench_drift", "harness.compute.bench_drift:BenchDriftConfig"),
+    "bench-serve": Command("the reward server under sustained concurrent load: answers and resets per listen backlog",
+                           "harness.serving.bench:bench_serve", "harness.serving.bench:BenchServeConfig"),
+    "plots": Command("redraw every figure from stored results (index in results/plots/README.md)",
+                     "harness.reporting.plots:plots", "harness.reporting.plots:PlotsConfig"),
+    "rank-agreement": Command("how well the cheap reward economies (bf16, small decoder) keep the exact ranking",
+                              "harness.compute.rank_agreement:rank_agreement",
+                              "harness.compute.rank_agreement:AgreementConfig"),
+    "study": Command("run or resume an Optuna study of a method's hyperparameters (--name, --n-workers, --space)",
+                     "harness.studies.study:study", "harness.studies.config:StudyConfig", launch=False),
+    "study-report": Command("importances, slice/contour/Pareto plots, best.json and a robustness re-run of a study",
+                            "harness.studies.report:report", "harness.studies.report:StudyReportConfig"),
+    "serve-reward": Command("serve a registered reward over HTTP for remote:URL (NAME --port N --token T --option K=V)",
+                            "harness.serving.server:main"),
+    "evaluate": Command("a benchmark on a stored run: geneval, hpdv3, pickapic-parti (NAME --run RUN_ID [--base])",
+                        "evals.bench:main"),
+}
+"""Every command: name -> what it runs. A new command is one entry here."""
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: driftbench COMMAND [OPTIONS]   (driftbench COMMAND --help for a command's options)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "  --version  the package version and the git commit"]
+    return "\n".join(lines)
+
+
+def version() -> str:
+    """``driftbench X.Y.Z (git COMMIT[, modified])``: the installed package's version and the checkout's commit."""
+    try:
+        number = metadata.version("driftbench")
+    except metadata.PackageNotFoundError:
+        number = "unknown (not installed)"
+    git = git_state()
+    where = f"git {git['commit']}{', modified' if git['dirty'] else ''}" if git["commit"] else "no git checkout"
+    return f"driftbench {number} ({where})"
+
+
+def execute(name: str, argv: Sequence[str]) -> int:
+    """Run command ``name``: parse its config (if it has one), call its function and report what it wrote."""
+    command = COMMANDS[name]
+    if not command.launch and distributed.launched_world() > 1:
+        raise ValueError(f"driftbench {name} does not run under accelerate launch (its trials are not data-parallel); "
+                         "run it as one command" + (" with --n-workers N, one trial per worker" if name == "study" else ""))
+    function = load(command.target)
+    if not command.config:
+        return function(list(argv)) or 0
+    result = function(_cli(load(command.config), argv, f"driftbench {name}"))
+    if distributed.current().main:
+        _report(result)
+    return 0
+
+
+def _report(result: Any) -> None:
+    """Print the Markdown report among what a command wrote, then the files it wrote."""
+    paths = [r for r in (result if isinstance(result, tuple) else (result,)) if isinstance(r, Path)]
+    for path in paths:
+        written = [p for p in dict.fromkeys([path, *(path.with_suffix(s) for s in (".md", ".csv", ".json"))])
+                   if p.is_file()]
+        report = next((p for p in written if p.suffix == ".md"), None)
+        if report is not None:
+            print(report.read_text())
+        print("wrote " + " and ".join(str(p) for p in written))
 
 
 def _peek(argv: Sequence[str], flag: str) -> str | None:
@@ -62,6 +138,36 @@ def _peek(argv: Sequence[str], flag: str) -> str | None:
         if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def _values(argv: Sequence[str], flag: str) -> list[str]:
+    """Every value given to ``flag`` (``--flag A B`` or ``--flag=A``), without parsing anything else."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            out.append(arg.split("=", 1)[1])
+        elif arg == flag:
+            out += [a for a in _until_flag(argv[i + 1:])]
+    return out
+
+
+def _until_flag(rest: Sequence[str]) -> list[str]:
+    out = []
+    for arg in rest:
+        if arg.startswith("--"):
+            break
+        out.append(arg)
+    return out
+
+
+def _check_choices(cls: type, argv: Sequence[str], prefix: str = "") -> None:
+    """A bad value of a ``Literal`` field is one line with the nearest match, before tyro parses (tyro's own
+    message is a multi-line box)."""
+    for name, valid in choice_fields(cls).items():
+        flag = f"--{prefix + '.' if prefix else ''}{name.replace('_', '-')}"
+        for value in _values(argv, flag):
+            if value not in valid:
+                raise unknown(name.replace("_", " "), value, list(valid), where=flag)
 
 
 def _once(argv: Sequence[str]) -> None:
@@ -78,19 +184,30 @@ def _once(argv: Sequence[str]) -> None:
 
 
 def _cli(cls: type, argv: Sequence[str], prog: str):
-    """Parse ``argv`` into config ``cls`` and check every numeric field's bound before anything is built."""
-    import tyro
-
-    from harness.validate import check
+    """Parse ``argv`` into config ``cls`` and check every field's bound and choice before anything is built."""
+    import tyro  # CLI start-up: tyro only when a command parses
 
     _once(argv)
+    _check_choices(cls, argv)
     cfg = tyro.cli(cls, args=list(argv), prog=prog)
     check(cfg)
     return cfg
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options of the train command itself."""
+
+    preset: str = ""
+    """Start from a named preset (see ``driftbench list``); flags override it."""
+    resume: str = ""
+    """Resume this run id from its checkpoint (the config must match the stored one)."""
+    quiet: bool = False
+    """No progress bar."""
+
+
 def train(argv: Sequence[str]) -> int:
-    import tyro
+    import tyro  # CLI start-up: the run's modules (torch, the registries) load only for train
 
     from harness import presets
     from harness.config import RunConfig
@@ -102,6 +219,8 @@ def train(argv: Sequence[str]) -> int:
     run_default = preset.run if preset else RunConfig()
     method = METHODS.check(_peek(argv, "--method") or run_default.method)
     method_default = preset.method_config(method) if preset else METHODS.get(method).Config()
+    _check_choices(RunConfig, argv)
+    _check_choices(type(method_default), argv, method)
     Args = make_dataclass("TrainArgs", [
         ("command", tyro.conf.OmitArgPrefixes[TrainOptions], field(default=TrainOptions())),
         ("run", tyro.conf.OmitArgPrefixes[RunConfig], field(default=run_default.replace(method=method))),
@@ -110,8 +229,6 @@ def train(argv: Sequence[str]) -> int:
     args = tyro.cli(Args, args=list(argv), prog="driftbench train",
                     description=f"Train '{method}' ({METHODS.get(method).__doc__.strip().splitlines()[0]})")
     summary = run(args.run, getattr(args, method), resume=args.command.resume, progress=not args.command.quiet)
-    from harness import distributed
-
     metrics = {k: round(v, 4) for k, v in summary.items() if k.startswith("eval/") and k.endswith(("/mean", "/overall"))}
     if distributed.current().main:
         print(f"run {summary['run_id']} complete: {metrics}")
@@ -119,178 +236,22 @@ def train(argv: Sequence[str]) -> int:
     return 0
 
 
-def table2(argv: Sequence[str]) -> int:
-    from harness import distributed
-    from harness.reporting.reproduce import Table2Config, reproduce
-
-    cfg = _cli(Table2Config, argv, "driftbench table2")
-    path = reproduce(cfg)
-    if not distributed.current().main:
-        return 0
-    print(path.read_text())
-    print(f"wrote {path} and {path.with_suffix('.csv')}")
-    return 0
-
-
-def tune(argv: Sequence[str]) -> int:
-    from harness import distributed
-    from harness.studies.tune import TuneConfig
-    from harness.studies.tune import tune as run_tune
-
-    if distributed.launched_world() > 1:
-        raise ValueError("driftbench tune does not run under accelerate launch yet (its trials are not data-parallel); "
-                         "run it as one command")
-    run_tune(_cli(TuneConfig, argv, "driftbench tune"))
-    return 0
-
-
-def run_time(argv: Sequence[str]) -> int:
-    from harness.compute.run_time import RunTimeConfig, measure
-
-    path = measure(_cli(RunTimeConfig, argv, "driftbench run-time"))
-    print(f"wrote {path} and {path.with_suffix('.json')}")
-    return 0
-
-
-def pretrain(argv: Sequence[str]) -> int:
-    from harness.shapes.pretrain import main as pretrain_main
-
-    return pretrain_main(list(argv)) or 0
-
-
-def compute(argv: Sequence[str]) -> int:
-    from harness.compute.flops import ComputeConfig
-    from harness.compute.flops import compute as run_compute
-
-    cfg = _cli(ComputeConfig, argv, "driftbench compute")
-    _, path = run_compute(cfg)
-    print(path.read_text())
-    print(f"wrote {path} and {path.with_suffix('.csv')}")
-    return 0
-
-
-def study(argv: Sequence[str]) -> int:
-    from harness import distributed
-    from harness.studies.study import StudyConfig
-    from harness.studies.study import study as run_study
-
-    if distributed.launched_world() > 1:
-        raise ValueError("driftbench study does not run under accelerate launch yet (its trials are not data-parallel); "
-                         "run it as one command with --n-workers N, one trial per worker")
-    run_study(_cli(StudyConfig, argv, "driftbench study"))
-    return 0
-
-
-def study_report(argv: Sequence[str]) -> int:
-    from harness.studies.report import StudyReportConfig, report
-
-    report(_cli(StudyReportConfig, argv, "driftbench study-report"))
-    return 0
-
-
-def profile_step(argv: Sequence[str]) -> int:
-    from harness.compute.profile_step import ProfileConfig
-    from harness.compute.profile_step import profile_step as run_profile
-
-    cfg = _cli(ProfileConfig, argv, "driftbench profile-step")
-    _, path = run_profile(cfg)
-    print(path.read_text())
-    print(f"wrote {path} and {path.with_suffix('.csv')}")
-    return 0
-
-
-def bench_drift(argv: Sequence[str]) -> int:
-    from harness.compute.bench_drift import BenchDriftConfig
-    from harness.compute.bench_drift import bench_drift as run_bench
-
-    _, path = run_bench(_cli(BenchDriftConfig, argv, "driftbench bench-drift"))
-    print(path.with_suffix(".md").read_text())
-    print(f"wrote {path} and {path.with_suffix('.md')}")
-    return 0
-
-
-def bench_serve(argv: Sequence[str]) -> int:
-    from harness.serving.bench import BenchServeConfig
-    from harness.serving.bench import bench_serve as run_bench
-
-    _, path = run_bench(_cli(BenchServeConfig, argv, "driftbench bench-serve"))
-    print(path.read_text())
-    print(f"wrote {path} and {path.with_suffix('.json')}")
-    return 0
-
-
-def serve_reward(argv: Sequence[str]) -> int:
-    from harness.serving.server import main as serve_main
-
-    return serve_main(list(argv))
-
-
-def evaluate(argv: Sequence[str]) -> int:
-    from evals.bench import main as evaluate_main
-
-    return evaluate_main(list(argv))
-
-
-def plots(argv: Sequence[str]) -> int:
-    from harness.reporting.plots import PlotsConfig
-    from harness.reporting.plots import plots as draw
-
-    index = draw(_cli(PlotsConfig, argv, "driftbench plots"))
-    print(index.read_text())
-    return 0
-
-
-def rank_agreement(argv: Sequence[str]) -> int:
-    from harness.economy import AgreementConfig
-    from harness.economy import rank_agreement as measure
-
-    path = measure(_cli(AgreementConfig, argv, "driftbench rank-agreement"))
-    print(path.read_text())
-    return 0
-
-
-def list_components(argv: Sequence[str]) -> int:
-    from harness.inventory import describe
-
-    print(describe())
-    return 0
-
-
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "list": list_components,
-    "train": train,
-    "table2": table2,
-    "tune": tune,
-    "run-time": run_time,
-    "pretrain": pretrain,
-    "compute": compute,
-    "study": study,
-    "study-report": study_report,
-    "profile-step": profile_step,
-    "bench-drift": bench_drift,
-    "bench-serve": bench_serve,
-    "plots": plots,
-    "rank-agreement": rank_agreement,
-    "serve-reward": serve_reward,
-    "evaluate": evaluate,
-}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from harness.registry import unknown
-
     # transformers warns on every import that torchvision (deliberately absent) is missing.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version())
+        return 0
     command, rest = argv[0], argv[1:]
     previous = _on_sigterm()
     try:
         if command not in COMMANDS:
             raise unknown("command", command, list(COMMANDS))
-        return COMMANDS[command](rest)
+        return execute(command, rest)
     except KeyboardInterrupt as exc:
         print(f"driftbench: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return 130

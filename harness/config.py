@@ -13,7 +13,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Sequence
 
 from harness.budget import Budget
 from harness.evaluation import EVAL_SEED_BASE, TEST_SEED_BASE
@@ -154,6 +154,18 @@ def plain_name(what: str, name: str) -> str:
         raise ValueError(f"{what} '{name}' must be a plain name: letters, digits and . _ = + - (no '/', no '..'), "
                          "starting with a letter or digit")
     return name
+
+
+def parse_kv(entries: Sequence[str], example: str = "checkpoint=/data/model.pth") -> dict[str, str]:
+    """``("checkpoint=/data/x.pth", ...)`` -> {"checkpoint": "/data/x.pth"}; values may contain '='. The one
+    KEY=VALUE parser (evaluator options, the reward server's options)."""
+    out = {}
+    for entry in entries:
+        key, eq, value = entry.partition("=")
+        if not (eq and key):
+            raise ValueError(f"bad option '{entry}'; expected KEY=VALUE, e.g. {example}")
+        out[key] = value
+    return out
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

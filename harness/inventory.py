@@ -39,3 +39,11 @@ def describe() -> str:
     lines.append("presets:")
     lines += [f"  {name:<20} {preset.description}" for name, preset in PRESETS.items()]
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``driftbench list``."""
+    if argv:
+        raise ValueError(f"driftbench list takes no options, got {' '.join(argv)}")
+    print(describe())
+    return 0

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from harness.compute.flops import ComputeConfig, compute
-from harness.economy import agreement
 from harness.compute.profile_step import ProfileConfig, profile_step
+from harness.economy import agreement
 from harness.run import CapabilityError, run
 from tests.conftest import tiny_run
 

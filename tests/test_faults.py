@@ -419,13 +419,13 @@ def test_every_numeric_config_field_declares_its_bound():
     from evals import geneval_bench, hpdv3, pickapic
     from evals.bench import EvaluateOptions
     from harness.compute.bench_drift import BenchDriftConfig
-    from harness.serving.bench import BenchServeConfig
     from harness.compute.flops import ComputeConfig
-    from harness.config import RunConfig
-    from harness.compute.rank_agreement import AgreementConfig
     from harness.compute.profile_step import ProfileConfig
-    from harness.reporting.reproduce import Table2Config
+    from harness.compute.rank_agreement import AgreementConfig
     from harness.compute.run_time import RunTimeConfig
+    from harness.config import RunConfig
+    from harness.reporting.reproduce import Table2Config
+    from harness.serving.bench import BenchServeConfig
     from harness.serving.server import ServeConfig
     from harness.studies.config import StudyConfig
     from harness.studies.report import StudyReportConfig

@@ -10,10 +10,10 @@ from harness.config import RunConfig
 from harness.presets import PRESETS, Preset
 from harness.store import Store, read_json
 from harness.studies.config import StudyConfig, resolve
+from harness.studies.objective import _Reporter
 from harness.studies.space import parse_space
 from harness.studies.storage import create_or_load, open_storage
 from harness.studies.study import load_study, study
-from harness.studies.objective import _Reporter
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,6 @@ are left out. FLOPs count multiply-adds as two, as ``torch.utils.flop_counter`` 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -91,9 +90,6 @@ def trace_method(method: str, method_cfg: Any, *, k: int, generator: str, differ
     import tempfile
 
     reward = "colorfulness" if differentiable else "jpeg"
-    fields = {f.name for f in dataclasses.fields(method_cfg)}
-    if "m" in fields and 2 * method_cfg.m > k:
-        raise ValueError(f"method '{method}' has M={method_cfg.m} > K/2 for K={k}")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig(method=method, profile=GENERATORS[generator]["tiny"], reward=reward, evals=(reward,), k=k,
                         prompts_per_step=1, updates=1, out=tmp, count_flops=False)

@@ -209,7 +209,7 @@ def check_real(cfg: Table2Config):
     for section in SECTIONS[cfg.profile]:
         preset = get_preset(section.preset)
         runs_drpo = "drpo" in section.methods and (not cfg.methods or "drpo" in cfg.methods)
-        if runs_drpo and preset.method_config("drpo").features == "encoder" and not cfg.features_path:
+        if runs_drpo and METHODS.get("drpo").needs(preset.method_config("drpo")).features == "encoder" and not cfg.features_path:
             raise ValueError(f"table2 --profile {cfg.profile}: DrPO's preset uses the latent MAE-256 features; pass "
                              "--features-path /path/to/mae_latent_256 weights")
     return PickapicPartiBenchmark(benchmark_config(cfg))

@@ -36,6 +36,7 @@ import torch
 import tyro
 from torch import Tensor
 
+from harness.config import parse_kv
 from harness.serving.wire import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BYTES,
@@ -313,23 +314,13 @@ class ServeConfig:
     """Valid range of every numeric field (``harness.validate``)."""
 
 
-def parse_options(entries: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for entry in entries:
-        key, eq, value = entry.partition("=")
-        if not (eq and key):
-            raise ValueError(f"bad option '{entry}'; expected KEY=VALUE, e.g. checkpoint=/data/HPSv3.safetensors")
-        out[key] = value
-    return out
-
-
 def serve(cfg: ServeConfig) -> int:
     """Build the reward, bind, print one line with the URL and serve until interrupted."""
     import os
 
     REWARDS.check(cfg.name)
     token = cfg.token or os.environ.get(TOKEN_ENV, "")
-    reward = build(cfg.name, parse_options(cfg.option))
+    reward = build(cfg.name, parse_kv(cfg.option, "checkpoint=/data/HPSv3.safetensors"))
     server = RewardServer(reward, cfg.host, cfg.port, token=token, max_batch=cfg.max_batch,
                           max_bytes=cfg.max_bytes, verbose=cfg.verbose, read_timeout=cfg.read_timeout)
     if cfg.host not in LOOPBACK and not token:
