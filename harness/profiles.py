@@ -16,7 +16,9 @@ from torch import Tensor
 
 from harness.api import Generator
 from harness.config import RunConfig
+from harness.mae import SD_TURBO_KEYS, MAELatentFeatures, load_mae_encoder
 from harness.registry import Registry
+from harness.vitmae import SDXL_KEYS, load_vit_mae, random_vit_mae
 
 PROFILES = Registry("profile", {
     "shapes": "harness.profiles:shapes",
@@ -43,7 +45,7 @@ class World:
     default_evals: tuple[str, ...]
     feature_factories: dict[str, Callable[[], FeatureMap]]
     """Feature spaces by name; built on first use (the encoder may need local weights)."""
-    pixel_spaces: frozenset[str] = frozenset({"pixel"})
+    pixel_spaces: frozenset[str] = frozenset({"pixel", "vit-mae", "vit-mae-full"})
     """Feature spaces that read decoded images rather than latents."""
     sample_prompts: Callable[[np.random.Generator, Sequence[str], int], list[str]] | None = None
     """How to draw a micro-batch's prompts (default: uniform without replacement)."""
@@ -115,7 +117,9 @@ def dtype_for(cfg: RunConfig) -> torch.dtype:
 # -- feature spaces shared by every profile ---------------------------------------------------
 
 def raw_latent_features() -> FeatureMap:
-    """The whole latent as one token, (B, 1, C*h*w): the paper's raw-latent ablation."""
+    """The whole latent as one token, (B, 1, C*h*w). A harness feature space: the official latent extractor
+    (``DirectLatentFeatureExtractor``, features.py@dd473d8:162-217) has no such key; its statistics are
+    ``latent-tokens``."""
     return lambda x: {"latent": x.flatten(1)[:, None, :]}
 
 
@@ -179,7 +183,10 @@ def _tiny_world(name: str, generator: Generator, seed: int, split_seed: int) -> 
                  default_evals=("jpeg", "colorfulness"),
                  feature_factories={"encoder": _random_encoder(seed, generator.latent_shape[0], keys),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
-                                    "pixel": pixel_features},
+                                    "pixel": pixel_features,
+                                    # a toy random ViT-MAE: lets `driftbench compute` trace the SDXL MAE variant
+                                    "vit-mae": lambda: random_vit_mae(seed=seed),
+                                    "vit-mae-full": lambda: random_vit_mae(mask_ratio=0.0, seed=seed)},
                  lora_rank=4)
 
 
@@ -212,23 +219,29 @@ def _real(cfg: RunConfig, family: str, name: str, resolution: int) -> World:
                           lora_rank=cfg.lora_rank or 16, device=device, dtype=dtype)
     return World(name=name, generator=gen, splits={}, default_reward="pickscore",
                  default_evals=("pickscore",),
-                 feature_factories={"encoder": lambda: _mae256(cfg.features_path, device, dtype),
+                 feature_factories={"encoder": lambda: _mae256(cfg.features_path, device),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
-                                    "pixel": pixel_features})
+                                    "pixel": pixel_features,
+                                    "vit-mae": lambda: _vit_mae(cfg.features_path, device, cfg.seed),
+                                    "vit-mae-full": lambda: _vit_mae(cfg.features_path, device, cfg.seed, 0.0)})
 
 
-def _mae256(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> FeatureMap:
-    """The drifting release's latent MAE-256 (ResNet, base 256, layers [3,4,6,3]) from a local file."""
-    from harness.features import LatentFeatures, ResNetEncoder
-
+def _mae256(path: str, device: torch.device) -> FeatureMap:
+    """The drifting release's latent MAE-256 in the official torch-port format (``mae_latent_256_torch.pth``),
+    with the six ``layer4_*`` keys of DrPO's SD-Turbo script. It runs in the checkpoint's dtype, as official
+    (harness/mae.py)."""
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"latent MAE-256 weights not found at '{path}'; pass --features-path "
-                                "(a torch port of the drifting release's mae_latent_256), or use --drpo.features latent/pixel")
-    encoder = ResNetEncoder(4, 256, (3, 4, 6, 3))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    encoder.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
-    return LatentFeatures(encoder, keys).to(device, dtype)
+                                "(the drifting release's mae_latent_256, official torch-port format), or use "
+                                "--drpo.features latent/pixel")
+    return load_mae_encoder(path, SD_TURBO_KEYS).to(device)
+
+
+def _vit_mae(path: str, device: torch.device, seed: int, mask_ratio: float | None = None) -> FeatureMap:
+    """SDXL-Turbo DrPO's MAE variant: ViT-MAE-base layer-12 patch mean/std and CLS on decoded images, from a
+    local facebook/vit-mae-base directory, in float32 as official; ``vit-mae`` keeps the released 0.75 random
+    masking the official script runs with, ``vit-mae-full`` every patch (harness/vitmae.py)."""
+    return load_vit_mae(path, SDXL_KEYS, mask_ratio=mask_ratio, seed=seed).to(device)
 
 
 def sd_turbo(cfg: RunConfig) -> World:
@@ -267,18 +280,29 @@ def _random_full_size(cfg: RunConfig, family: str) -> World:
     gen = OneStepGenerator(name=f"{prefix}-turbo-random", family=family, unet=unet, vae=vae, text_encoders=encoders,
                            tokenizers=tokenizers, resolution=512, lora_rank=cfg.lora_rank or 16, device=device,
                            dtype=dtype)
-    features = {"encoder": lambda: _random_mae(device, dtype), "latent": raw_latent_features,
-                "latent-tokens": latent_token_features, "pixel": pixel_features}
+    features = {"encoder": lambda: _random_mae(device), "latent": raw_latent_features,
+                "latent-tokens": latent_token_features, "pixel": pixel_features,
+                "vit-mae": lambda: _random_vit_mae(device, cfg.seed),
+                "vit-mae-full": lambda: _random_vit_mae(device, cfg.seed, 0.0)}
     return World(name=gen.name, generator=gen, splits=tiny_prompts(cfg.split_seed), default_reward="pickscore",
                  default_evals=("pickscore",), feature_factories=features)
 
 
-def _random_mae(device: torch.device, dtype: torch.dtype = torch.float32) -> FeatureMap:
+def _random_mae(device: torch.device) -> FeatureMap:
+    """The official MAE-256 architecture with random weights (harness/configs/mae-latent-256.json), in float32
+    whatever the run's precision: the official HPSv3 timing script moves its MAE to float32
+    (train_hpsv3_wallclock_ddp.py@61329a4:476) and the trainer keeps the checkpoint's dtype."""
     from harness import archs
-    from harness.features import LatentFeatures
 
-    keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
-    return LatentFeatures(archs.build_random("mae-latent-256", device=device), keys).to(device, dtype)
+    return MAELatentFeatures(archs.build_random("mae-latent-256", device=device), SD_TURBO_KEYS).to(device)
+
+
+def _random_vit_mae(device: torch.device, seed: int, mask_ratio: float | None = None) -> FeatureMap:
+    """ViT-MAE-base (harness/configs/vit-mae-base.json) with random weights, float32, the SDXL keys."""
+    from harness import archs
+
+    return random_vit_mae(archs.build_random("vit-mae-base", device=device), keys=SDXL_KEYS, mask_ratio=mask_ratio,
+                          seed=seed).to(device)
 
 
 def sd_turbo_random(cfg: RunConfig) -> World:
