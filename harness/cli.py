@@ -101,6 +101,7 @@ def train(argv: Sequence[str]) -> int:
     preset = presets.get(_peek(argv, "--preset")) if _peek(argv, "--preset") else None
     run_default = preset.run if preset else RunConfig()
     method = METHODS.check(_peek(argv, "--method") or run_default.method)
+    run_default = preset.run_for(method) if preset else run_default  # the method's official precision
     method_default = preset.method_config(method) if preset else METHODS.get(method).Config()
     Args = make_dataclass("TrainArgs", [
         ("command", tyro.conf.OmitArgPrefixes[TrainOptions], field(default=TrainOptions())),
