@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness import archs
 from harness.api import Generator
 from harness.config import RunConfig
 from harness.mae import SD_TURBO_KEYS, MAELatentFeatures, load_mae_encoder
@@ -264,7 +265,6 @@ def shapes(cfg: RunConfig) -> World:
 def _random_full_size(cfg: RunConfig, family: str) -> World:
     """A full-size generator with random weights built from ``harness/configs`` (no download), for
     ``driftbench profile-step`` timing on a GPU: timing does not depend on weight values."""
-    from harness import archs
     from harness.generator import OneStepGenerator, word_tokenizer
 
     device, dtype = device_for(cfg), dtype_for(cfg)
@@ -292,15 +292,11 @@ def _random_mae(device: torch.device) -> FeatureMap:
     """The official MAE-256 architecture with random weights (harness/configs/mae-latent-256.json), in float32
     whatever the run's precision: the official HPSv3 timing script moves its MAE to float32
     (train_hpsv3_wallclock_ddp.py@61329a4:476) and the trainer keeps the checkpoint's dtype."""
-    from harness import archs
-
     return MAELatentFeatures(archs.build_random("mae-latent-256", device=device), SD_TURBO_KEYS).to(device)
 
 
 def _random_vit_mae(device: torch.device, seed: int, mask_ratio: float | None = None) -> FeatureMap:
     """ViT-MAE-base (harness/configs/vit-mae-base.json) with random weights, float32, the SDXL keys."""
-    from harness import archs
-
     return random_vit_mae(archs.build_random("vit-mae-base", device=device), keys=SDXL_KEYS, mask_ratio=mask_ratio,
                           seed=seed).to(device)
 
