@@ -218,6 +218,7 @@ def train(argv: Sequence[str]) -> int:
     preset = presets.get(_peek(argv, "--preset")) if _peek(argv, "--preset") else None
     run_default = preset.run if preset else RunConfig()
     method = METHODS.check(_peek(argv, "--method") or run_default.method)
+    run_default = preset.run_for(method) if preset else run_default  # the method's official precision
     method_default = preset.method_config(method) if preset else METHODS.get(method).Config()
     _check_choices(RunConfig, argv)
     _check_choices(type(method_default), argv, method)

@@ -7,6 +7,10 @@ followed by stages of GroupNorm basic blocks that halve the resolution from the 
 This module rebuilds that shape of encoder (any width, depth and input channels, so the same code serves
 SD-Turbo's 4x64x64 latents with the MAE-256 and the Shapes world's 4x16x16 latents) and the feature keys.
 
+That encoder (SiLU, no stage norms) is the Shapes world's own. The official MAE-256 that DrPO's SD-Turbo
+trainer loads (ReLU, a GroupNorm after every stage, the official parameter names and checkpoint formats) is
+:mod:`harness.mae`; :func:`load_mae_encoder` is re-exported here.
+
 Key grammar for :func:`multiscale_features`: ``<stage>_mean`` / ``<stage>_std`` (global, N = 1) and
 ``<stage>_mean_<p>`` / ``<stage>_std_<p>`` (non-overlapping p x p patches, N = h*w/p^2), where
 ``<stage>`` is ``conv1`` or ``layer1`` ... ``layerK``.
@@ -20,8 +24,9 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_STD_EPS = 1e-6
-"""Added to the variance before the square root so the std's gradient stays finite on flat maps."""
+from harness.mae import load_mae_encoder, safe_std
+
+__all__ = ["BasicBlock", "LatentFeatures", "ResNetEncoder", "load_mae_encoder", "multiscale_features", "parse_key"]
 
 _KEY = re.compile(r"^(?P<stage>conv1|layer\d+)_(?P<stat>mean|std)(?:_(?P<patch>\d+))?$")
 
@@ -119,7 +124,8 @@ def multiscale_features(stages: dict[str, Tensor], keys: Sequence[str]) -> dict[
 
     ``stages``: {stage: (B, C, h, w)} as returned by :meth:`ResNetEncoder.forward_stages`.
     Returns {key: (B, N, C)}: N = 1 for global statistics, N = (h/p) * (w/p) for p x p patches
-    (row-major patch order). The std is the population std (plus a tiny epsilon under the root).
+    (row-major patch order). The std is the population std plus 1e-6 under the root, computed in float32 and
+    returned in the input's dtype (the official ``safe_std``; the means stay in the input's dtype).
     """
     out = {}
     for key in keys:
@@ -137,7 +143,7 @@ def multiscale_features(stages: dict[str, Tensor], keys: Sequence[str]) -> dict[
             # (B, C, h/p, p, w/p, p) -> (B, C, N, p*p): one row of p*p values per patch.
             tokens = x.reshape(b, c, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, -1, p * p)
         mean = tokens.mean(dim=-1)
-        value = mean if stat == "mean" else (tokens.var(dim=-1, unbiased=False) + _STD_EPS).sqrt()
+        value = mean if stat == "mean" else safe_std(tokens, dim=-1)
         out[key] = value.transpose(1, 2)  # (B, C, N) -> (B, N, C)
     return out
 

@@ -4,6 +4,10 @@ A preset is a ``RunConfig`` plus per-method ``Config`` overrides. Every method i
 preset's ``RunConfig`` (same prompts, noise seeds, K, micro-batches and budget), so budgets match by
 construction; only the method's own hyperparameters differ. Where a method's official script cannot use
 the shared budget as it is, the override says why.
+
+Every field of the paper presets is traced to the official launch script it comes from in
+``harness/presets_official.json`` (file and line at UGVly/DrPO dd473d8 or 61329a4); tests/test_presets_official.py
+fails when a preset differs from its source without a listed reason.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from harness.config import RunConfig
 from harness.registry import unknown
 from methods import METHODS
 
+RUN_OVERRIDABLE = frozenset({"mixed_precision"})
+"""RunConfig fields a preset may set per method: none that changes prompts, noise, K or the budget."""
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -25,6 +32,19 @@ class Preset:
     """Per-method Config overrides (method name -> {field: value})."""
     notes: dict[str, str] = field(default_factory=dict)
     """Per-method adaptation notes, recorded in tables."""
+    run_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-method RunConfig changes that leave the matched budget alone (method name -> {field: value}); only
+    ``mixed_precision``, where the official scripts differ between methods (GRPO in bf16 beside fp16 ones)."""
+
+    def __post_init__(self) -> None:
+        bad = sorted({k for fields in self.run_overrides.values() for k in fields} - RUN_OVERRIDABLE)
+        if bad:
+            raise ValueError(f"preset run overrides may change only {sorted(RUN_OVERRIDABLE)} (the budget stays "
+                             f"matched across methods), got {bad}")
+
+    def run_for(self, method: str) -> RunConfig:
+        """The shared RunConfig with ``method``'s overrides (its precision) applied; ``method`` is not set."""
+        return self.run.replace(**self.run_overrides.get(method, {}))
 
     def method_config(self, name: str):
 
@@ -33,30 +53,40 @@ class Preset:
 
 
 # The paper's SD-Turbo setting (drpo.sh@61329a4): 4 GPUs x 1 prompt x K=24, grad-accum 8 -> 32 prompts
-# and 768 images per update, 1000 updates, LoRA r=16, PickScore. grad_accum counts the micro-batches of the
+# and 768 images per update, 1000 updates, LoRA r=16, PickScore, fp16. grad_accum counts the micro-batches of the
 # whole update: `accelerate launch --num_processes 4` runs 8 per process, as the paper did; on fewer devices
-# each process accumulates more (the manifest's layout says so).
+# each process accumulates more (the manifest's layout says so). Every method shares K, prompts and updates
+# (the matched budget); harness/presets_official.json lists where that departs from a method's own script.
 PAPER_SD_TURBO = Preset(
     description="DrPO paper, SD-Turbo: K=24, M=8, 32 prompts/update, 1000 updates, LoRA 16, PickScore",
     run=RunConfig(profile="sd-turbo", reward="pickscore", k=24, prompts_per_step=1, grad_accum=32, updates=1000,
-                  lora_rank=16, eval_at=(0.0, 0.5, 1.0), paper_processes=4),
+                  lora_rank=16, eval_at=(0.0, 0.5, 1.0), paper_processes=4, mixed_precision="fp16"),
     methods={"drpo": {"m": 8, "eta": 3000.0, "lam": 0.2, "lr": 1e-4}},
+    notes={"ngrpo": "1000 updates like every method (grpo.sh: 5000 of the same 32 prompts x K 24); bf16 as grpo.sh",
+           "vggflow": "K=24 like every method (vggflow.sh generates 8 per prompt): 3x its official batch"},
+    run_overrides={"ngrpo": {"mixed_precision": "bf16"}},  # grpo.sh:20; the other SD-Turbo scripts use fp16
 )
 
+# SDXL-Turbo, MAE variant (sdxl_turbo_drpo_mae.sh@dd473d8): 8 GPUs x GA 8 x K=16, 5000 updates, bf16, ViT-MAE-base
+# layer-12 features averaged over keys. DRaFT and Neighbor-GRPO share DrPO's K=16 x 64 prompts (their scripts:
+# K=24 x 32 prompts on 4 GPUs), so that every method sees the same prompts and noise.
 PAPER_SDXL_TURBO = Preset(
     description="DrPO paper, SDXL-Turbo (MAE variant): 8 GPUs, K=16, M=8, GA 8, lr 1e-5, 5000 updates, key mean",
     run=RunConfig(profile="sdxl-turbo", reward="pickscore", k=16, prompts_per_step=1, grad_accum=64, updates=5000,
-                  lora_rank=16, paper_processes=8),
-    methods={"drpo": {"m": 8, "lr": 1e-5, "aggregation": "mean", "features": "pixel"}},
+                  lora_rank=16, paper_processes=8, mixed_precision="bf16"),
+    methods={"drpo": {"m": 8, "lr": 1e-5, "aggregation": "mean", "features": "vit-mae"},
+             "draft": {"beta_ref": 0.02}},  # sdxl_turbo_draft.sh:30 --ref_model_l2_weight 0.02
+    notes={"draft": "K=16 x 64 prompts like DrPO (sdxl_turbo_draft.sh: K=24 x 32 prompts on 4 GPUs)",
+           "ngrpo": "K=16 x 64 prompts like DrPO (sdxl_turbo_grpo.sh: K=24 x 32 prompts on 4 GPUs)"},
 )
 
 # The HPSv3 timing run (train_hpsv3_wallclock_ddp.py@61329a4): K=24, M=12, 4 GPUs x GA 2 = 8 prompts,
-# an effective batch of 192 images; the DrPO timing run used ref-loss weight 0.
+# an effective batch of 192 images, bf16, lr 1e-4 for both methods; the DrPO timing run used ref-loss weight 0.
 PAPER_HPSV3_TIMING = Preset(
     description="DrPO paper, HPSv3 wall-clock setting: K=24, M=12, 8 prompts (192 images) per update",
     run=RunConfig(profile="sd-turbo", reward="hpsv3", k=24, prompts_per_step=1, grad_accum=8, updates=20,
-                  paper_processes=4),
-    methods={"drpo": {"m": 12, "lam": 0.0}},
+                  lora_rank=16, paper_processes=4, mixed_precision="bf16"),
+    methods={"drpo": {"m": 12, "lam": 0.0}, "draft": {"lr": 1e-4}},
 )
 
 TINY_JPEG = Preset(

@@ -16,7 +16,9 @@ from harness.api import Generator
 from harness.config import RunConfig
 from harness.features import LatentFeatures, ResNetEncoder
 from harness.generator import from_pretrained, tiny_sd, tiny_sdxl
+from harness.mae import SD_TURBO_KEYS, load_mae_encoder
 from harness.registry import Registry
+from harness.vitmae import SDXL_KEYS, load_vit_mae, random_vit_mae
 from harness.world import (
     FeatureMap,
     World,
@@ -76,7 +78,10 @@ def _tiny_world(name: str, generator: Generator, seed: int, split_seed: int) -> 
                  default_evals=("jpeg", "colorfulness"),
                  feature_factories={"encoder": _random_encoder(seed, generator.latent_shape[0], keys),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
-                                    "pixel": pixel_features},
+                                    "pixel": pixel_features,
+                                    # a toy random ViT-MAE: lets `driftbench compute` trace the SDXL MAE variant
+                                    "vit-mae": lambda: random_vit_mae(seed=seed),
+                                    "vit-mae-full": lambda: random_vit_mae(mask_ratio=0.0, seed=seed)},
                  lora_rank=4)
 
 
@@ -103,21 +108,29 @@ def _real(cfg: RunConfig, family: str, name: str, resolution: int) -> World:
                           lora_rank=cfg.lora_rank or 16, device=device, dtype=dtype)
     return World(name=name, generator=gen, splits={}, default_reward=DEFAULT_REWARDS[name],
                  default_evals=("pickscore",),
-                 feature_factories={"encoder": lambda: _mae256(cfg.features_path, device, dtype),
+                 feature_factories={"encoder": lambda: _mae256(cfg.features_path, device),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
-                                    "pixel": pixel_features})
+                                    "pixel": pixel_features,
+                                    "vit-mae": lambda: _vit_mae(cfg.features_path, device, cfg.seed),
+                                    "vit-mae-full": lambda: _vit_mae(cfg.features_path, device, cfg.seed, 0.0)})
 
 
-def _mae256(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> FeatureMap:
-    """The drifting release's latent MAE-256 (ResNet, base 256, layers [3,4,6,3]) from a local file."""
+def _mae256(path: str, device: torch.device) -> FeatureMap:
+    """The drifting release's latent MAE-256 in the official torch-port format (``mae_latent_256_torch.pth``),
+    with the six ``layer4_*`` keys of DrPO's SD-Turbo script. It runs in the checkpoint's dtype, as official
+    (harness/mae.py)."""
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"latent MAE-256 weights not found at '{path}'; pass --features-path "
-                                "(a torch port of the drifting release's mae_latent_256), or use --drpo.features latent/pixel")
-    encoder = ResNetEncoder(4, 256, (3, 4, 6, 3))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    encoder.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
-    return LatentFeatures(encoder, keys).to(device, dtype)
+                                "(the drifting release's mae_latent_256, official torch-port format), or use "
+                                "--drpo.features latent/pixel")
+    return load_mae_encoder(path, SD_TURBO_KEYS).to(device)
+
+
+def _vit_mae(path: str, device: torch.device, seed: int, mask_ratio: float | None = None) -> FeatureMap:
+    """SDXL-Turbo DrPO's MAE variant: ViT-MAE-base layer-12 patch mean/std and CLS on decoded images, from a
+    local facebook/vit-mae-base directory, in float32 as official; ``vit-mae`` keeps the released 0.75 random
+    masking the official script runs with, ``vit-mae-full`` every patch (harness/vitmae.py)."""
+    return load_vit_mae(path, SDXL_KEYS, mask_ratio=mask_ratio, seed=seed).to(device)
 
 
 def sd_turbo(cfg: RunConfig) -> World:

@@ -38,7 +38,7 @@ class World:
     default_evals: tuple[str, ...]
     feature_factories: dict[str, Callable[[], FeatureMap]]
     """Feature spaces by name; built on first use (the encoder may need local weights)."""
-    pixel_spaces: frozenset[str] = frozenset({"pixel"})
+    pixel_spaces: frozenset[str] = frozenset({"pixel", "vit-mae", "vit-mae-full"})
     """Feature spaces that read decoded images rather than latents."""
     sample_prompts: Callable[[np.random.Generator, Sequence[str], int], list[str]] | None = None
     """How to draw a micro-batch's prompts (default: uniform without replacement)."""
@@ -104,7 +104,9 @@ def dtype_for(cfg: RunConfig) -> torch.dtype:
 # -- feature spaces shared by every profile ---------------------------------------------------
 
 def raw_latent_features() -> FeatureMap:
-    """The whole latent as one token, (B, 1, C*h*w): the paper's raw-latent ablation."""
+    """The whole latent as one token, (B, 1, C*h*w). A harness feature space: the official latent extractor
+    (``DirectLatentFeatureExtractor``, features.py@dd473d8:162-217) has no such key; its statistics are
+    ``latent-tokens``."""
     return lambda x: {"latent": x.flatten(1)[:, None, :]}
 
 

@@ -46,8 +46,10 @@ class Config:
     """Weight lambda of the reference term (``drifting_ref_loss_weight``)."""
     reference: Literal["drift", "perceptual", "none"] = "drift"
     """Reference objective: "drift" (V_ref), "perceptual" (lambda * MSE to the reference features) or "none"."""
-    features: Literal["encoder", "latent", "latent-tokens", "pixel"] = "encoder"
-    """Feature space: "encoder" (the profile's frozen latent encoder), "latent" (raw latents) or "pixel"."""
+    features: Literal["encoder", "latent", "latent-tokens", "pixel", "vit-mae", "vit-mae-full"] = "encoder"
+    """Feature space: "encoder" (the profile's frozen latent encoder: the official MAE-256 on SD-Turbo),
+    "latent" (raw latents), "latent-tokens", "pixel" (pooled decoded pixels) or "vit-mae" (ViT-MAE-base layer-12
+    features of decoded images, the official SDXL MAE variant; "vit-mae-full" keeps every patch)."""
     grouping: Literal["prompt", "position"] = "prompt"
     """Which points form one drift problem per feature key: "prompt" (all N tokens of the K images of a
     prompt together, the official DrPO trainer) or "position" (one problem per token position across the

@@ -24,8 +24,8 @@ qwen2-vl-reward         ``full`` (= ``vision`` + ``lm`` + ``head``), ``vision`` 
 (hpsv3)                 ``image_size`` px), ``lm`` (the Qwen2 decoder on L tokens), ``head`` (rm_head
                         on every token)
 clip (pickscore)        ``full`` (= ``image`` + ``text``), ``image``, ``text``
-resnet-encoder          ``encoder`` (harness.features.ResNetEncoder, all stages)
-vit-mae                 ``encoder`` (ViTMAEModel, no masking)
+resnet-encoder          ``encoder`` (harness.mae.MAELatentEncoder, the official MAE-256, all stages)
+vit-mae                 ``encoder`` (ViTMAEModel at ``inputs.mask_ratio``: 0.75 keeps 49 of 196 patches)
 ======================  ==========================================================================
 
 Modes (:data:`MODES`), all per image:
@@ -76,8 +76,8 @@ from harness.compute.arch_configs import (  # noqa: F401 - CONFIG_DIR, NAMES, PA
     resolve,
     validate,
 )
-from harness.features import ResNetEncoder
 from harness.lora import add_lora
+from harness.mae import MAELatentEncoder
 from harness.registry import unknown
 
 MODES = ("forward", "forward_grad", "backward_params", "forward_lora", "backward_lora", "backward_input")
@@ -135,8 +135,7 @@ def _build(cfg: dict) -> nn.Module:
 
         return CLIPModel(CLIPConfig(**c))
     if kind == "resnet-encoder":
-
-        return ResNetEncoder(c["in_channels"], c["base_width"], tuple(c["layers"]))
+        return MAELatentEncoder(c["in_channels"], c["base_width"], tuple(c["layers"]))
     if kind == "vit-mae":
         from transformers import ViTMAEConfig, ViTMAEModel
 
@@ -288,7 +287,12 @@ def _runner(kind: str, cfg: dict, model: nn.Module, part: str, batch: int, input
         return model, [x(batch, c["in_channels"], s, s)]
     if kind == "vit-mae":
         s = inputs["image_size"]
-        return (lambda im: model(pixel_values=im).last_hidden_state), [x(batch, c["num_channels"], s, s)]
+        ratio = inputs["mask_ratio"]
+
+        def vit(im: Tensor) -> Tensor:
+            model.config.mask_ratio = ratio  # the cached model is shared by every mask_ratio counted
+            return model(pixel_values=im).last_hidden_state
+        return vit, [x(batch, c["num_channels"], s, s)]
     raise AssertionError(kind)
 
 

@@ -39,9 +39,13 @@ GENERATORS = {
 REWARDS = {"hpsv3": "hpsv3", "pickscore": "pickscore"}
 """Reward models countable at full size (all differentiable, so every method can use them)."""
 
-FEATURES = {"encoder": "mae-latent-256", "pixel": "vit-mae-base", "latent": None}
-"""DrPO's feature spaces at full size: the latent MAE-256 (SD-Turbo), ViT-MAE-base on pixels (SDXL-Turbo),
-raw latents (no encoder)."""
+FEATURES: dict[str, tuple[str, dict] | None] = {
+    "encoder": ("mae-latent-256", {}), "vit-mae": ("vit-mae-base", {}),
+    "vit-mae-full": ("vit-mae-base", {"mask_ratio": 0.0}), "pixel": None, "latent": None, "latent-tokens": None}
+"""DrPO's feature spaces at full size, as (architecture, input overrides): the latent MAE-256 (SD-Turbo),
+ViT-MAE-base on decoded pixels (SDXL-Turbo's MAE variant; at the released mask ratio 0.75 as the official
+script runs it, or every patch for ``vit-mae-full``); pooled pixels and raw latents have no encoder (their
+decode is priced as a decode)."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,10 @@ def price(trace: Sequence[TraceEntry], cfg: ComputeConfig) -> dict[str, float]:
     scale = cfg.prompts_per_update()  # the trace covers one prompt
     flops = {p: 0.0 for p in PHASES}
 
-    def add(phase: str, name: str | None, mode: str, items: int) -> None:
+    def add(phase: str, name: str | tuple[str, dict] | None, mode: str, items: int) -> None:
         if name is not None:
-            flops[phase] += archs.component_flops(name, mode=mode) * items * scale
+            name, inputs = name if isinstance(name, tuple) else (name, {})
+            flops[phase] += archs.component_flops(name, mode=mode, inputs=inputs or None) * items * scale
 
     for e in trace:
         if e.component == "text":
@@ -120,6 +125,8 @@ def price(trace: Sequence[TraceEntry], cfg: ComputeConfig) -> dict[str, float]:
                     add("generator_backward", names["unet"], "forward_lora", e.items)
         else:
             space = e.component.partition(":")[2] or "encoder"  # "features:<space>"
+            if e.phase == "features" and space not in FEATURES:
+                raise ValueError(f"feature space '{space}' has no full-size price; known: {', '.join(FEATURES)}")
             name = {"decode": names["decoder"], "reward": REWARDS[cfg.reward]}.get(e.phase, FEATURES.get(space))
             add(e.phase, name, "forward", e.items)
             if e.backward_ran and e.backward:

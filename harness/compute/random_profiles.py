@@ -7,9 +7,10 @@ import torch
 
 from harness.compute import archs
 from harness.config import RunConfig
-from harness.features import LatentFeatures
 from harness.generator import OneStepGenerator, word_tokenizer
+from harness.mae import SD_TURBO_KEYS, MAELatentFeatures
 from harness.profiles import DEFAULT_REWARDS, tiny_prompts
+from harness.vitmae import SDXL_KEYS, random_vit_mae
 from harness.world import (
     FeatureMap,
     World,
@@ -37,15 +38,25 @@ def _random_full_size(cfg: RunConfig, family: str) -> World:
     gen = OneStepGenerator(name=f"{prefix}-turbo-random", family=family, unet=unet, vae=vae, text_encoders=encoders,
                            tokenizers=tokenizers, resolution=512, lora_rank=cfg.lora_rank or 16, device=device,
                            dtype=dtype)
-    features = {"encoder": lambda: _random_mae(device, dtype), "latent": raw_latent_features,
-                "latent-tokens": latent_token_features, "pixel": pixel_features}
+    features = {"encoder": lambda: _random_mae(device), "latent": raw_latent_features,
+                "latent-tokens": latent_token_features, "pixel": pixel_features,
+                "vit-mae": lambda: _random_vit_mae(device, cfg.seed),
+                "vit-mae-full": lambda: _random_vit_mae(device, cfg.seed, 0.0)}
     return World(name=gen.name, generator=gen, splits=tiny_prompts(cfg.split_seed), default_reward=DEFAULT_REWARDS[gen.name],
                  default_evals=("pickscore",), feature_factories=features)
 
 
-def _random_mae(device: torch.device, dtype: torch.dtype = torch.float32) -> FeatureMap:
-    keys = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
-    return LatentFeatures(archs.build_random("mae-latent-256", device=device), keys).to(device, dtype)
+def _random_mae(device: torch.device) -> FeatureMap:
+    """The official MAE-256 architecture with random weights (harness/configs/mae-latent-256.json), in float32
+    whatever the run's precision: the official HPSv3 timing script moves its MAE to float32
+    (train_hpsv3_wallclock_ddp.py@61329a4:476) and the trainer keeps the checkpoint's dtype."""
+    return MAELatentFeatures(archs.build_random("mae-latent-256", device=device), SD_TURBO_KEYS).to(device)
+
+
+def _random_vit_mae(device: torch.device, seed: int, mask_ratio: float | None = None) -> FeatureMap:
+    """ViT-MAE-base (harness/configs/vit-mae-base.json) with random weights, float32, the SDXL keys."""
+    return random_vit_mae(archs.build_random("vit-mae-base", device=device), keys=SDXL_KEYS, mask_ratio=mask_ratio,
+                          seed=seed).to(device)
 
 
 def sd_turbo_random(cfg: RunConfig) -> World:

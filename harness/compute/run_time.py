@@ -48,7 +48,7 @@ def measure(cfg: RunTimeConfig) -> Path:
 
     preset = presets.get(cfg.preset)
     method_cfg = tuned_configs(cfg.preset)[cfg.method] if cfg.tuned else preset.method_config(cfg.method)
-    run_cfg = preset.run.replace(method=cfg.method, seed=cfg.seed, out=cfg.out, test_split=cfg.test_split,
+    run_cfg = preset.run_for(cfg.method).replace(method=cfg.method, seed=cfg.seed, out=cfg.out, test_split=cfg.test_split,
                                  run_id=f"run-time__{cfg.preset}__{cfg.method}__{utc_stamp()}", tag="run-time")
     torch.set_num_threads(1)
     tick = time.perf_counter()

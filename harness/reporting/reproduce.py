@@ -75,7 +75,8 @@ class Table2Config:
     model: str = ""
     """sd-turbo / sdxl-turbo: the local diffusers directory of the generator (passed to every run)."""
     features_path: str = ""
-    """sd-turbo: the latent MAE-256 weights for DrPO's features (the drifting release, ported to torch)."""
+    """DrPO's feature weights: sd-turbo, the latent MAE-256 file (the drifting release's official torch port);
+    sdxl-turbo, the local facebook/vit-mae-base directory."""
     prompts: str = ""
     """sd-turbo / sdxl-turbo: the training prompt file (e.g. DrPO's data/pickscore/train.txt)."""
     eval_split: str = ""
@@ -202,16 +203,20 @@ def check_real(cfg: Table2Config):
                          "and a training prompt file)")
     if not (cfg.pickapic or cfg.parti):
         raise ValueError(f"table2 --profile {cfg.profile} needs --pickapic FILE and/or --parti FILE for the benchmark")
-    for flag, value in (("--prompts", cfg.prompts), ("--eval-split", cfg.eval_split),
-                        ("--features-path", cfg.features_path)):
+    for flag, value in (("--prompts", cfg.prompts), ("--eval-split", cfg.eval_split)):
         if value and not Path(value).is_file():
             raise FileNotFoundError(f"table2 {flag} '{value}' does not exist")
+    if cfg.features_path and not Path(cfg.features_path).exists():
+        raise FileNotFoundError(f"table2 --features-path '{cfg.features_path}' does not exist")
+    needs = {"encoder": "the latent MAE-256 features; pass --features-path /path/to/mae_latent_256_torch.pth",
+             "vit-mae": "ViT-MAE-base features; pass --features-path /path/to/facebook-vit-mae-base (a directory)"}
+    needs["vit-mae-full"] = needs["vit-mae"]
     for section in SECTIONS[cfg.profile]:
         preset = get_preset(section.preset)
         runs_drpo = "drpo" in section.methods and (not cfg.methods or "drpo" in cfg.methods)
-        if runs_drpo and METHODS.get("drpo").needs(preset.method_config("drpo")).features == "encoder" and not cfg.features_path:
-            raise ValueError(f"table2 --profile {cfg.profile}: DrPO's preset uses the latent MAE-256 features; pass "
-                             "--features-path /path/to/mae_latent_256 weights")
+        space = METHODS.get("drpo").needs(preset.method_config("drpo")).features
+        if runs_drpo and space in needs and not cfg.features_path:
+            raise ValueError(f"table2 --profile {cfg.profile}: DrPO's preset uses {needs[space]}")
     return PickapicPartiBenchmark(benchmark_config(cfg))
 
 
@@ -226,7 +231,7 @@ def plan(sections: Sequence[Section], cfg: Table2Config, store: Store) -> list[J
                 raise ValueError(f"the tuned file has no {section.preset} config for '{method}'; run "
                                  f"`driftbench tune --sections {section.preset} --methods {method}`")
             for seed in cfg.seeds:
-                run_cfg = preset.run.replace(method=method, seed=seed, out=cfg.out, **run_overrides(cfg),
+                run_cfg = preset.run_for(method).replace(method=method, seed=seed, out=cfg.out, **run_overrides(cfg),
                                              **_test_overrides(cfg, preset))
                 method_cfg = tuned[method] if section.tuned else preset.method_config(method)
                 key = run_key(run_cfg, method_cfg)

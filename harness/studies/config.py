@@ -126,7 +126,8 @@ def resolve(cfg: StudyConfig) -> Setup:
         if not cfg.objective:
             raise ValueError("at_best needs an objective reward (--objective) to select checkpoints on")
         changes["select_metric"] = cfg.objective
-    base_run = preset.run.replace(method=cfg.method, out=cfg.out, run_id="", tag=f"study:{cfg.name}", **changes)
+    base_run = preset.run_for(cfg.method).replace(method=cfg.method, out=cfg.out, run_id="", tag=f"study:{cfg.name}",
+                                              **changes)
     base_run.validate()
     overrides = parse_space(cfg.space, method)
     if cfg.k and any(o.name == "k" for o in overrides):
