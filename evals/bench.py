@@ -297,7 +297,6 @@ def record(name: str, version: int, cfg: Any, *, run_id: str = "", reference: bo
 # ---------------------------------------------------------------------------------------------------
 
 def benchmark_class(name: str) -> Any:
-
     EVALS.check(name)
     if name not in BENCHMARKS:
         raise unknown("benchmark evaluator", name, list(BENCHMARKS))
@@ -324,7 +323,6 @@ def main(argv: Sequence[str]) -> int:
     check_bounds(args.command)
     check_bounds(args.bench)
     if args.command.run:
-
         plain_name("--run", args.command.run)
     summary = evaluate(name, args.bench, args.command)
     print(json.dumps(summary.get("scores", summary), indent=2, default=str))
@@ -341,7 +339,6 @@ def evaluate(name: str, cfg: Any, options: EvaluateOptions) -> dict[str, Any]:
                          batch_size=options.batch_size)
     profile = options.profile
     if options.run:
-
         profile = Store(options.out).manifest(options.run)["run"]["profile"]
     if hasattr(bench, "check_profile"):  # e.g. GenEval's scorer choice depends on the generator
         bench.check_profile(profile)
@@ -350,7 +347,6 @@ def evaluate(name: str, cfg: Any, options: EvaluateOptions) -> dict[str, Any]:
                                               base=options.base)
         dest = Path(options.dest) if options.dest else run_dir / (name + ("-base" if options.base else ""))
     elif options.profile:
-
         run_cfg = RunConfig(profile=options.profile, model=options.model, device=options.device or "auto")
         world, weights = PROFILES.get(options.profile)(run_cfg), ""
         if not options.dest:

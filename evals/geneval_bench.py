@@ -47,7 +47,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -71,7 +71,7 @@ from evals.geneval_layout import (  # noqa: F401 - the layout is part of the ben
 from harness.config import parse_kv
 from harness.shapes.detect import detect_batch
 from harness.store import write_json
-from harness.validate import Bound, at_least, nonnegative, within
+from harness.validate import Bound, at_least, check, nonnegative, within
 from rewards.geneval_mmdet import GenEvalMMDet
 
 SAMPLES = 4
@@ -196,7 +196,6 @@ def build_detector(name: str, options: Mapping[str, str]) -> Detector:
 
         return detect_batch
     if name == "mmdet":
-
         return GenEvalMMDet(**dict(options)).detect
     raise ValueError(f"unknown GenEval detector '{name}'; valid detectors: shapes, mmdet (or --reward NAME)")
 
@@ -213,7 +212,7 @@ class Config:
     """Images per prompt (GenEval: 4)."""
     seed: int = SEED
     """Sample k of every prompt uses noise seed ``seed + k`` (GenEval: 42)."""
-    detector: str = "auto"
+    detector: Literal["auto", "shapes", "mmdet"] = "auto"
     """shapes | mmdet | auto (shapes on the shapes profile; other generators need --reward or --detector mmdet)."""
     reward: str = ""
     """Score through this GenEval reward instead of a detector, e.g. remote:http://127.0.0.1:8002 (geneval-mmdet)."""
@@ -251,9 +250,7 @@ class GenEvalBenchmark:
     Config = Config
 
     def __init__(self, cfg: Config):
-
-        if cfg.samples < 1 or cfg.score_batch < 1:
-            raise ValueError(f"samples and score_batch must be >= 1, got {cfg.samples} and {cfg.score_batch}")
+        check(cfg, "geneval")  # bounds and choices, for callers that build the config in Python
         self.cfg = cfg
         self.needs_generator = not cfg.images
         self.metadatas: list[dict] = []
@@ -266,7 +263,6 @@ class GenEvalBenchmark:
         options = parse_kv(cfg.option)
         self.reward = self.detector = None
         if cfg.reward:
-
             self.reward = build_reward(cfg.reward, {cfg.reward: options}, "geneval --reward")
         elif cfg.detector != "auto":
             self.detector = build_detector(cfg.detector, options)

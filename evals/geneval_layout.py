@@ -125,7 +125,6 @@ def write_prompt(folder: str | Path, index: int, metadata: Mapping, images: Any,
     for k, image in enumerate(pixels):
         Image.fromarray(image).save(samples / f"{k:05d}.png")
     if grid and len(pixels):
-
         Image.fromarray(tile(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0, len(pixels))).save(
             out / "grid.png")
     return out

@@ -43,7 +43,7 @@ from evals.bench import (
     score_prompts,
 )
 from harness.store import write_json
-from harness.validate import Bound, at_least, nonnegative
+from harness.validate import Bound, at_least, check, nonnegative
 from rewards import parse_options
 
 CATEGORIES = ("Characters", "Arts", "Design", "Architecture", "Animals", "Natural Scenery", "Transportation",
@@ -166,10 +166,7 @@ class HPDv3Benchmark:
     Config = Config
 
     def __init__(self, cfg: Config):
-
-        if cfg.images_per_prompt < 1 or cfg.per_category < 0:
-            raise ValueError(f"images_per_prompt must be >= 1 and per_category >= 0, got {cfg.images_per_prompt}, "
-                             f"{cfg.per_category}")
+        check(cfg, "hpdv3")  # bounds, for callers that build the config in Python
         self.cfg = cfg
         found = read_categories(cfg.prompts)
         missing = [c for c in cfg.categories if c not in found]

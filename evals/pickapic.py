@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 from evals.bench import build_reward, heldout_seeds, read_prompts, record, score_prompts
 from harness.config import parse_kv
 from harness.store import write_json
-from harness.validate import Bound, at_least, nonnegative
+from harness.validate import Bound, at_least, check, nonnegative
 from rewards import parse_options
 
 
@@ -95,9 +95,7 @@ class PickapicPartiBenchmark:
     Config = Config
 
     def __init__(self, cfg: Config):
-
-        if cfg.images_per_prompt < 1 or cfg.limit < 0:
-            raise ValueError(f"images_per_prompt must be >= 1 and limit >= 0, got {cfg.images_per_prompt}, {cfg.limit}")
+        check(cfg, "pickapic-parti")  # bounds, for callers that build the config in Python
         self.cfg = cfg
         self.sets = {key: read_prompts(getattr(cfg, key), f"pickapic-parti --{key} ({title})")[: cfg.limit or None]
                      for key, title in SETS if getattr(cfg, key)}

@@ -40,7 +40,6 @@ class Resume:
 
 
 def _selection(data: dict | None = None):
-
     return Selection(**(data or {}))
 
 

@@ -23,7 +23,6 @@ ECONOMIES = ("exact", "bf16", "small-decoder", "bf16+small-decoder")
 
 def check(name: str) -> str:
     if name not in ECONOMIES:
-
         raise unknown("reward economy", name, list(ECONOMIES))
     return name
 

@@ -18,7 +18,6 @@ def _first_line(obj) -> str:
 
 
 def describe() -> str:
-
     lines = ["methods (reward gradient: the method backpropagates through the reward):"]
     for name in METHODS:
         module = METHODS.get(name)

@@ -142,7 +142,6 @@ def layout_record(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _precision_record(parts: "Parts") -> dict[str, Any]:
-
     gen = parts.world.generator
     out = describe(parts.cfg.mixed_precision, gen.device)
     vae_dtype = getattr(gen, "vae_dtype", None)

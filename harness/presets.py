@@ -47,7 +47,6 @@ class Preset:
         return self.run.replace(**self.run_overrides.get(method, {}))
 
     def method_config(self, name: str):
-
         module = METHODS.get(name)
         return dataclasses.replace(module.Config(), **self.methods.get(name, {}))
 
@@ -155,7 +154,6 @@ PRESETS: dict[str, Preset] = {
 
 
 def get(name: str) -> Preset:
-
     if name not in PRESETS:
         raise unknown("preset", name, list(PRESETS))
     return PRESETS[name]

@@ -247,7 +247,6 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
         run_id, start, manifest = open_run(store, parts, resume)
         writer: Any = store if main else _Silent(store)
         if main and cfg.log_with:
-
             writer = Mirrored(store, cfg.log_with, run_id, manifest)
         try:
             try:

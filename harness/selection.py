@@ -26,7 +26,6 @@ def check_select_metric(cfg: RunConfig, eval_rewards: dict[str, Any]) -> None:
         return
     reward = cfg.select_metric.split("/")[0]
     if reward not in eval_rewards:
-
         raise unknown("select_metric reward", reward, list(eval_rewards))
 
 

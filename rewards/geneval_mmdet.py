@@ -184,7 +184,6 @@ class GenEvalMMDet:
 
     @staticmethod
     def _read_metadata(path: str) -> dict[str, dict]:
-
         out: dict[str, dict] = {}
         for meta in load_metadata(_local_file(path, "metadata", "a GenEval evaluation_metadata.jsonl")):
             if out.get(meta["prompt"], meta) != meta:

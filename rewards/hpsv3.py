@@ -187,7 +187,6 @@ class _PackagePath:
     """HPSv3RewardInferencer from local files; ``score`` is mu, differentiable when grad is enabled."""
 
     def __init__(self, config: str | None, checkpoint: str | None, qwen: str | None, device: torch.device):
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported by hpsv3
         try:
             import hpsv3

@@ -39,7 +39,6 @@ class ImageReward:
                 "checkpoint= ImageReward.pt, med_config= med_config.json, bert-base-uncased in the HF cache")
 
     def __init__(self, checkpoint: str | None = None, med_config: str | None = None, device: str | None = None):
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             import ImageReward as RM

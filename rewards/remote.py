@@ -197,7 +197,6 @@ def _normalise(url: str) -> str:
 
 
 def _rank() -> int:
-
     return distributed.current().rank
 
 

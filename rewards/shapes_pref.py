@@ -197,7 +197,6 @@ class ShapesPref:
         """``cfg`` None loads the committed pretrained weights (checksum-verified); otherwise ``state`` (or a
         fresh initialisation) for that architecture."""
         if cfg is None:
-
             state, config = load_asset("reward")
             cfg = PrefConfig.from_dict(config)
         self.device = torch.device(device)

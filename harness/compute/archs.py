@@ -359,10 +359,8 @@ def component_flops(name: str, *, batch: int = 1, mode: str, inputs: dict | None
 
 
 def _count(base: str, cfg: dict, part: str, setting: str, batch: int, inputs: dict):
-
     kind = cfg["kind"]
     if setting == "lora":
-
         model = build_meta(base)  # a fresh copy: injection mutates the model
         with torch.device("meta"):
             add_lora(model, rank=cfg["lora"]["rank"], targets=cfg["lora"]["targets"])

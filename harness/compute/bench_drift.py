@@ -97,7 +97,6 @@ def _inputs(cfg: BenchDriftConfig) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _ours(cfg: BenchDriftConfig) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-
     def call(gen: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         return drift_loss(gen, pos, neg, positive_weight=cfg.weight, negative_weight=cfg.weight,
                           radii=cfg.radii)[0]

@@ -83,7 +83,6 @@ def profile_method(cfg: ProfileConfig, method: str) -> dict[str, Any]:
 
 
 def profile_step(cfg: ProfileConfig) -> tuple[list[dict[str, Any]], Path]:
-
     if cfg.warmup < 0 or cfg.steps < 1:
         raise ValueError(f"need warmup >= 0 and steps >= 1, got warmup={cfg.warmup}, steps={cfg.steps}")
     methods = cfg.methods or tuple(METHODS)

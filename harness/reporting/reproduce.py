@@ -144,7 +144,6 @@ def _find(store: Store, key: str, method: str) -> tuple[str | None, str | None]:
 
 
 def _table_lock(cfg: Table2Config):
-
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     return RunLock(Path(cfg.out) / ".table2.lock", f"table2 in {cfg.out}", hint="pass --wait to wait for it, or "
                    "--out DIR for another results root").acquire(wait=cfg.wait)
@@ -303,7 +302,6 @@ def _stop_workers(pool: Any) -> None:
 def reproduce(cfg: Table2Config) -> Path:
     """Run every section of the table for ``cfg.profile`` and write ``table2.md`` and ``table2.csv``."""
     if cfg.profile not in SECTIONS:
-
         raise unknown("table profile", cfg.profile, list(SECTIONS))
 
     store = Store(cfg.out)

@@ -135,7 +135,6 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
               f"`{figure[0].relative_to(out).as_posix()}`):", "", *overopt.table(rows)]
     records += [{"section": section.title, "table": "overoptimisation", **r} for r in rows]
     if section.tuned:
-
         report, fig = tuning.report(section.preset, list(by_method), str(store.root), out / "plots")
         lines += ["", f"Equal-effort tuning (figure `{fig[0].relative_to(out).as_posix()}`):", "", *report]
     return lines, records

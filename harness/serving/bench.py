@@ -45,7 +45,6 @@ class BenchServeConfig:
 
 
 def _serve(backlog: int, ready: Any, stop: Any) -> None:
-
     server_class = type("LoadServer", (RewardServer,), {"request_queue_size": backlog})
     with server_class(build("jpeg"), port=0).start() as server:
         ready.put(server.server_address[1])

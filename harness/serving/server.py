@@ -137,7 +137,6 @@ class RewardServer(ThreadingHTTPServer):
         self.close()
 
     def score(self, images: Tensor, prompts: list[str]) -> list[float]:
-
         with self.lock, torch.no_grad():
             scores = self.reward.score(images, prompts)
             check_scores(scores, len(prompts), self.reward.name)

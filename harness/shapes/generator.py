@@ -138,7 +138,6 @@ class ShapesGenerator:
 
 
 def _lora_targets(module: nn.Module) -> set[str]:
-
     names = {n for n, _ in module.named_modules()}
     return {t for t in DEFAULT_TARGETS if any(n == t or n.endswith("." + t) for n in names)}
 

@@ -33,7 +33,6 @@ class ShapesOffline:
     def pool(self, prompt: str) -> tuple[Tensor, Tensor]:
         """The prompt's fixed pairs as latents: (preferred, rejected), each (pairs, C, h, w)."""
         if prompt not in self._pool:
-
             meta = parse_prompt(prompt)
             digest = int(hashlib.sha256(f"{self.seed}:{prompt}".encode()).hexdigest()[:8], 16)
             rng = np.random.default_rng(digest)

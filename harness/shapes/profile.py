@@ -29,7 +29,6 @@ def tag_balanced(tags: dict[str, str]):
     a micro-batch when possible), so rare tags are not starved by the many colour-attribute prompts."""
 
     def sample(rng: np.random.Generator, pool: Sequence[str], n: int) -> list[str]:
-
         by_tag: dict[str, list[str]] = {}
         for p in pool:  # a prompt file's prompts are not in the splits: their tag comes from the grammar
             by_tag.setdefault(tags[p] if p in tags else parse_prompt(p)["tag"], []).append(p)
@@ -44,7 +43,6 @@ def tag_balanced(tags: dict[str, str]):
 
 
 def build(cfg: RunConfig) -> World:
-
     device = device_for(cfg)
     gen = load_generator(lora_rank=cfg.lora_rank or LORA_RANK, device=device)
     splits = {name: split(name, seed=cfg.split_seed) for name in SPLITS}

@@ -132,7 +132,6 @@ def split(name: str, seed: int = 0) -> list[dict]:
     are unchanged from the two-split layout the assets were pretrained on.
     """
     if name not in SPLITS:
-
         raise unknown("split", name, list(SPLITS))
     prompts = all_prompts()
     val: set[str] = set()

@@ -38,7 +38,6 @@ def objective_value(summary: dict[str, Any], reward: str) -> float:
 
 
 def _run_id(store: Any, name: str, number: int, seed: int) -> str:
-
     run_id = f"study-{name}__t{number:04d}__s{seed}"
     return run_id if not store.run_dir(run_id).exists() else f"{run_id}__{utc_stamp()}"
 

@@ -106,7 +106,6 @@ def _labels(reward: str, multi: bool) -> list[str]:
 
 
 def _reward_unit(reward: str) -> str:
-
     try:
         return getattr(load(REWARDS.target(reward)), "unit", "reward units")
     except (ValueError, ImportError, AttributeError):

@@ -92,12 +92,10 @@ def plan(cfg: TuneConfig) -> list[tuple[str, str]]:
 
 
 def objective(cfg: TuneConfig, section: str) -> str:
-
     return cfg.objective or ("shapes-geneval" if cfg.profile.startswith("shapes") else presets.get(section).run.reward)
 
 
 def study_config(cfg: TuneConfig, section: str, method: str):
-
     return StudyConfig(name=study_name(section, method), method=method, preset=section, trials=cfg.trials,
                        seeds=cfg.seeds, objective=objective(cfg, section), at_best=True, pruner=cfg.pruner,
                        n_workers=cfg.n_workers, space=(LR_SPACE,), sampler_seed=cfg.sampler_seed, out=cfg.out)
