@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from evals.bench import load_run, parse_kv
+from evals.bench import load_run
 from evals.pickapic import COLUMNS, Config, PickapicPartiBenchmark
 from harness import distributed
-from harness.config import config_dict, run_key
+from harness.config import config_dict, parse_kv, run_key
 from harness.presets import Preset
 from harness.presets import get as get_preset
 from harness.registry import unknown
