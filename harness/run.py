@@ -246,18 +246,18 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
     with StopSignals(enabled=distributed.current().world <= 1) as stop:
         run_id, start, manifest = open_run(store, parts, resume)
         writer: Any = store if main else _Silent(store)
-        if main and cfg.log_with:
-            writer = Mirrored(store, cfg.log_with, run_id, manifest)
         try:
             try:
+                if main and cfg.log_with:  # a tracker that cannot start fails the run before any update
+                    writer = Mirrored(store, cfg.log_with, run_id, manifest)
                 summary = _loop(parts, writer, run_id, start, on_eval, progress and main, stop)
+                summary["clock"]["startup_seconds"] = startup
+                writer.finish(run_id, summary)
             except BaseException as exc:
-                record_end(writer, run_id, exc)
+                record_end(store if main else writer, run_id, exc)
                 if hasattr(writer, "close"):
                     writer.close()
                 raise
-            summary["clock"]["startup_seconds"] = startup
-            writer.finish(run_id, summary)
         finally:
             store.release(run_id)
     return summary
