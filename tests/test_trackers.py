@@ -162,11 +162,10 @@ def test_a_tracker_failing_mid_run_fails_the_run_in_one_line(tmp_path, monkeypat
     pytest.importorskip("tensorboard")
     from accelerate import tracking
 
+    import methods.drpo as drpo
     from harness.run import run
     from harness.trackers import TrackerError
     from tests.conftest import tiny_run
-
-    import methods.drpo as drpo
 
     original = tracking.TensorBoardTracker.log
 
@@ -186,11 +185,10 @@ def test_a_tracker_that_cannot_start_fails_before_any_update(tmp_path, monkeypat
     pytest.importorskip("tensorboard")
     from accelerate import tracking
 
+    import methods.drpo as drpo
     from harness.run import run
     from harness.trackers import TrackerError
     from tests.conftest import tiny_run
-
-    import methods.drpo as drpo
 
     def start(self):
         raise PermissionError(13, "Permission denied", "/somewhere/tensorboard")
