@@ -79,6 +79,8 @@ COMMANDS: dict[str, Command] = {
                             "harness.serving.server:main"),
     "evaluate": Command("a benchmark on a stored run: geneval, hpdv3, pickapic-parti (NAME --run RUN_ID [--base])",
                         "evals.bench:main"),
+    "export": Command("a run's selected, final or stored update as a diffusers LoRA (RUN --at selected --to DIR [--fused])",
+                      "harness.export:export", "harness.export:ExportConfig"),
 }
 """Every command: name -> what it runs. A new command is one entry here."""
 
@@ -123,7 +125,7 @@ def _report(result: Any) -> None:
     paths = [r for r in (result if isinstance(result, tuple) else (result,)) if isinstance(r, Path)]
     for path in paths:
         written = [p for p in dict.fromkeys([path, *(path.with_suffix(s) for s in (".md", ".csv", ".json"))])
-                   if p.is_file()]
+                   if p.is_file() or (p == path and p.is_dir())]  # export writes a directory
         report = next((p for p in written if p.suffix == ".md"), None)
         if report is not None:
             print(report.read_text())
