@@ -211,7 +211,7 @@ class TrainOptions:
 def train(argv: Sequence[str]) -> int:
     import tyro  # CLI start-up: the run's modules (torch, the registries) load only for train
 
-    from harness import presets
+    from harness import distributed, presets
     from harness.config import RunConfig
     from harness.run import run
     from methods import METHODS
@@ -219,6 +219,8 @@ def train(argv: Sequence[str]) -> int:
     _once(argv)
     preset = presets.get(_peek(argv, "--preset")) if _peek(argv, "--preset") else None
     run_default = preset.run if preset else RunConfig()
+    precision = distributed.launch_precision(_peek(argv, "--mixed-precision"))  # accelerate's, when launched
+    run_default = run_default.replace(mixed_precision=precision) if precision else run_default
     method = METHODS.check(_peek(argv, "--method") or run_default.method)
     run_default = preset.run_for(method) if preset else run_default  # the method's official precision
     method_default = preset.method_config(method) if preset else METHODS.get(method).Config()
