@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from harness import distributed
 from harness.registry import load, unknown
 from harness.store import git_state
+from harness.train_args import parser_class, run_config
 from harness.validate import check, choice_fields
 
 
@@ -226,14 +227,16 @@ def train(argv: Sequence[str]) -> int:
     method_default = preset.method_config(method) if preset else METHODS.get(method).Config()
     _check_choices(RunConfig, argv)
     _check_choices(type(method_default), argv, method)
-    Args = make_dataclass("TrainArgs", [
-        ("command", tyro.conf.OmitArgPrefixes[TrainOptions], field(default=TrainOptions())),
-        ("run", tyro.conf.OmitArgPrefixes[RunConfig], field(default=run_default.replace(method=method))),
-        (method, type(method_default), field(default=method_default)),
-    ], frozen=True)
-    args = tyro.cli(Args, args=list(argv), prog="driftbench train",
-                    description=f"Train '{method}' ({METHODS.get(method).__doc__.strip().splitlines()[0]})")
-    summary = run(args.run, getattr(args, method), resume=args.command.resume, progress=not args.command.quiet)
+    # Help without --method lists the run's flags only; --method NAME --help adds that method's group.
+    general = _peek(argv, "--method") is None and any(a in ("-h", "--help") for a in argv)
+    run_default = run_default.replace(method=method)
+    Args = parser_class(run_default, TrainOptions, TrainOptions(), None if general else method, method_default)
+    about = (f"Train one method (default '{method}'); each method's own fields: driftbench train --method NAME --help "
+             f"(methods: {', '.join(METHODS)})") if general else \
+        f"Train '{method}' ({METHODS.get(method).__doc__.strip().splitlines()[0]})"
+    args = tyro.cli(Args, args=list(argv), prog="driftbench train", description=about)
+    summary = run(run_config(args, run_default), getattr(args, method), resume=args.command.resume,
+                  progress=not args.command.quiet)
     metrics = {k: round(v, 4) for k, v in summary.items() if k.startswith("eval/") and k.endswith(("/mean", "/overall"))}
     if distributed.current().main:
         print(f"run {summary['run_id']} complete: {metrics}")
