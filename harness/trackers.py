@@ -72,7 +72,8 @@ def _wandb_preflight() -> None:
     mode = os.environ.get("WANDB_MODE", "online").lower()
     if mode in ("offline", "disabled", "dryrun"):
         return
-    if not os.environ.get("WANDB_API_KEY") and not Path(os.path.expanduser("~/.netrc")).is_file():
+    netrc = Path(os.path.expanduser(os.environ.get("NETRC") or "~/.netrc"))  # where `wandb login` keeps the key
+    if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or netrc.is_file()):
         raise ValueError("tracker 'wandb' is online (WANDB_MODE unset) but has no API key: set WANDB_API_KEY, "
                          "run `wandb login`, or set WANDB_MODE=offline")
 

@@ -206,7 +206,8 @@ def test_wandb_online_without_a_key_is_one_line_before_anything_is_built(tmp_pat
     from harness import trackers
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for key in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(ValueError, match="tracker 'wandb' is online .* WANDB_MODE=offline"):
         trackers.check(["wandb"])
