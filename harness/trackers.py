@@ -106,10 +106,14 @@ class Mirrored:
         self.hparams = hyperparameters(manifest)
         self.trackers: list[Any] = []
         self.last_step = 0
-        for name in names:
-            tracker = _guard(name, "start", lambda name=name: _open(name, store.run_dir(run_id), run_id))
-            self.trackers.append(tracker)
-            _guard(name, "store the configuration", lambda: _store_config(tracker, self.hparams))
+        try:
+            for name in names:
+                tracker = _guard(name, "start", lambda name=name: _open(name, store.run_dir(run_id), run_id))
+                self.trackers.append(tracker)
+                _guard(name, "store the configuration", lambda: _store_config(tracker, self.hparams))
+        except TrackerError:
+            self.close(failed=True)  # the trackers already started end as failed, not left running
+            raise
 
     def __getattr__(self, name: str) -> Any:  # reads and every other write go to the store itself
         return getattr(self._store, name)
