@@ -2,6 +2,7 @@
 
     nox -s tests                  the whole test suite on CPU (unit, smoke, slow tiers)
     nox -s faults                 the fault-injection suite alone (kills, full disk, bad input, server load)
+    nox -s trackers               every --log-with tracker, each record read back with the tracker's own API
     nox -s reproduce_table2       the main comparison on the embedded default; `-- --profile tiny` for the toy table
     nox -s tune_table2            re-run the equal-effort tuning the main comparison reads (harness/tuned/shapes.json)
     nox -s plots                  redraw every figure from stored results
@@ -47,6 +48,14 @@ def faults(session: nox.Session) -> None:
     inputs, the reward server under 100 concurrent clients (also part of `tests`)."""
     install(session, "test")
     session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py", *session.posargs)
+
+
+@nox.session
+def trackers(session: nox.Session) -> None:
+    """Every --log-with tracker (tensorboard, wandb, mlflow, trackio) in a single process, each record read back with
+    the tracker's own API: tests/test_trackers.py with the `trackers` extra installed (in `tests` they skip)."""
+    install(session, "test", "trackers")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_trackers.py", *session.posargs)
 
 
 @nox.session

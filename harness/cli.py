@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from harness import distributed
 from harness.registry import load, unknown
 from harness.store import git_state
+from harness.train_args import parser_class, run_config
 from harness.validate import check, choice_fields
 
 
@@ -79,6 +80,8 @@ COMMANDS: dict[str, Command] = {
                             "harness.serving.server:main"),
     "evaluate": Command("a benchmark on a stored run: geneval, hpdv3, pickapic-parti (NAME --run RUN_ID [--base])",
                         "evals.bench:main"),
+    "export": Command("a run's selected, final or stored update as a diffusers LoRA (RUN --at selected --to DIR [--fused])",
+                      "harness.export:export", "harness.export:ExportConfig"),
 }
 """Every command: name -> what it runs. A new command is one entry here."""
 
@@ -123,7 +126,7 @@ def _report(result: Any) -> None:
     paths = [r for r in (result if isinstance(result, tuple) else (result,)) if isinstance(r, Path)]
     for path in paths:
         written = [p for p in dict.fromkeys([path, *(path.with_suffix(s) for s in (".md", ".csv", ".json"))])
-                   if p.is_file()]
+                   if p.is_file() or (p == path and p.is_dir())]  # export writes a directory
         report = next((p for p in written if p.suffix == ".md"), None)
         if report is not None:
             print(report.read_text())
@@ -209,7 +212,7 @@ class TrainOptions:
 def train(argv: Sequence[str]) -> int:
     import tyro  # CLI start-up: the run's modules (torch, the registries) load only for train
 
-    from harness import presets
+    from harness import distributed, presets
     from harness.config import RunConfig
     from harness.run import run
     from methods import METHODS
@@ -217,19 +220,23 @@ def train(argv: Sequence[str]) -> int:
     _once(argv)
     preset = presets.get(_peek(argv, "--preset")) if _peek(argv, "--preset") else None
     run_default = preset.run if preset else RunConfig()
+    precision = distributed.launch_precision(_peek(argv, "--mixed-precision"))  # accelerate's, when launched
+    run_default = run_default.replace(mixed_precision=precision) if precision else run_default
     method = METHODS.check(_peek(argv, "--method") or run_default.method)
     run_default = preset.run_for(method) if preset else run_default  # the method's official precision
     method_default = preset.method_config(method) if preset else METHODS.get(method).Config()
     _check_choices(RunConfig, argv)
     _check_choices(type(method_default), argv, method)
-    Args = make_dataclass("TrainArgs", [
-        ("command", tyro.conf.OmitArgPrefixes[TrainOptions], field(default=TrainOptions())),
-        ("run", tyro.conf.OmitArgPrefixes[RunConfig], field(default=run_default.replace(method=method))),
-        (method, type(method_default), field(default=method_default)),
-    ], frozen=True)
-    args = tyro.cli(Args, args=list(argv), prog="driftbench train",
-                    description=f"Train '{method}' ({METHODS.get(method).__doc__.strip().splitlines()[0]})")
-    summary = run(args.run, getattr(args, method), resume=args.command.resume, progress=not args.command.quiet)
+    # Help without --method lists the run's flags only; --method NAME --help adds that method's group.
+    general = _peek(argv, "--method") is None and any(a in ("-h", "--help") for a in argv)
+    run_default = run_default.replace(method=method)
+    Args = parser_class(run_default, TrainOptions, TrainOptions(), None if general else method, method_default)
+    about = (f"Train one method (default '{method}'); each method's own fields: driftbench train --method NAME --help "
+             f"(methods: {', '.join(METHODS)})") if general else \
+        f"Train '{method}' ({METHODS.get(method).__doc__.strip().splitlines()[0]})"
+    args = tyro.cli(Args, args=list(argv), prog="driftbench train", description=about)
+    summary = run(run_config(args, run_default), getattr(args, method), resume=args.command.resume,
+                  progress=not args.command.quiet)
     metrics = {k: round(v, 4) for k, v in summary.items() if k.startswith("eval/") and k.endswith(("/mean", "/overall"))}
     if distributed.current().main:
         print(f"run {summary['run_id']} complete: {metrics}")

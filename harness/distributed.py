@@ -59,6 +59,37 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def check_single_launch() -> None:
+    """One line when a launcher asked for several processes but this is the only one.
+
+    ``accelerate launch --num_processes N`` without ``--multi_gpu`` (or a config without a multi-process
+    distributed type) runs its simple launcher: one process, with MASTER_ADDR/MASTER_PORT set for the N it
+    was asked for but no WORLD_SIZE. ACCELERATE_NUM_PROCESSES, where a launcher sets it, is checked too.
+    """
+    if launched_world() > 1:
+        return
+    asked = os.environ.get("ACCELERATE_NUM_PROCESSES", "")
+    by_accelerate = "ACCELERATE_USE_CPU" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ
+    if (asked.isdigit() and int(asked) > 1) or (by_accelerate and os.environ.get("MASTER_PORT")):
+        what = f"{asked} processes" if asked.isdigit() and int(asked) > 1 else "several processes (MASTER_PORT is set)"
+        raise ValueError(f"the launch asked for {what} but only this one runs: launch with `accelerate launch "
+                         "--multi_gpu --num_processes N` (on CPU too, which uses gloo), or drop --num_processes")
+
+
+def launch_precision(requested: str | None) -> str | None:
+    """The run's mixed precision under ``accelerate launch``: accelerate's own setting (ACCELERATE_MIXED_PRECISION)
+    unless ``--mixed-precision`` was given, and one line when the two differ; ``requested`` without a launcher."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if not launched:
+        return requested
+    if launched not in ("no", "fp16", "bf16"):
+        raise ValueError(f"accelerate launch --mixed_precision {launched} is not supported; valid: no, fp16, bf16")
+    if requested and requested != launched:
+        raise ValueError(f"--mixed-precision {requested} conflicts with accelerate launch's --mixed_precision "
+                         f"{launched}; give one of them, or the same value to both")
+    return launched
+
+
 def layout(device: str = "auto") -> Layout:
     """This process's layout; initialises the process group through accelerate on first use.
 
@@ -67,6 +98,7 @@ def layout(device: str = "auto") -> Layout:
     global _LAYOUT
     if _LAYOUT is not None:
         return _LAYOUT
+    check_single_launch()
     if launched_world() <= 1:
         _LAYOUT = Layout()
         return _LAYOUT

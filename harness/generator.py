@@ -106,6 +106,7 @@ class OneStepGenerator:
         self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)
         self.lora = {"r": lora_rank, "lora_alpha": lora_alpha or lora_rank, "target_modules": list(lora_targets)}
         alphas, self.timestep = one_step_schedule(SD_TURBO_SCHEDULER if scheduler is None else scheduler)
+        self.scheduler_config = dict(SD_TURBO_SCHEDULER if scheduler is None else scheduler)  # for an exported pipeline
         # diffusers' SDXL pipeline decodes in float32 when the VAE config asks (it overflows in fp16).
         upcast = family == "sdxl" and dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
         self.vae_dtype = torch.float32 if upcast else dtype

@@ -47,10 +47,10 @@ def save_grid(images: Tensor, path: str | Path, *, columns: int, limit: int | No
 
 
 def save_samples(run_dir: Path, images: Tensor, base: tuple[Tensor, Sequence[str]], seeds: int,
-                 prompts_shown: int = 8) -> None:
-    """The final evaluation's first prompts: ``samples.png`` (rows = prompts, columns = seeds) and
-    ``samples.npz`` (uint8 images, base images on the same noise, prompts) for cross-method figures."""
+                 prompts_shown: int = 8, name: str = "samples") -> None:
+    """The final evaluation's first prompts: ``<name>.png`` (rows = prompts, columns = seeds) and
+    ``<name>.npz`` (uint8 images, base images on the same noise, prompts) for cross-method figures."""
     n = prompts_shown * seeds
-    save_grid(images, Path(run_dir) / "samples.png", columns=seeds, limit=n)
-    np.savez_compressed(Path(run_dir) / "samples.npz", images=to_uint8(images[:n]), base=to_uint8(base[0][:n]),
+    save_grid(images, Path(run_dir) / f"{name}.png", columns=seeds, limit=n)
+    np.savez_compressed(Path(run_dir) / f"{name}.npz", images=to_uint8(images[:n]), base=to_uint8(base[0][:n]),
                         prompts=np.array(list(base[1][:n])), seeds=np.array(seeds))

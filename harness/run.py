@@ -26,7 +26,7 @@ from harness.budget import Meter, Spend
 from harness.checks import CapabilityError, check_run
 from harness.config import RunConfig, plain_name
 from harness.evaluation import EVAL_SEED_BASE, EvalSet
-from harness.images import save_samples
+from harness.export import write_outputs
 from harness.lifecycle import StopSignals, open_run, record_end
 from harness.parts import Parts
 from harness.precision import reward_options
@@ -246,18 +246,18 @@ def run(cfg: RunConfig, method_cfg: Any = None, *, store: Store | None = None, r
     with StopSignals(enabled=distributed.current().world <= 1) as stop:
         run_id, start, manifest = open_run(store, parts, resume)
         writer: Any = store if main else _Silent(store)
-        if main and cfg.log_with:
-            writer = Mirrored(store, cfg.log_with, run_id, manifest)
         try:
             try:
+                if main and cfg.log_with:  # a tracker that cannot start fails the run before any update
+                    writer = Mirrored(store, cfg.log_with, run_id, manifest)
                 summary = _loop(parts, writer, run_id, start, on_eval, progress and main, stop)
+                summary["clock"]["startup_seconds"] = startup
+                writer.finish(run_id, summary)
             except BaseException as exc:
-                record_end(writer, run_id, exc)
+                record_end(store if main else writer, run_id, exc)
                 if hasattr(writer, "close"):
                     writer.close()
                 raise
-            summary["clock"]["startup_seconds"] = startup
-            writer.finish(run_id, summary)
         finally:
             store.release(run_id)
     return summary
@@ -323,12 +323,8 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
             save()
         bar.update(spend, logs)
     bar.close()
-    run_dir = store.run_dir(run_id)
-    if distributed.current().main:
-        gen.save_adapter(run_dir / "adapter")
-        if images is not None:
-            base_images, base_prompts, _ = parts.evals.base(gen)
-            save_samples(run_dir, images, (base_images, base_prompts), cfg.eval_seeds)
+    if distributed.current().main:  # the selected weights in adapter/, the final ones beside them
+        write_outputs(parts, store.run_dir(run_id), selection, spend.updates, images, metrics)
     tick = time.perf_counter()
     tested = evaluate_test(parts, selection, spend.updates)
     clock["test"] = time.perf_counter() - tick

@@ -37,7 +37,7 @@ def _args(method: str, out: Path, run_id: str, **extra: str) -> list[str]:
 def _launch(args: list[str], *, port: int, background: bool = False):
     """``accelerate launch`` with 2 gloo processes of one thread each; multi_gpu selects torchrun (on CPU too)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               "--num_machines", "1", "--mixed_precision", "fp16", "--dynamo_backend", "no", "--main_process_port",
                str(port), "-m", "harness", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     if background:
