@@ -27,8 +27,10 @@ Method modules are plain modules (no base class) with this shape::
         ...                                       # the loss of one micro-batch, and what to log
 
 and, optionally, ``propose(cfg, noise)`` (transform the harness's noise before sampling, for
-Neighbor-GRPO's neighbours) and ``act(cfg, latents, noise)`` (the latents that are decoded and scored,
-for PSO's Gaussian action).
+Neighbor-GRPO's neighbours), ``act(cfg, latents, noise)`` (the latents that are decoded and scored,
+for PSO's Gaussian action) and ``end_update(cfg, state, ctx)`` (called once per optimizer update on every
+process, after all its micro-batches and before the gradients are summed: state that depends on the whole
+update, such as VGG-Flow's clip threshold, is set there, with ``ctx.gather`` as its only collective).
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class Reward(Protocol):
     name: str
     version: int
     differentiable: bool
+    # Optional ``binary``: True when every score is 0 or 1 (a verifier's correct / incorrect); absent means
+    # False (``rewards.is_binary``).
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor | Sequence[float]:
         ...
@@ -134,6 +138,14 @@ class Needs:
     features: str = ""
     """The feature space the method reads (``Context.features``), if any: the harness checks that the run can
     build it (the real profiles' encoder needs local weights) and prices it."""
+    rounds: int = 1
+    """Sample up to this many rounds of K candidates per prompt (each with its own noise); the rollout holds
+    every round sampled, so ``Rollout.k`` is K times the rounds. Every extra sample and reward call is metered."""
+    enough: Callable[[Tensor], bool] | None = None
+    """With ``rounds`` > 1: given the rewards sampled so far (P, K * rounds so far), whether to stop before the
+    next round (None: always sample every round)."""
+    binary_reward: bool = False
+    """The config reads the reward as correct (>= 0.5) or not, so the run refuses a reward that is not binary."""
 
 
 @dataclass
@@ -146,7 +158,7 @@ class Rollout:
     prompts: list[str]
     """The P prompts."""
     k: int
-    """Candidates per prompt."""
+    """Candidates per prompt: the run's K times the sampling rounds (``Needs.rounds``) it took."""
     cond: Cond
     """Conditioning for the P*K rows (each prompt repeated K times)."""
     noise: Tensor
@@ -185,6 +197,9 @@ class Context:
     """An offline preference data set, when the run has one (offline DrPO)."""
     info: dict[str, Any] = field(default_factory=dict)
     """Run facts a method may validate against (profile name, budget counts)."""
+    gather: Callable[[Any], list[Any]] = field(default=lambda value: [value])
+    """Every process's ``value`` (picklable), in rank order (``[value]`` in a 1-process run). A collective:
+    call it only from ``end_update``, which every process reaches at the same point of the update."""
 
 
 def no_context() -> ContextManager[None]:

@@ -67,7 +67,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),
                   features=lambda space: _features(meter, world, space), rng=torch.Generator(),
                   offline=world.offline if cfg.offline_data else None,
-                  info={"profile": world.name, "prompts_per_step": cfg.prompts_per_step})
+                  info={"profile": world.name, "prompts_per_step": cfg.prompts_per_step}, gather=distributed.gather)
     state = method.init(method_cfg, ctx)
     optimizer = torch.optim.AdamW(world.generator.trainable(), lr=method_cfg.lr, betas=(0.9, 0.999),
                                   weight_decay=cfg.weight_decay, eps=1e-8)
@@ -161,6 +161,8 @@ def update(parts: Parts, step: int, spend: Spend) -> dict[str, float]:
     except Exception as exc:  # every process must learn of it before the gradient all-reduce
         error = exc
     distributed.agree(error)
+    if hasattr(parts.method, "end_update"):  # e.g. VGG-Flow's clip threshold, from every process's norms
+        parts.method.end_update(parts.method_cfg, parts.state, parts.ctx)
     with meter.phase("optimizer"):
         distributed.all_reduce_gradients(gen.trainable())
         norm = torch.nn.utils.clip_grad_norm_(gen.trainable(), cfg.grad_clip)

@@ -9,17 +9,20 @@ current output:
     g_k = clip(grad_{x0} r(D(x0_k)), thr),   x0*_k = sg(x0_ref,k + eta s g_k),
     L = mean_k mean_d (x0_k - x0*_k)^2,
 
-where clip rescales each sample's gradient to norm <= thr, and thr is a running threshold: after each
-batch it becomes the 0.8-quantile of that batch's unclipped gradient norms (it starts at 1.0).
+where clip rescales each sample's gradient to norm <= thr, and thr is a running threshold: once per
+optimizer update it becomes the 0.8-quantile of the unclipped gradient norms of that update (it starts at 1.0).
 
 Source: UGVly/DrPO ``baselines/vggflow/train_lora.py`` and ``baselines/vggflow/reward_gradient.py``@61329a4,
 launch script ``scripts/train/vggflow.sh`` (s 1000, eta constant 1, thr0 1.0, quantile 0.8, lr 1e-4).
-Following the code rather than the paper: the value-network/HJB consistency branch is omitted; a batch is
-clipped with the threshold of the previous batch and then sets the next one (so ``thr`` lives in the state
-dict and checkpoints restore it); the unused options stay off (reward mask, gradient jitter, the
-``unet_reg`` MSE, all 0 in the script). The code updates thr once per optimizer update from the last
-micro-batch's norms gathered over its 4 GPUs; here it is updated after every micro-batch from that
-micro-batch's P*K norms (the same when grad_accum = 1).
+Following the code rather than the paper: the value-network/HJB consistency branch is omitted; every
+micro-batch of an update is clipped with the threshold the previous update set, and the threshold is set
+once, at the update's end, from norms gathered over all processes (``end_update``, ``ctx.gather``;
+train_lora.py:462-467), so ``thr`` lives in the state dict and checkpoints restore it; the unused options
+stay off (reward mask, gradient jitter, the ``unet_reg`` MSE, all 0 in the script). One difference, so that
+P processes equal one process with P times the accumulation: the official code takes the quantile over the
+last micro-batch of each process (``rgrad_norm_values`` is overwritten per micro-batch), which depends on
+the process count; here it is over every micro-batch of the update (the same when grad_accum equals the
+process count).
 
 Batch size: the official script generates 8 images per prompt where every other baseline generates 24
 (``--batchsize_gen 8``). driftbench gives every method the same K, so VGG-Flow uses the shared K: it does
@@ -38,7 +41,7 @@ from harness.api import Context, Needs, Rollout
 from harness.validate import Bound, positive, within
 
 NAME = "vggflow"
-VERSION = 1
+VERSION = 2  # 2: the threshold is set once per update from every process's norms
 REWARD_GRADIENT = True
 
 
@@ -51,9 +54,9 @@ class Config:
     eta: float = 1.0
     """Step eta on the scaled gradient; the code's "constant" eta mode (``eta_mode constant``)."""
     quantile: float = 0.8
-    """After each batch the clip threshold becomes this quantile of the batch's gradient norms, in (0, 1]."""
+    """After each update the clip threshold becomes this quantile of the update's gradient norms, in (0, 1]."""
     initial_threshold: float = 1.0
-    """Clip threshold of the first batch (``--rgrad_clip_threshold``)."""
+    """Clip threshold of the first update (``--rgrad_clip_threshold``)."""
     lr: float = 1e-4
     """AdamW learning rate (constant, no warm-up)."""
 
@@ -92,33 +95,43 @@ def init(cfg: Config, ctx: Context) -> dict:
     for name in ("scale", "eta", "initial_threshold"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
-    return {"threshold": float(cfg.initial_threshold)}
+    return {"threshold": float(cfg.initial_threshold), "norms": []}
 
 
 def step(cfg: Config, state: dict, batch: Rollout, ctx: Context) -> tuple[Tensor, dict[str, float]]:
-    """The VGG-Flow loss of one micro-batch, and diagnostics; updates ``state["threshold"]``."""
+    """The VGG-Flow loss of one micro-batch, and diagnostics; keeps its gradient norms for ``end_update``."""
     # Only the decoder and reward lie between the latents and the scores, so this is grad_{x0} r(D(x0))
     # and leaves the generator's graph intact for the harness's backward pass.
     (gradient,) = torch.autograd.grad(batch.rewards.sum(), batch.latents)
     threshold = state["threshold"]
-    # The official order: clip with the previous batch's threshold, then let this batch set the next one.
-    clipped, next_threshold, norms = clip_reward_gradient(gradient, threshold, cfg.quantile)
-    state["threshold"] = next_threshold
+    clipped, norms = clip_reward_gradient(gradient, threshold)
+    state.setdefault("norms", []).append(norms.cpu())
     loss = vggflow_loss(batch.latents, batch.ref_latents, clipped, cfg.eta, cfg.scale)
     return loss, {"reward_grad_norm": float(norms.mean()), "clip_threshold": threshold,
                   "clip_fraction": float((norms > threshold).float().mean())}
 
 
-def clip_reward_gradient(gradient: Tensor, threshold: float, quantile: float) -> tuple[Tensor, float, Tensor]:
-    """Each sample of gradient (B, ...) rescaled to norm <= threshold, the next threshold, and the norms (B,).
+def end_update(cfg: Config, state: dict, ctx: Context) -> None:
+    """The next update's threshold: the quantile of this update's norms, gathered over every process."""
+    mine = torch.cat(state.get("norms") or [torch.zeros(0)])
+    state["norms"] = []
+    gathered = torch.cat(ctx.gather(mine))
+    if gathered.numel():
+        state["threshold"] = next_threshold(gathered, cfg.quantile)
 
-    The next threshold is the ``quantile`` of the unclipped norms, so roughly the largest 1 - quantile
-    of the next batch's gradients get clipped.
-    """
+
+def clip_reward_gradient(gradient: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Each sample of gradient (B, ...) rescaled to norm <= threshold, and the unclipped norms (B,)."""
     norms = gradient.detach().float().flatten(1).norm(dim=1)
     factor = norms.clamp(max=threshold) / norms.clamp_min(1e-8)
     clipped = gradient.detach() * factor.view(-1, *[1] * (gradient.ndim - 1)).to(gradient.dtype)
-    return clipped, float(torch.quantile(norms, quantile)), norms
+    return clipped, norms
+
+
+def next_threshold(norms: Tensor, quantile: float) -> float:
+    """The ``quantile`` of the unclipped norms (linear interpolation, as ``torch.quantile``), so roughly the
+    largest 1 - quantile of the next update's gradients get clipped."""
+    return float(torch.quantile(norms.float(), quantile))
 
 
 def vggflow_loss(latents: Tensor, ref_latents: Tensor, gradient: Tensor, eta: float, scale: float) -> Tensor:

@@ -1,7 +1,8 @@
 """Data-parallel runs through ``accelerate launch`` (gloo, 2 CPU processes) on the tiny profile.
 
 A 2-process run must be the 1-process run of the same config (which accumulates both micro-batches
-itself): same prompts and noise, same per-update loss, same final adapter, same counts, one run directory.
+itself): same prompts and noise, same per-update loss, same final adapter, same counts, one run directory,
+for every method (VGG-Flow's clip threshold included: it is set once per update from both processes' norms).
 A 2-process run killed with SIGKILL and resumed ends where the uninterrupted one does.
 """
 
@@ -22,13 +23,16 @@ from harness.store import Store
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = {"drpo": ("jpeg", ["--drpo.m", "2"]), "draft": ("colorfulness", ["--draft.lr", "1e-3"])}
+# Learning rates large enough that 2 updates move every adapter far beyond the 1e-5 tolerance (checked below).
+METHODS = {"drpo": ("jpeg", ["--drpo.m", "2"]), "draft": ("colorfulness", ["--draft.lr", "1e-3"]),
+           "dpo1": ("jpeg", ["--dpo1.m", "1", "--dpo1.lr", "1e-2"]), "pso": ("jpeg", ["--pso.lr", "1e-2"]),
+           "ngrpo": ("jpeg", ["--ngrpo.lr", "1e-2"]), "vggflow": ("colorfulness", ["--vggflow.lr", "1e-2"])}
 
 
 def _args(method: str, out: Path, run_id: str, **extra: str) -> list[str]:
     reward, method_args = METHODS[method]
     flags = {"method": method, "profile": "tiny", "reward": reward, "evals": reward, "k": "4",
-             "prompts-per-step": "1", "grad-accum": "2", "updates": "3", "eval-at": "1.0", "eval-seeds": "1",
+             "prompts-per-step": "1", "grad-accum": "2", "updates": "2", "eval-at": "1.0", "eval-seeds": "1",
              "eval-prompt-limit": "1", "checkpoint-every": "1", "out": str(out), "run-id": run_id, "device": "cpu",
              **extra}
     return ["train", "--quiet", *[a for k, v in flags.items() for a in (f"--{k}", *str(v).split())], *method_args]
@@ -90,18 +94,19 @@ def _counts(store: Store, run_id: str) -> dict:
 @pytest.fixture(scope="module")
 def two_process_drpo(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp-drpo")
-    done = _launch(_args("drpo", out, "p2"), port=29611)
+    done = _launch(_args("drpo", out, "p2", updates="3"), port=29611)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
-@pytest.mark.parametrize("method", ["drpo", "draft"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_two_processes_match_one_process_with_twice_the_accumulation(method, request, tmp_path):
+    extra = {"updates": "3"} if method == "drpo" else {}
     if method == "drpo":
         out = request.getfixturevalue("two_process_drpo")
     else:
         out = tmp_path / "dp"
-        done = _launch(_args(method, out, "p2"), port=29612)
+        done = _launch(_args(method, out, "p2"), port=29612 + list(METHODS).index(method))
         assert done.returncode == 0, done.stderr[-3000:]
     store = Store(out)
     assert [p.name for p in store.runs_dir.iterdir()] == ["p2"]  # process 1 wrote nothing of its own
@@ -109,7 +114,7 @@ def test_two_processes_match_one_process_with_twice_the_accumulation(method, req
     assert manifest["status"] == "complete"
     assert manifest["layout"]["processes"] == 2 and manifest["layout"]["micro_batches_per_process"] == 1
     single = tmp_path / "single"
-    _in_process(method, single, "p1")
+    _in_process(method, single, "p1", **extra)
     one = Store(single)
     assert one.manifest("p1")["layout"]["processes"] == 1
     torch.testing.assert_close(torch.tensor(_losses(store, "p2")), torch.tensor(_losses(one, "p1")), rtol=1e-5, atol=0)
@@ -117,6 +122,8 @@ def test_two_processes_match_one_process_with_twice_the_accumulation(method, req
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
+    # LoRA's up-projections start at zero: the comparison above means something only if they moved.
+    assert max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k or "lora.up" in k) > 1e-3
     assert _counts(store, "p2") == _counts(one, "p1")
     # Seconds: each process's own, and the slowest per update as the run's.
     last = store.rows("p2", "train")[-1]
@@ -125,7 +132,7 @@ def test_two_processes_match_one_process_with_twice_the_accumulation(method, req
 
 def test_killed_two_process_run_resumes_to_the_same_end(two_process_drpo, tmp_path):
     out = tmp_path / "cut"
-    proc = _launch(_args("drpo", out, "cut"), port=29613, background=True)
+    proc = _launch(_args("drpo", out, "cut", updates="3"), port=29618, background=True)
     ckpt = out / "runs" / "cut" / "checkpoint.pt"
     deadline = time.time() + 600
     while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
@@ -139,8 +146,8 @@ def test_killed_two_process_run_resumes_to_the_same_end(two_process_drpo, tmp_pa
     # One process cannot continue a 2-process run: refused before any training.
     from harness.cli import main
 
-    assert main(_args("drpo", out, "cut", resume="cut")) == 2
-    done = _launch(_args("drpo", out, "cut", resume="cut"), port=29614)
+    assert main(_args("drpo", out, "cut", resume="cut", updates="3")) == 2
+    done = _launch(_args("drpo", out, "cut", resume="cut", updates="3"), port=29619)
     assert done.returncode == 0, done.stderr[-3000:]
     full = Store(two_process_drpo)
     assert store.manifest("cut")["status"] == "complete"
@@ -161,7 +168,7 @@ def test_a_failing_process_stops_the_run_and_marks_it_failed(tmp_path):
     args = _args("drpo", out, "bad", updates="1")
     args[args.index("--reward") + 1] = reward
     args[args.index("--evals") + 1] = reward
-    done = _launch(args, port=29615)
+    done = _launch(args, port=29620)
     assert done.returncode != 0
     manifest = Store(out).manifest("bad")
     assert manifest["status"] == "failed" and "process 1 of 2 failed" in manifest["error"]

@@ -199,12 +199,12 @@ def test_draft_gradient_per_score_is_minus_one_over_k():
 
 # --- VGG-Flow -------------------------------------------------------------------------------------
 
-def test_vggflow_clip_caps_norms_at_the_threshold_and_sets_the_next_one():
+def test_vggflow_clip_caps_norms_at_the_threshold_and_the_quantile_sets_the_next_one():
     gradient = torch.tensor([[3.0, 4.0], [0.3, 0.4]])        # norms 5 and 0.5
-    clipped, next_threshold, norms = vggflow.clip_reward_gradient(gradient, threshold=1.0, quantile=0.8)
+    clipped, norms = vggflow.clip_reward_gradient(gradient, threshold=1.0)
     close(clipped, [[0.6, 0.8], [0.3, 0.4]])                  # the first rescaled to norm 1, the second kept
     close(norms, [5.0, 0.5])
-    close(next_threshold, 0.5 + 0.8 * (5.0 - 0.5))            # linear-interpolated 0.8-quantile
+    close(vggflow.next_threshold(norms, 0.8), 0.5 + 0.8 * (5.0 - 0.5))    # linear-interpolated 0.8-quantile
 
 
 def test_vggflow_loss_by_hand():
@@ -215,28 +215,43 @@ def test_vggflow_loss_by_hand():
                                eta=1.0, scale=1000.0), 0.5)
 
 
-def test_vggflow_step_clips_with_the_previous_threshold_and_tracks_the_quantile():
+def test_vggflow_threshold_is_set_once_per_update_from_every_micro_batch_and_process():
     cfg = vggflow.Config()
-    ctx = Context(k=4, reward=None, decode=None, features=None, rng=torch.Generator())
-    state = vggflow.init(cfg, ctx)
-    weights = torch.tensor([[0.1], [1.0], [2.0], [4.0]])      # r_k = w_k sum(x_k) has |g_k| = 2 w_k
-    thresholds = [state["threshold"]]
-    for _ in range(2):
-        x = torch.zeros(4, 1, 2, 2, requires_grad=True)
+    weights = [torch.tensor([[0.1], [1.0]]), torch.tensor([[2.0], [4.0]])]   # r_k = w_k sum(x_k): |g_k| = 2 w_k
+
+    def micro(state, ctx, w):
+        x = torch.zeros(2, 1, 2, 2, requires_grad=True)
         latents = x * 1.0
-        rewards = (weights * latents.flatten(1)).sum(1)
-        batch = Rollout(prompts=["a"], k=4, cond=None, noise=x.detach(), latents=latents,
-                        ref_latents=torch.zeros(4, 1, 2, 2), scored_latents=latents.detach(),
-                        images=None, rewards=rewards)
-        loss, logs = vggflow.step(cfg, state, batch, ctx)
-        assert logs["clip_threshold"] == thresholds[-1]
-        thresholds.append(state["threshold"])
-        loss.backward()
-    norms = 2 * weights.flatten()
-    close(thresholds[1], torch.quantile(norms, 0.8))
-    # The second batch was clipped at that quantile: only w = 4 (norm 8) exceeds 5.6, so its target shrinks.
-    target = 1000 * (norms.clamp(max=thresholds[1]) / 2)[:, None].expand(4, 4)    # per-element g = norm / 2
+        batch = Rollout(prompts=["a"], k=2, cond=None, noise=x.detach(), latents=latents,
+                        ref_latents=torch.zeros(2, 1, 2, 2), scored_latents=latents.detach(), images=None,
+                        rewards=(w * latents.flatten(1)).sum(1))
+        return vggflow.step(cfg, state, batch, ctx)
+
+    # One process, two micro-batches: both clipped at the initial 1.0; the threshold moves only at the end.
+    ctx = Context(k=2, reward=None, decode=None, features=None, rng=torch.Generator())
+    state = vggflow.init(cfg, ctx)
+    for w in weights:
+        _, logs = micro(state, ctx, w)
+        assert logs["clip_threshold"] == 1.0 and state["threshold"] == 1.0
+    vggflow.end_update(cfg, state, ctx)
+    norms = torch.tensor([0.2, 2.0, 4.0, 8.0])
+    close(state["threshold"], 4.0 + 0.4 * (8.0 - 4.0))        # 0.8-quantile of all four: position 2.4
+    assert state["norms"] == []
+    # Two processes, one micro-batch each: each sees only its own norms until the gather joins them.
+    states = [vggflow.init(cfg, ctx) for _ in weights]
+    mine = []
+    for state, w in zip(states, weights):
+        micro(state, ctx, w)
+        mine.append(torch.cat(state["norms"]))
+    shared = Context(k=2, reward=None, decode=None, features=None, rng=torch.Generator(), gather=lambda v: mine)
+    for state in states:
+        vggflow.end_update(cfg, state, shared)
+        close(state["threshold"], torch.quantile(norms, 0.8))
+    # The next update is clipped there: only w = 4 (norm 8) exceeds 5.6, so its target shrinks.
+    loss, logs = micro(states[1], ctx, weights[1])
+    target = 1000 * (norms[2:].clamp(max=5.6) / 2)[:, None].expand(2, 4)    # per-element g = norm / 2
     close(loss, (target ** 2).mean(), tol=1e-4)
+    assert logs["clip_fraction"] == 0.5
 
 
 # --- tie handling shared by DrPO and DPO-1step -----------------------------------------------------
