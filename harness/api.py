@@ -144,8 +144,9 @@ class Needs:
     enough: Callable[[Tensor], bool] | None = None
     """With ``rounds`` > 1: given the rewards sampled so far (P, K * rounds so far), whether to stop before the
     next round (None: always sample every round)."""
-    binary_reward: bool = False
-    """The config reads the reward as correct (>= 0.5) or not, so the run refuses a reward that is not binary."""
+    binary_reward: str = ""
+    """Non-empty when the config reads the reward as correct (>= 0.5) or not: the options that do, named for
+    the one-line error with which the run refuses a reward that is not binary (``rewards.is_binary``)."""
 
 
 @dataclass
@@ -177,6 +178,23 @@ class Rollout:
     def per_prompt(self, t: Tensor) -> Tensor:
         """View a flat (P*K, ...) tensor as (P, K, ...)."""
         return t.reshape(len(self.prompts), self.k, *t.shape[1:])
+
+    def extend(self, more: "Rollout") -> "Rollout":
+        """This rollout with another round for the same prompts appended: each prompt's candidates stay
+        adjacent, this rollout's first (P x (K + K'), prompt-major)."""
+        p = len(self.prompts)
+
+        def cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            if a is None or b is None:
+                return None
+            return torch.cat([a.reshape(p, -1, *a.shape[1:]), b.reshape(p, -1, *b.shape[1:])], 1).flatten(0, 1)
+
+        return Rollout(prompts=self.prompts, k=self.k + more.k,
+                       cond=Cond({n: cat(t, more.cond.tensors[n]) for n, t in self.cond.tensors.items()}),
+                       noise=cat(self.noise, more.noise), latents=cat(self.latents, more.latents),
+                       ref_latents=cat(self.ref_latents, more.ref_latents),
+                       scored_latents=cat(self.scored_latents, more.scored_latents), images=cat(self.images, more.images),
+                       rewards=cat(self.rewards, more.rewards))
 
 
 @dataclass

@@ -6,8 +6,9 @@ configs, capabilities (a reward-gradient method needs a differentiable reward an
 method's declared needs against the run (K >= 2M), the data-parallel layout, the precision on this device,
 the trackers and the selection metric's form. ``prepare`` then only builds.
 
-The one check that cannot be static is the selection metric's reward against the *built* rewards: a
-``remote:URL`` reward is keyed by the name its server reports (``harness.selection.check_select_metric``).
+Two checks are repeated on the *built* rewards: the selection metric's reward (a ``remote:URL`` reward is
+keyed by the name its server reports, ``harness.selection.check_select_metric``) and whether the training
+reward is binary (a served reward reports it; an option such as ``fraction=true`` changes it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def check_run(cfg: RunConfig, method_cfg: Any = None) -> tuple[Any, Any, Needs]:
     check_fields(method_cfg, cfg.method)
     needs = method.needs(method_cfg)
     check_anchors(cfg.method, needs, cfg.k)
+    if needs.rounds < 1:
+        raise ValueError(f"method '{cfg.method}' asked for {needs.rounds} sampling rounds; it needs at least 1")
+    if not reward_name.startswith(tuple(reward_registry.REWARDS.patterns())):  # a served reward: once reached
+        check_binary(needs, load(reward_registry.REWARDS.target(reward_name)), reward_name)
     _check_capabilities(cfg, method, reward_name)
     trackers.check(cfg.log_with)
     distributed.check_divides(cfg.grad_accum, cfg.prompts_per_step, cfg.k, distributed.layout(cfg.device).world)
@@ -60,6 +65,15 @@ def check_anchors(method: str, needs: Needs, k: int) -> None:
     if needs.anchors and k < 2 * needs.anchors:
         raise ValueError(f"method '{method}' ranks M={needs.anchors} positives and M negatives per prompt, which "
                          f"needs K >= 2M = {2 * needs.anchors}; got K={k} (lower M or raise --k)")
+
+
+def check_binary(needs: Needs, reward: Any, name: str) -> None:
+    """A config that reads the reward as correct or incorrect (``Needs.binary_reward``) needs a binary reward
+    (``rewards.is_binary`` of the reward's class, or of the built reward)."""
+    if needs.binary_reward and not reward_registry.is_binary(reward):
+        raise CapabilityError(f"{needs.binary_reward} read the reward as correct or incorrect (>= 0.5), but reward "
+                              f"'{name}' is not binary; train with a verifier (shapes-geneval, geneval-mmdet) or turn "
+                              "them off")
 
 
 def _check_capabilities(cfg: RunConfig, method: Any, reward_name: str) -> None:

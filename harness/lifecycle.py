@@ -108,6 +108,8 @@ def manifest_for(parts: "Parts") -> dict[str, Any]:
     """What a new run's manifest records: its resolved configs and key, versions and code hash, the
     per-update spend, process layout, precision, budget and environment."""
     cfg, per_update = parts.cfg, parts.cfg.prompts_per_step * parts.cfg.k * parts.cfg.grad_accum
+    rounds = {"max_rounds": parts.needs.rounds} if parts.needs.rounds > 1 else {}
+    # With sampling rounds (Needs.rounds) these are the first round's counts; the train rows meter every round.
     return {
         "key": run_key(cfg, parts.method_cfg),
         "run": config_dict(cfg),
@@ -118,7 +120,8 @@ def manifest_for(parts: "Parts") -> dict[str, Any]:
         "reward": parts.reward.name,
         "per_update": {"images": per_update, "reward_calls": per_update,
                        "reference_images": per_update if parts.needs.reference else 0,
-                       "prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k, "noise_seeds": per_update},
+                       "prompts": cfg.prompts_per_step * cfg.grad_accum, "k": cfg.k, "noise_seeds": per_update,
+                       **rounds},
         "layout": layout_record(cfg),
         "precision": _precision_record(parts),
         "budget": parts.budget.limits(),

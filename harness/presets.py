@@ -66,6 +66,22 @@ PAPER_SD_TURBO = Preset(
     run_overrides={"ngrpo": {"mixed_precision": "bf16"}},  # grpo.sh:20; the other SD-Turbo scripts use fp16
 )
 
+# The paper's GenEval run (drpo-geneval.sh@61329a4): the SD-Turbo setting above with GenEval's detector as a
+# binary reward on GenEval's own prompts, through the official trainer's GenEval path (methods/drpo.py): up to 4
+# sampling rounds of 24, a prompt skipped without 8 correct and 8 incorrect samples, only the 8 positives
+# drifted, the config's default 0.2 latent MSE to the base left on, no term at all for an all-tie prompt.
+# Pass --prompts (GenEval's prompts, one per line) and the reward's metadata= (evaluation_metadata.jsonl).
+PAPER_GENEVAL = Preset(
+    description="DrPO paper, SD-Turbo on GenEval: verifier reward, K=24 in up to 4 rounds, M=8, 32 prompts/update",
+    run=RunConfig(profile="sd-turbo", reward="geneval-mmdet", evals=("geneval-mmdet",), k=24, prompts_per_step=1,
+                  grad_accum=32, updates=1000, lora_rank=16, eval_at=(0.0, 0.5, 1.0), paper_processes=4,
+                  mixed_precision="fp16"),
+    methods={"drpo": {"m": 8, "eta": 3000.0, "lam": 0.2, "lr": 1e-4, "rounds": 4, "require_both": True,
+                      "drift_set": "positives", "latent_l2": 0.2, "skip_tied": True}},
+    notes={"drpo": "official GenEval path: extra sampling rounds are metered, so its images and reward calls per "
+                   "update vary (24 to 96 per prompt)"},
+)
+
 # SDXL-Turbo, MAE variant (sdxl_turbo_drpo_mae.sh@dd473d8): 8 GPUs x GA 8 x K=16, 5000 updates, bf16, ViT-MAE-base
 # layer-12 features averaged over keys. DRaFT and Neighbor-GRPO share DrPO's K=16 x 64 prompts (their scripts:
 # K=24 x 32 prompts on 4 GPUs), so that every method sees the same prompts and noise.
@@ -147,6 +163,7 @@ PRESETS: dict[str, Preset] = {
     "shapes-pref": SHAPES_PREF,
     "shapes-geneval": SHAPES_GENEVAL,
     "paper-sd-turbo": PAPER_SD_TURBO,
+    "paper-geneval": PAPER_GENEVAL,
     "paper-sdxl-turbo": PAPER_SDXL_TURBO,
     "paper-hpsv3-timing": PAPER_HPSV3_TIMING,
     "tiny-jpeg": TINY_JPEG,

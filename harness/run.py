@@ -23,7 +23,7 @@ import rewards as reward_registry
 from harness import checkpoint, distributed, economy, faults
 from harness.api import Context, Rollout
 from harness.budget import Meter, Spend
-from harness.checks import CapabilityError, check_run
+from harness.checks import CapabilityError, check_binary, check_run
 from harness.config import RunConfig, plain_name
 from harness.evaluation import EVAL_SEED_BASE, EvalSet
 from harness.export import write_outputs
@@ -50,6 +50,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     reward_name = cfg.reward or world.default_reward
     options = {n: _precision_options(n, options.get(n), dtype) for n in {reward_name, *cfg.evals, *world.default_evals}}
     reward = reward_registry.build(reward_name, options.get(reward_name))
+    check_binary(needs, reward, reward_name)  # again on the built reward: a served one or fraction=true
     economy.decoder(world, cfg.reward_economy)  # the profile must offer it
     # Keyed by the built reward's name (a remote reward's is the served reward's, read from /health), so
     # metrics do not change with a server's port and one reward reached two ways is evaluated once.
@@ -111,6 +112,13 @@ def micro_batch(parts: Parts, update: int, micro: int) -> tuple[list[str], list[
         prompts = [pool[i] for i in idx]
     seeds = rng.integers(0, 2 ** 31 - 1, size=len(prompts) * cfg.k).tolist()
     return prompts, seeds
+
+
+def round_seeds(parts: Parts, update: int, micro: int, round_: int) -> list[int]:
+    """The noise seeds of extra sampling round ``round_`` >= 1 of a micro-batch (``Needs.rounds``); a function
+    of (seed, update, micro, round), so every process and every resume draws the same."""
+    rng = np.random.default_rng([parts.cfg.seed, update, micro, round_])
+    return rng.integers(0, 2 ** 31 - 1, size=parts.cfg.prompts_per_step * parts.cfg.k).tolist()
 
 
 def sample(parts: Parts, prompts: list[str], seeds: list[int]) -> Rollout:
@@ -191,6 +199,11 @@ def _micro_step(parts: Parts, step: int, micro: int, logs: dict[str, float], cou
     prompts, seeds = micro_batch(parts, step, micro)
     parts.ctx.rng.manual_seed(int(np.random.SeedSequence([cfg.seed, step, micro, 7]).generate_state(1)[0]))
     batch = sample(parts, prompts, seeds)
+    needs = parts.needs
+    for round_ in range(1, needs.rounds):  # more candidates until the method has enough (metered like the first)
+        if needs.enough is not None and needs.enough(batch.per_prompt(batch.rewards.detach())):
+            break
+        batch = batch.extend(sample(parts, prompts, round_seeds(parts, step, micro, round_)))
     if step == 0 and micro == 0 and cfg.reward_economy != "exact":
         logs.update({f"agreement_{k}": v for k, v in _agreement(parts, batch).items()})
     with meter.phase("loss"):
@@ -206,8 +219,9 @@ def _micro_step(parts: Parts, step: int, micro: int, logs: dict[str, float], cou
     counts["reward_calls"] += n
     counts["reference_images"] += n if batch.ref_latents is not None else 0
     r = batch.rewards.detach()
+    rounds = {"sample_rounds": batch.k / cfg.k} if needs.rounds > 1 else {}
     for key, value in {"loss": float(loss.detach()), "reward_mean": float(r.mean()), "reward_std": float(r.std()),
-                       **method_logs}.items():
+                       **rounds, **method_logs}.items():
         logs[key] = logs.get(key, 0.0) + float(value) / cfg.grad_accum
 
 

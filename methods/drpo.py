@@ -14,10 +14,18 @@ This follows the official SD-Turbo trainer (UGVly/DrPO ``src/drpo/training/train
 anchor weights eta (3000) enter only through that normalisation, and each feature key is its own drift
 problem over all tokens of all K images of one prompt (the official drifting code instead runs one
 problem per token position). Keys are summed (SD-Turbo; the SDXL trainer averages: ``aggregation``).
+
+The official trainer has a second path, for GenEval's binary verifier (``drpo-geneval.sh``@61329a4; trainer.py
+691-872, 1225-1434), which these options reproduce (preset ``paper-geneval``; defaults keep the PickScore path):
+it samples up to 4 rounds of 24 candidates until a prompt has 8 correct and 8 incorrect ones (``rounds``),
+skips the prompt, reference term included, when it has not (``require_both``), drifts only its 8 positives
+(``drift_set``), and keeps the config's default 0.2 latent MSE to the base (``latent_l2``); a prompt whose
+rewards all tie therefore gets no reference term (``skip_tied``, implied by ``require_both``).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -25,9 +33,9 @@ import torch
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
-from harness.validate import Bound, at_least, nonnegative, positive
+from harness.validate import Bound, at_least, nonnegative, positive, within
 from methods.drift import drift_loss
-from methods.ranking import rank_anchors
+from methods.ranking import rank_anchors, verifier_anchors, verifier_counts_met
 
 NAME = "drpo"
 VERSION = 1
@@ -64,9 +72,35 @@ class Config:
     """Kernel bandwidths of the reference field."""
     strict_ties: bool = False
     """Keep the largest anchor sets whose rewards separate strictly (every positive above every negative;
-    ``methods.ranking.rank_anchors``). The official code breaks ties arbitrarily; with a binary reward,
-    strictness keeps correct samples out of the negatives. A prompt whose candidates all tie gets no
-    preference term in either mode."""
+    ``methods.ranking.rank_anchors``). The official PickScore path breaks ties arbitrarily (argsort); its GenEval
+    path thresholds at 0.5 instead (``require_both``). With a binary reward, strictness keeps correct samples out
+    of the negatives. A prompt whose candidates all tie gets no preference term in either mode."""
+    rounds: int = 1
+    """Sampling rounds of K candidates per prompt (each round new noise). The official GenEval path samples up to
+    4 rounds of 24 (``geneval_max_rollout_rounds``; trainer.py:763-809) and stops once the prompt has M correct
+    (reward >= 0.5) and M incorrect candidates; the PickScore path samples once. Here the whole micro-batch gets
+    another round while any of its prompts lacks them (the same with the official 1 prompt per micro-batch).
+    Every round is more samples, reference passes and reward calls (all metered), so matched-budget tables keep 1.
+    Above 1 it needs a binary reward."""
+    require_both: bool = False
+    """The official GenEval skip rule (trainer.py:812, 820, 1244-1247): a prompt without M correct and M incorrect
+    candidates is skipped, reference term and ``latent_l2`` included; otherwise its anchors are M random correct
+    and M random incorrect ones (``methods.ranking.verifier_anchors``). Needs a binary reward. The official
+    PickScore path never skips."""
+    drift_set: Literal["all", "positives"] = "all"
+    """Whose features drift: all K candidates (the official PickScore path, ``online_feature_top_fraction`` 1) or
+    only the M positives (the official GenEval path, trainer.py:716-729: the negatives are removed from the drifted
+    set, which leaves the 8 positives). The reference term and ``latent_l2`` use the same set; a prompt without
+    positives (all tied) then drifts nothing."""
+    latent_l2: float = 0.0
+    """Weight of MSE(x0, x0_ref) in latent space over the drifted set, added to each prompt's loss (the official
+    ``ref_model_l2_weight``, trainer.py:1414-1418: its config default 0.2 stays on in drpo-geneval.sh; drpo.sh
+    sets 0)."""
+    skip_tied: bool = False
+    """A prompt whose rewards all tie gets no term at all: no preference term (never, in either mode) and no
+    reference term or ``latent_l2`` either. The official GenEval path does so (such a prompt lacks correct or
+    incorrect samples and is skipped); its PickScore path argsorts the tied rewards and keeps both terms with
+    arbitrary anchors. Off: the prompt keeps lambda V_ref (driftbench's default)."""
     anchors: Literal["online", "offline"] = "online"
     """"online": rank the on-policy candidates; "offline": take M preferred and M rejected anchors per
     prompt from the run's fixed preference data set (the paper's initial offline experiments)."""
@@ -74,12 +108,16 @@ class Config:
     """AdamW learning rate (constant, no warm-up)."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"m": at_least(1), "eta": positive(), "lam": nonnegative(), "radii": positive(),
-                                          "ref_radii": positive(), "lr": positive()}
+                                          "ref_radii": positive(), "lr": positive(), "rounds": within(1, 16),
+                                          "latent_l2": nonnegative()}
     """Valid range of every numeric field (``harness.validate``)."""
 
 
 def space(trial) -> dict:
-    """Optuna search space: feature space, kernel and bandwidth, M, lambda, tie handling and the learning rate.
+    """Optuna search space: feature space, kernel and bandwidth, M, lambda, tie handling and the learning rate;
+    with a binary reward (``trial.binary_reward``, the Shapes verifier section) also the official GenEval path's
+    options that keep the matched budget: the skip rule, positives-only drift, the latent MSE and the all-tie
+    skip. Resampling rounds spend more samples and reward calls, so no matched-budget search includes them.
 
     eta is left out: following the official code it enters only through the drift's normalisation, and the
     3-seed ablations in README measure no effect of it. ``latent-tokens`` features run one drift problem per
@@ -88,7 +126,7 @@ def space(trial) -> dict:
     """
     features = trial.suggest_categorical("features", ["encoder", "latent-tokens", "latent"])
     base = trial.suggest_float("radius_scale", 0.25, 4.0, log=True)
-    return {
+    out = {
         "features": features,
         "grouping": "position" if features == "latent-tokens" else "prompt",
         "kernel": trial.suggest_categorical("kernel", ["laplacian", "rbf", "cosine"]),
@@ -98,11 +136,25 @@ def space(trial) -> dict:
         "strict_ties": trial.suggest_categorical("strict_ties", [False, True]),
         "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
     }
+    if getattr(trial, "binary_reward", False):
+        out.update(require_both=trial.suggest_categorical("require_both", [False, True]),
+                   drift_set=trial.suggest_categorical("drift_set", ["all", "positives"]),
+                   latent_l2=trial.suggest_float("latent_l2", 0.0, 1.0),
+                   skip_tied=trial.suggest_categorical("skip_tied", [False, True]))
+    return out
 
 
 def needs(cfg: Config) -> Needs:
-    return Needs(reference=cfg.reference != "none" and cfg.lam > 0, reward_grad=False, anchors=cfg.m,
-                 features=cfg.features)
+    binary = [name for name, on in ((f"--drpo.rounds {cfg.rounds}", cfg.rounds > 1),
+                                    ("--drpo.require-both", cfg.require_both)) if on]
+    return Needs(reference=_uses_reference(cfg) or cfg.latent_l2 > 0, reward_grad=False, rounds=cfg.rounds,
+                 enough=functools.partial(enough, cfg) if cfg.rounds > 1 else None, binary_reward=", ".join(binary),
+                 anchors=cfg.m, features=cfg.features)
+
+
+def enough(cfg: Config, rewards: Tensor) -> bool:
+    """No more sampling rounds once every prompt of rewards (P, n) has M correct and M incorrect candidates."""
+    return verifier_counts_met(rewards, cfg.m)
 
 
 def init(cfg: Config, ctx: Context) -> dict:
@@ -112,33 +164,75 @@ def init(cfg: Config, ctx: Context) -> dict:
     ctx.features(cfg.features)  # raises for an unknown feature space
     if cfg.anchors == "offline" and ctx.offline is None:
         raise ValueError("anchors='offline' needs a preference data set; this run's profile provides none")
+    if cfg.anchors == "offline" and (cfg.require_both or cfg.drift_set == "positives"):
+        raise ValueError("--drpo.require-both and --drpo.drift-set positives choose among the online candidates; "
+                         "they need --drpo.anchors online")
     return {}
 
 
 def step(cfg: Config, state: dict, batch: Rollout, ctx: Context) -> tuple[Tensor, dict[str, float]]:
-    """The DrPO loss of one micro-batch (mean over prompts), and diagnostics."""
+    """The DrPO loss of one micro-batch (mean over prompts; a skipped prompt counts as 0), and diagnostics."""
     phi = ctx.features(cfg.features)
     gen = phi(batch.latents)                                         # {key: (P*K, N, D)} with grad
     ref = None
-    if cfg.reference != "none" and cfg.lam > 0:
+    if _uses_reference(cfg):
         with torch.no_grad():
             ref = phi(batch.ref_latents)
-    pos_idx, neg_idx = _anchors(cfg, batch, ctx)
+    pos_idx, neg_idx, skip = _anchors(cfg, batch, ctx)
     offline = _offline_features(cfg, batch, ctx, phi)
     losses, logs = [], []
     for p in range(len(batch.prompts)):
+        extra = {"skipped": float(skip[p])} if _can_skip(cfg) else {}
+        extra.update({"latent_l2": 0.0} if cfg.latent_l2 > 0 else {})
+        if skip[p]:
+            losses.append(batch.latents.new_zeros((), dtype=torch.float32))
+            logs.append({**dict.fromkeys(_LOG_KEYS, 0.0), "no_preference": 1.0, **extra})
+            continue
         loss, log = _prompt_loss(cfg, p, batch.k, gen, ref, pos_idx[p], neg_idx[p], offline)
+        if cfg.latent_l2 > 0:
+            sl = slice(p * batch.k, (p + 1) * batch.k)
+            mse = latent_mse(_drifted(cfg, batch.latents[sl], pos_idx[p]), _drifted(cfg, batch.ref_latents[sl], pos_idx[p]))
+            loss = loss + cfg.latent_l2 * mse
+            extra["latent_l2"] = float(mse.detach())
         losses.append(loss)
-        logs.append(log)
+        logs.append({**log, **extra})
     out = {k: sum(log[k] for log in logs) / len(logs) for k in logs[0]}
     return torch.stack(losses).mean(), out
 
 
-def _anchors(cfg: Config, batch: Rollout, ctx: Context) -> tuple[list[Tensor | None], list[Tensor | None]]:
-    """Per prompt, the indices of the top-M and bottom-M candidates (None: all tied, no preference)."""
+_LOG_KEYS = ("pref_loss", "ref_loss", "drift_rms", "mass_pos", "mass_neg")
+
+
+def latent_mse(latents: Tensor, ref_latents: Tensor) -> Tensor:
+    """mean over samples and elements of (x0 - sg(x0_ref))^2 in float32 (the official ``ref_l2``)."""
+    return (latents.float() - ref_latents.detach().float()).square().mean()
+
+
+def _uses_reference(cfg: Config) -> bool:
+    return cfg.reference != "none" and cfg.lam > 0
+
+
+def _can_skip(cfg: Config) -> bool:
+    return cfg.require_both or cfg.skip_tied or cfg.drift_set == "positives"
+
+
+def _drifted(cfg: Config, x: Tensor, pos_idx: Tensor | None) -> Tensor:
+    """The rows of one prompt's (K, ...) tensor that drift: all K, or the positives."""
+    return x[pos_idx] if cfg.drift_set == "positives" else x
+
+
+def _anchors(cfg: Config, batch: Rollout, ctx: Context) -> tuple[list[Tensor | None], list[Tensor | None], list[bool]]:
+    """Per prompt, the indices of the positives and negatives (None: no preference) and whether the prompt is
+    skipped altogether (no term at all)."""
     rewards = batch.per_prompt(batch.rewards.detach().float())      # (P, K)
-    pairs = [rank_anchors(r, cfg.m, ctx.rng, strict=cfg.strict_ties) for r in rewards]
-    return [p for p, _ in pairs], [n for _, n in pairs]
+    if cfg.require_both:
+        pairs = [verifier_anchors(r, cfg.m, ctx.rng) for r in rewards]
+    else:
+        pairs = [rank_anchors(r, cfg.m, ctx.rng, strict=cfg.strict_ties) for r in rewards]
+    pos, neg = [p for p, _ in pairs], [n for _, n in pairs]
+    online = cfg.anchors == "online"
+    skip = [online and p is None and _can_skip(cfg) for p in pos]
+    return pos, neg, skip
 
 
 def _offline_features(cfg: Config, batch: Rollout, ctx: Context, phi) -> tuple[dict, dict] | None:
@@ -155,14 +249,14 @@ def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[
     """Sum (or mean) over feature keys of pref + lambda * ref for prompt p.
 
     Each key's K images x N tokens form one point set (1, K*N, D), as in the official trainer, or with
-    ``grouping="position"`` N point sets (N, K, D), one per token position.
+    ``grouping="position"`` N point sets (N, K, D), one per token position; with ``drift_set="positives"``
+    only the M positives' points drift (and meet the reference).
     """
-    log = {"pref_loss": 0.0, "ref_loss": 0.0, "drift_rms": 0.0, "mass_pos": 0.0, "mass_neg": 0.0,
-           "no_preference": float(pos_idx is None and offline is None)}
+    log = {**dict.fromkeys(_LOG_KEYS, 0.0), "no_preference": float(pos_idx is None and offline is None)}
     terms = []
     for key, feats in gen.items():
         g = feats[p * k:(p + 1) * k]                                  # (K, N, D)
-        points = _group(cfg, g)                                       # (1, K*N, D) or (N, K, D)
+        points = _group(cfg, _drifted(cfg, g, pos_idx))               # (1, K*N, D) or (N, K, D), K: the drifted
         term = points.new_zeros(())
         anchors = _anchor_sets(cfg, p, key, g, pos_idx, neg_idx, offline)
         if anchors is not None:
@@ -175,7 +269,7 @@ def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[
             log["mass_pos"] += float(info["mass_pos"])
             log["mass_neg"] += float(info["mass_neg"])
         if ref is not None:
-            ref_loss = _reference_term(cfg, points, _group(cfg, ref[key][p * k:(p + 1) * k]))
+            ref_loss = _reference_term(cfg, points, _group(cfg, _drifted(cfg, ref[key][p * k:(p + 1) * k], pos_idx)))
             term = term + cfg.lam * ref_loss
             log["ref_loss"] += float(ref_loss.detach())
         terms.append(term)

@@ -84,6 +84,15 @@ def parse_options(entries: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def is_binary(reward: object) -> bool:
+    """Whether a reward (an instance, or a class or registry target before one is built) scores only 0 or 1,
+    as a verifier does: its ``binary`` attribute, False when it declares none (``remote:`` and ``cmd:`` rewards
+    cannot declare one)."""
+    if isinstance(reward, tuple):  # a parametrised name's (factory, argument)
+        reward = reward[0]
+    return getattr(reward, "binary", False) is True
+
+
 def check_scores(scores: Tensor | Sequence[float], n: int, name: str) -> Tensor:
     """Validate a reward's answer for ``n`` images and return it as a float tensor (n,).
 

@@ -105,6 +105,8 @@ class GenEvalMMDet:
     differentiable = False
     resolution = None
     """Any size: GenEval scores images at the generator's own resolution."""
+    binary = True
+    """GenEval correctness is 1 or 0 (``rewards.is_binary``); False on an instance with ``fraction=true``."""
     requires = (f"GenEval's environment (mmdet 2.x, mmcv-full 1.7, open-clip-torch 2.20, CUDA; nox -s {SESSION}, then "
                 "remote:URL); local checkpoint= Mask2Former .pth and clip= ViT-L-14 OpenAI weights")
 
@@ -147,6 +149,7 @@ class GenEvalMMDet:
                    crop: str | int = "1") -> None:
         """The rule and crop settings (every option but the model files), shared with :meth:`with_detector`."""
         self.fraction = _flag(fraction)
+        self.binary = not self.fraction
         self.batch = int(batch)
         self.threshold, self.counting_threshold = float(threshold), float(counting_threshold)
         self.max_objects, self.max_overlap = int(max_objects), float(max_overlap)

@@ -76,6 +76,7 @@ class RemoteReward:
         self.health = info
         self.name = info["name"]
         self.version = info.get("version", 0)
+        self.binary = bool(info.get("binary", False))  # a served verifier stays binary (rewards.is_binary)
         self.resolution = info.get("resolution")
         self.max_batch = min(int(h.get("max_batch") or 64) for h in healths)
         self.max_bytes = min(int(h.get("max_bytes") or 2 ** 62) for h in healths)

@@ -74,9 +74,12 @@ class ShapesGenEval:
     differentiable = False
     resolution = None
     requires = "main environment; no local files (the Shapes world's template detector)"
+    binary = True
+    """Every score is 1 (correct) or 0 (``rewards.is_binary``); False on an instance scoring clause fractions."""
 
     def __init__(self, fraction: bool = False):
         self.fraction = fraction
+        self.binary = not fraction
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """Scores (B,) float32 for images (B, 3, H, W) in [0, 1] and B Shapes prompts."""
@@ -117,6 +120,7 @@ class ShapesGenEvalClauses(ShapesGenEval):
     """The same verifier with partial credit: the fraction of the prompt's clauses that hold."""
 
     name = "shapes-geneval-clauses"
+    binary = False
 
     def __init__(self):
         super().__init__(fraction=True)

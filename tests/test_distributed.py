@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 # Learning rates large enough that 2 updates move every adapter far beyond the 1e-5 tolerance (checked below).
-METHODS = {"drpo": ("jpeg", ["--drpo.m", "2"]), "draft": ("colorfulness", ["--draft.lr", "1e-3"]),
+METHODS = {"drpo": ("jpeg", ["--drpo.m", "2", "--drpo.lr", "1e-2"]), "draft": ("colorfulness", ["--draft.lr", "1e-3"]),
            "dpo1": ("jpeg", ["--dpo1.m", "1", "--dpo1.lr", "1e-2"]), "pso": ("jpeg", ["--pso.lr", "1e-2"]),
            "ngrpo": ("jpeg", ["--ngrpo.lr", "1e-2"]), "vggflow": ("colorfulness", ["--vggflow.lr", "1e-2"])}
 

@@ -454,6 +454,10 @@ BAD_INPUTS = [
     # (argv, exit code, text the one line must contain)
     (TRAIN + ["--drpo.lr", "0"], 2, "--drpo.lr must be > 0, got 0.0"),
     (TRAIN + ["--drpo.lam", "nan"], 2, "--drpo.lam must be a finite number >= 0, got nan"),
+    (TRAIN + ["--drpo.require-both"], 2, "--drpo.require-both read the reward as correct or incorrect (>= 0.5), "
+                                         "but reward 'jpeg' is not binary"),
+    (TRAIN + ["--drpo.rounds", "4"], 2, "--drpo.rounds 4 read the reward as correct or incorrect"),
+    (TRAIN + ["--drpo.rounds", "0"], 2, "--drpo.rounds must be in [1, 16], got 0"),
     (TRAIN + ["--drpo.radii", "inf"], 2, "--drpo.radii must be a finite number > 0, got inf"),
     (TRAIN + ["--drpo.radii", "0.1", "-1"], 2, "--drpo.radii must be > 0, got 0.1 -1.0"),
     (TRAIN + ["--drpo.eta", "nan"], 2, "--drpo.eta must be a finite number > 0, got nan"),

@@ -63,6 +63,7 @@ MIN_BODY_RATE = 2 ** 20
 def health(reward: Any, max_batch: int, max_bytes: int, auth: bool) -> dict[str, Any]:
     return {"name": reward.name, "version": reward.version, "differentiable": False,
             "served_differentiable": bool(getattr(reward, "differentiable", False)),
+            "binary": getattr(reward, "binary", False) is True,
             "resolution": getattr(reward, "resolution", None), "higher_is_better": True,
             "requires": getattr(reward, "requires", None), "max_batch": max_batch, "max_bytes": max_bytes,
             "formats": ["uint8", "png"], "protocol": PROTOCOL, "auth": auth}

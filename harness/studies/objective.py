@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import rewards
 from harness.config import config_dict, run_key
 from harness.redact import redact
 from harness.reporting.tables import headline
@@ -119,7 +120,9 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
     import numpy as np
 
     store = Store(cfg.out)
-    proxy = SpaceTrial(trial, setup.overrides)
+    reward = setup.base_run.reward  # a verifier section's space may add options that need a binary reward
+    binary = bool(reward) and rewards.is_binary(rewards.REWARDS.get(reward))
+    proxy = SpaceTrial(trial, setup.overrides, binary_reward=binary)
     params = METHODS.get(cfg.method).space(proxy)
     k = proxy.suggest_int("k", 2, 64) if any(o.name == "k" for o in setup.overrides) else setup.base_run.k
     method_cfg = dataclasses.replace(setup.base_method, **params)

@@ -43,9 +43,12 @@ class SpaceTrial:
     """An Optuna trial whose ``suggest_*`` take a parameter's distribution from the overrides when there
     is one; everything else passes through to the wrapped trial."""
 
-    def __init__(self, trial: Any, overrides: Sequence[Override] = ()):
+    def __init__(self, trial: Any, overrides: Sequence[Override] = (), binary_reward: bool = False):
         self._trial = trial
         self._overrides = {o.name: o for o in overrides}
+        self.binary_reward = binary_reward
+        """Whether the study trains with a binary (verifier) reward: a ``space`` may then add options that
+        read the reward as correct or incorrect (DrPO's GenEval path)."""
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> Any:
@@ -70,6 +73,9 @@ class SpaceTrial:
 class _Recorder:
     """A stand-in trial that records what ``space(trial)`` asks for: {name: ("float"|"int", low, high, log)
     or ("categorical", choices)}. Returns the low end or first choice, so the space runs once cheaply."""
+
+    binary_reward = True
+    """Record every parameter a space can ask for, the binary-reward ones included."""
 
     def __init__(self):
         self.params: dict[str, tuple] = {}
