@@ -49,7 +49,8 @@ class Config:
     """DPO inverse temperature on the distance-surrogate log-ratio (``--dpo_beta``)."""
     strict_ties: bool = False
     """Keep the largest chosen/rejected sets whose rewards separate strictly, as DrPO's option of the same
-    name (``methods.ranking.rank_anchors``); the official code breaks ties arbitrarily."""
+    name (``methods.ranking.rank_anchors``). The official baseline has only a PickScore path, where it takes
+    ``topk`` twice (train_lora.py:873-876): tied candidates are picked arbitrarily and may land in both sets."""
     lr: float = 1e-4
     """AdamW learning rate (constant, no warm-up)."""
 
