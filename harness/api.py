@@ -193,7 +193,8 @@ class Rollout:
                        cond=Cond({n: cat(t, more.cond.tensors[n]) for n, t in self.cond.tensors.items()}),
                        noise=cat(self.noise, more.noise), latents=cat(self.latents, more.latents),
                        ref_latents=cat(self.ref_latents, more.ref_latents),
-                       scored_latents=cat(self.scored_latents, more.scored_latents), images=cat(self.images, more.images),
+                       scored_latents=cat(self.scored_latents, more.scored_latents),
+                       images=cat(self.images, more.images),
                        rewards=cat(self.rewards, more.rewards))
 
 

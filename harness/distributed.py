@@ -9,8 +9,8 @@ contiguous block ``[r A/P, (r + 1) A/P)``. A P-process run therefore sees the sa
 
 Each process samples, references, decodes and scores its own micro-batches (DrPO ranks within a prompt,
 so nothing is gathered). A method whose state depends on the whole update (VGG-Flow's clip threshold) sets it
-in its ``end_update`` hook, through ``Context.gather`` (:func:`gather`), never torch.distributed itself. The loss of micro-batch m is divided by the global A; each process sums its
-micro-batches' gradients locally and one SUM all-reduce over the trainable (LoRA) parameters follows at
+in its ``end_update`` hook, through ``Context.gather`` (:func:`gather`), never torch.distributed itself.
+The loss of micro-batch m is divided by the global A; each process sums its micro-batches' gradients locally and one SUM all-reduce over the trainable (LoRA) parameters follows at
 the update's end. That is DDP with ``no_sync`` on every accumulation micro-step but the last, written out
 because the generator's one-step map is not a module ``forward`` that DDP could wrap.
 

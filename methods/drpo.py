@@ -190,8 +190,9 @@ def step(cfg: Config, state: dict, batch: Rollout, ctx: Context) -> tuple[Tensor
             continue
         loss, log = _prompt_loss(cfg, p, batch.k, gen, ref, pos_idx[p], neg_idx[p], offline)
         if cfg.latent_l2 > 0:
-            sl = slice(p * batch.k, (p + 1) * batch.k)
-            mse = latent_mse(_drifted(cfg, batch.latents[sl], pos_idx[p]), _drifted(cfg, batch.ref_latents[sl], pos_idx[p]))
+            rows = slice(p * batch.k, (p + 1) * batch.k)
+            mse = latent_mse(_drifted(cfg, batch.latents[rows], pos_idx[p]),
+                             _drifted(cfg, batch.ref_latents[rows], pos_idx[p]))
             loss = loss + cfg.latent_l2 * mse
             extra["latent_l2"] = float(mse.detach())
         losses.append(loss)

@@ -458,6 +458,7 @@ BAD_INPUTS = [
                                          "but reward 'jpeg' is not binary"),
     (TRAIN + ["--drpo.rounds", "4"], 2, "--drpo.rounds 4 read the reward as correct or incorrect"),
     (TRAIN + ["--drpo.rounds", "0"], 2, "--drpo.rounds must be in [1, 16], got 0"),
+    (TRAIN + ["--drpo.drift-set", "negatives"], 2, "unknown drift set 'negatives' (--drpo.drift-set); did you mean"),
     (TRAIN + ["--drpo.radii", "inf"], 2, "--drpo.radii must be a finite number > 0, got inf"),
     (TRAIN + ["--drpo.radii", "0.1", "-1"], 2, "--drpo.radii must be > 0, got 0.1 -1.0"),
     (TRAIN + ["--drpo.eta", "nan"], 2, "--drpo.eta must be a finite number > 0, got nan"),

@@ -152,7 +152,7 @@ def test_the_paper_geneval_preset_sets_the_official_values():
 
 
 def test_the_search_space_adds_the_matched_budget_options_only_for_a_binary_reward():
-    from harness.study_space import SpaceTrial, method_space
+    from harness.studies.space import SpaceTrial, method_space
 
     class Low:
         def suggest_float(self, name, low, high, **kw):
