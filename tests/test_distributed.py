@@ -181,11 +181,13 @@ def test_a_failing_process_stops_the_run_and_marks_it_failed(tmp_path):
 def test_a_process_count_that_does_not_divide_the_batch_is_refused(tmp_path, monkeypatch):
     from harness import distributed
     from harness.run import run
+    from methods import drpo
     from tests.conftest import tiny_run
 
     monkeypatch.setattr(distributed, "layout", lambda device="auto": distributed.Layout(0, 2, 0))
     with pytest.raises(ValueError, match="2 processes do not divide the effective batch of 3 micro-batches"):
-        run(tiny_run(tmp_path, grad_accum=3), progress=False)
+        # M=2 of the tiny run's K=4, so the layout is the only thing wrong (checks.check_run tests K >= 2M first).
+        run(tiny_run(tmp_path, grad_accum=3), drpo.Config(m=2), progress=False)
     assert not (tmp_path / "runs").exists()
     assert list(distributed.Layout(1, 2, 1).micro_batches(4)) == [2, 3]
     assert list(distributed.Layout(0, 1, 0).micro_batches(4)) == [0, 1, 2, 3]
