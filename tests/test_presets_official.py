@@ -13,7 +13,7 @@ from harness import presets
 from methods import METHODS
 
 TABLE = json.loads((Path(presets.__file__).parent / "presets_official.json").read_text())
-PAPER = ("paper-sd-turbo", "paper-sdxl-turbo", "paper-hpsv3-timing")
+PAPER = ("paper-sd-turbo", "paper-geneval", "paper-sdxl-turbo", "paper-hpsv3-timing")
 RUN_FIELDS = ("profile", "reward", "k", "prompts_per_step", "grad_accum", "paper_processes", "updates",
               "mixed_precision", "lora_rank")
 
