@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from harness.reporting.plots import _style, color, save
+from harness.reporting.stats import interpolate_at
 from harness.store import Store
 
 DISTANCE = "eval/drift/latent_rms"
@@ -65,13 +66,9 @@ def curve(store: Store, method: str, run_ids: Sequence[str], proxy: str, gold: s
 
 
 def at_distance(c: Curve, budget: float) -> float:
-    """Gold at the first point the curve reaches distance ``budget``, linearly interpolated."""
-    for i in range(1, len(c.distance)):
-        if c.distance[i] >= budget:
-            lo, hi = c.distance[i - 1], c.distance[i]
-            w = 0.0 if hi == lo else (budget - lo) / (hi - lo)
-            return float(c.gold[i - 1] + w * (c.gold[i] - c.gold[i - 1]))
-    return float(c.gold[-1]) if len(c.gold) and c.distance[-1] >= budget else math.nan
+    """Gold where the curve, in update order, first reaches distance ``budget``: linear between the two
+    measured points around it, never extrapolated (nan when no measured segment brackets it)."""
+    return interpolate_at(c.distance, c.gold, budget)
 
 
 def summary(curves: Sequence[Curve]) -> list[dict]:
@@ -105,18 +102,30 @@ def table(rows: Sequence[dict]) -> list[str]:
 
 
 def figure(curves: Sequence[Curve], proxy: str, gold: str, directory: Path, stem: str, title: str) -> list[Path]:
-    """Gold and proxy against distance from the base, one curve per method with seed bands."""
-
+    """One column per method, rows gold, proxy and distance from the base, all against the update (so a
+    curve reads left to right in update order and never folds back); seed mean with a one-SD band, the other
+    methods' means in grey behind for comparison. Rows share their y axis."""
     plt = _style()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for c in curves:
-        for ax, mean, std in ((axes[0], c.gold, c.gold_std), (axes[1], c.proxy, c.proxy_std)):
-            ax.plot(c.distance, mean, marker="o", ms=2.5, color=color(c.method), label=c.method)
-            ax.fill_between(c.distance, mean - std, mean + std, color=color(c.method), alpha=0.15, lw=0)
-    axes[0].set_ylabel(f"gold: validation {gold} (overall_disjoint)")
-    axes[1].set_ylabel(f"proxy: validation {proxy}")
-    for ax in axes:
-        ax.set_xlabel("distance from the base (latent RMS / base std)")
-    axes[0].legend(fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=9)
+    n = max(len(curves), 1)
+    fig, axes = plt.subplots(3, n, figsize=(1.9 * n + 1.2, 5.6), sharex=True, sharey="row", squeeze=False)
+    rows = ((f"gold: validation\n{gold}", lambda c: (c.gold, c.gold_std)),
+            (f"proxy: validation\n{proxy}", lambda c: (c.proxy, c.proxy_std)),
+            ("distance from the base\n(latent RMS / base std)", lambda c: (c.distance, None)))
+    for j, c in enumerate(curves):
+        for i, (label, get) in enumerate(rows):
+            ax = axes[i][j]
+            for other in curves:
+                if other is not c:
+                    ax.plot(other.updates, get(other)[0], color="0.8", lw=0.8, zorder=1)
+            mean, std = get(c)
+            ax.plot(c.updates, mean, marker="o", ms=2.5, color=color(c.method), lw=1.5, zorder=3)
+            if std is not None:
+                ax.fill_between(c.updates, mean - std, mean + std, color=color(c.method), alpha=0.2, lw=0, zorder=2)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+            ax.ticklabel_format(axis="y", useOffset=False)
+        axes[0][j].set_title(f"{c.method} ({c.seeds} seeds)", fontsize=9, color=color(c.method))
+        axes[-1][j].set_xlabel("update")
+    fig.suptitle(f"{title}\nseed mean ± 1 SD against updates; grey: the other methods", fontsize=9)
+    fig.tight_layout()
     return save(fig, directory, stem)

@@ -33,6 +33,7 @@ from harness.config import config_dict, parse_kv, run_key
 from harness.presets import Preset
 from harness.presets import get as get_preset
 from harness.registry import unknown
+from harness.reporting.preflight import check_table2
 from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
 from harness.run import run
 from harness.sections import PAPER_METHODS, SECTIONS, Section  # noqa: F401 - the table's sections
@@ -306,6 +307,7 @@ def reproduce(cfg: Table2Config) -> Path:
 
     store = Store(cfg.out)
     started = time.time()
+    table_sections = check_table2(cfg, SECTIONS[cfg.profile], _tuned_profile(cfg.profile))
     bench = check_real(cfg) if cfg.profile in PAPER_TABLES else None
     # Under accelerate launch every run spreads over all processes: process 0 plans, all run, 0 writes the table.
     world = distributed.layout().world
@@ -315,7 +317,7 @@ def reproduce(cfg: Table2Config) -> Path:
     locks: list[RunLock] = []  # one table2 per results root; process 0 holds the lock
     distributed.on_main(lambda: locks.append(_table_lock(cfg)))
     try:
-        jobs = distributed.on_main(lambda: plan(SECTIONS[cfg.profile], cfg, store))
+        jobs = distributed.on_main(lambda: plan(table_sections, cfg, store))
         ids = execute(jobs, cfg)
     finally:
         for lock in locks:
@@ -323,7 +325,7 @@ def reproduce(cfg: Table2Config) -> Path:
     if not distributed.current().main:
         return Path(cfg.out) / "table2.md"
     sections = [(s, [run_id for job, run_id in zip(jobs, ids) if job.section == i])
-                for i, s in enumerate(SECTIONS[cfg.profile])]
+                for i, s in enumerate(table_sections)]
     extra: tuple[list[str], list[dict[str, Any]]] = ([], [])
     if bench is not None:
         results = {}
@@ -339,7 +341,7 @@ def reproduce(cfg: Table2Config) -> Path:
     if cfg.plots:
         from harness.reporting.plots import PlotsConfig, plots
 
-        plots(PlotsConfig(out=cfg.out, tags=tuple(get_preset(s.preset).run.tag for s in SECTIONS[cfg.profile])))
+        plots(PlotsConfig(out=cfg.out, tags=tuple(get_preset(s.preset).run.tag for s in table_sections)))
     return path
 
 

@@ -151,7 +151,7 @@ def write_tuned(cfg: TuneConfig, pairs: list[tuple[str, str]], log: Callable[[st
             "study": study_name(section, method), "trial": trial.number, "value": trial.value,
             "config": trial.user_attrs["method_config"], "params": trial.params,
             "commit": manifest["environment"]["git"], "code": manifest["versions"].get("code"),
-            "effort": effort(cfg, section, the_study)}
+            "effort": effort(cfg, section, the_study), "studies_root": str(cfg.out)}
         log(f"{section} / {method}: trial {trial.number}, validation {objective(cfg, section)} {trial.value:.4f}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)

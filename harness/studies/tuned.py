@@ -34,6 +34,20 @@ def tuned_configs(section: str, path: str | Path | None = None, profile: str = "
     return {m: method_config(m, entry.get("config"), f"{path.name}: {section}.{m}") for m, entry in entries.items()}
 
 
+DEFAULT_STUDIES_ROOT = "results"
+"""Where ``driftbench tune`` keeps its studies by default (``TuneConfig.out``)."""
+
+
+def studies_root(section: str, path: str | Path | None = None, profile: str = "shapes") -> str:
+    """The results root whose ``studies/`` holds a section's studies, as the tuned file records it
+    (``studies_root``, written by ``write_tuned``); files written before it was recorded came from
+    ``driftbench tune``'s default root."""
+    roots = {e.get("studies_root") or DEFAULT_STUDIES_ROOT for e in tuned_entries(section, path, profile).values()}
+    if len(roots) > 1:
+        raise ValueError(f"the tuned file's {section} studies are in several roots ({', '.join(sorted(roots))})")
+    return roots.pop() if roots else DEFAULT_STUDIES_ROOT
+
+
 def tuned_entries(section: str, path: str | Path | None = None, profile: str = "shapes") -> dict[str, dict]:
     """The raw entries (study, trial, value, config, commit, effort) of one section of the tuned file."""
     path = Path(path) if path else TUNED_DIR / f"{profile}.json"
