@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """Colour-blind-safe categorical palette (Okabe and Ito); continuous values use ``cividis``."""
@@ -63,6 +63,7 @@ def _save_axes(axes: Any, stem: Path) -> None:
     import numpy as np
 
     fig = np.ravel(axes)[0].figure
+    _readable(fig)
     fig.set_layout_engine("constrained")
     _save(fig, stem)
     plt.close(fig)
@@ -143,7 +144,7 @@ def _positions(values: list[Any], dist: Any) -> tuple[list[float], list[Any] | N
 
 def _format_axis(axis: Any, dist: Any, choices: list[Any] | None) -> None:
     """Categorical ticks at choice indices, integer ticks for integer parameters, 1-2-5 ticks on log axes."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    from matplotlib.ticker import LogLocator, NullLocator
 
     if choices is not None:
         axis.set_ticks(range(len(choices)), [str(c) for c in choices])
@@ -174,9 +175,11 @@ def _slices(complete: Sequence[Any], labels: list[str], out: Path) -> None:
             points = ax.scatter(x, [t.values[j] for t in having], c=[t.number for t in having], cmap=CMAP,
                                 vmin=min(numbers), vmax=max(numbers), edgecolors="black", linewidths=0.4)
             _format_axis(ax.xaxis, dist, choices)
+            _no_offset(ax.yaxis)
+            ax.tick_params(labelsize=7)
             ax.set_xlabel(_axis_label(name, dist), fontsize=8)
             if i % cols == 0:  # the rows share the objective; a label per panel overprints its left neighbour
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(_wrap_label(label), fontsize=8)
         for i in range(len(names), rows * cols):
             axes[j * rows + i // cols][i % cols].set_visible(False)
     if names:
@@ -220,6 +223,13 @@ def _contours(complete: Sequence[Any], importance: Any, label: str, out: Path) -
             pass
         ax.scatter(x, y, c=OKABE_ITO[3], s=18, edgecolors="white", linewidths=0.5)
         ax.margins(0.06)
+        for axis, dist in ((ax.xaxis, da), (ax.yaxis, db)):  # few ticks, no offset; log axes show the values
+            axis.set_major_locator(MaxNLocator(nbins=4))
+            if dist.log:
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{10 ** v:.2g}"))
+            else:
+                _no_offset(axis)
+        ax.tick_params(labelsize=7)
         ax.set_xlabel(_log10_label(a, da), fontsize=8)
         ax.set_ylabel(_log10_label(b, db), fontsize=8)
     fig.suptitle(f"Objective ({label}) over parameter pairs, interpolated; dots: trials", fontsize=10)
@@ -228,8 +238,42 @@ def _contours(complete: Sequence[Any], importance: Any, label: str, out: Path) -
 
 
 def _log10_label(name: str, dist: Any) -> str:
-    """Contours interpolate log-scale parameters in log10 units."""
-    return ("log10 " if dist.log else "") + _axis_label(name, dist).replace(", log scale", "")
+    """Contours interpolate log-scale parameters in log10 units; the ticks show the values themselves."""
+    return _axis_label(name, dist).replace(", log scale", ", log spacing")
+
+
+def _readable(fig: Any) -> None:
+    """Optuna's plots, made legible: at most five ticks on linear axes, no offset, smaller tick labels."""
+    from matplotlib.ticker import AutoLocator, LogLocator, NullFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "linear" and isinstance(axis.get_major_locator(), AutoLocator):
+                axis.set_major_locator(MaxNLocator(nbins=5))
+            elif axis.get_scale() == "log":  # plain numbers, no "3 x 10^-1" minor labels; 1-2-5 within a decade
+                low, high = sorted(abs(v) for v in axis.get_view_interval())
+                wide = low <= 0 or math.log10(high / low) > 1.5
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0), numticks=6))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(NullFormatter())
+            _no_offset(axis)
+            if len(axis.get_label_text()) > 30:
+                axis.set_label_text(_wrap_label(axis.get_label_text()))
+        ax.tick_params(labelsize=7)
+
+
+def _no_offset(axis: Any) -> None:
+    """Plain tick values: no shared offset ("-1.57" in the corner) or scientific multiplier on linear axes."""
+    formatter = axis.get_major_formatter()
+    if hasattr(formatter, "set_useOffset"):
+        formatter.set_useOffset(False)
+
+
+def _wrap_label(text: str, width: int = 28) -> str:
+    """An objective label over lines short enough for one panel's height."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def pareto(complete: Sequence[Any], front: Sequence[Any], labels: list[str], out: Path) -> None:
