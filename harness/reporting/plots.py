@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from harness.budget import PHASES
+from harness.evaluation import EVAL_SEED_BASE
 from harness.reporting.tables import headline, t_interval
 from harness.store import Store, read_json, write_atomic
 
@@ -132,6 +133,9 @@ def sample_grid(store: Store, tag: str, run_ids: Sequence[str], directory: Path,
         return []
     methods = sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
     first = np.load(by_method[methods[0]])
+    run = store.manifest(run_ids[0])["run"]
+    noise_base = int(run.get("eval_seed_base", EVAL_SEED_BASE))
+    training_seed = min(store.manifest(r)["run"]["seed"] for r in run_ids)
     seeds = int(first["seeds"])
     cols = min(prompts, len(first["prompts"]) // seeds) * min(seeds, 2)
     rows = [("base", first["base"])] + [(m, np.load(by_method[m])["images"]) for m in methods]
@@ -146,14 +150,16 @@ def sample_grid(store: Store, tag: str, run_ids: Sequence[str], directory: Path,
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if j == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if i == 0:
-                ax.set_title(_wrap(str(first["prompts"][idx])), fontsize=6)
+                ax.set_ylabel(name if name == "base" else f"{name}\ntraining seed {training_seed}", fontsize=7)
+            if i == 0:  # image j of prompt p used noise seed base + 1000 p + j (harness.evaluation.noise_seeds)
+                noise = noise_base + 1000 * (idx // seeds) + idx % seeds
+                ax.set_title(_wrap(str(first["prompts"][idx])) + f"\nnoise seed {noise}", fontsize=6)
     fig.suptitle(f"{tag}: same prompt and noise for every method", fontsize=9)
     stem = f"{_slug(tag)}__samples_same_noise"
     save(fig, directory, stem)
-    return [(stem, f"{tag}: samples of each method (rows) on the same held-out prompts and noise (columns); "
-                   "first row is the base generator.")]
+    return [(stem, f"{tag}: samples of each method (rows, the training-seed-{training_seed} run) on the same "
+                   "held-out prompts and noise (columns, each titled with its prompt and noise seed); first row is "
+                   "the base generator.")]
 
 
 def ablation_bars(store: Store, tag: str, run_ids: Sequence[str], directory: Path) -> list[tuple[str, str]]:
@@ -225,6 +231,28 @@ def study_figures(root: Path) -> list[tuple[str, str]]:
     return made
 
 
+TABLE_FIGURES = {
+    "__overoptimisation": "{section} ({kind} configurations): over-optimisation, one column per method; rows: "
+                          "validation gold, validation proxy and distance from the base, each against the update "
+                          "(seed mean ± 1 SD; grey: the other methods). Written by `driftbench table2`.",
+    "__tuning_best_so_far": "{section}: equal-effort tuning, the best validation value so far against trials, one "
+                            "line per method's study. Written by `driftbench table2` from the studies.",
+}
+"""Figures ``driftbench table2`` draws beside its table (not from the runs of one tag), by file-name suffix."""
+
+
+def table_figures(directory: Path) -> list[tuple[str, str]]:
+    """Index entries of the figures that table2 wrote into the plots folder."""
+    made = []
+    for png in sorted(directory.glob("*.png")):
+        for suffix, text in TABLE_FIGURES.items():
+            if png.stem.endswith(suffix):
+                parts = png.stem[: -len(suffix)].split("__")
+                kind = parts[1] if len(parts) > 1 else ""
+                made.append((png.stem, text.format(section=parts[0], kind=kind)))
+    return made
+
+
 def plots(cfg: PlotsConfig) -> Path:
     """Draw every figure the store has data for and write the index; returns the index path."""
     root = Path(cfg.out)
@@ -243,6 +271,7 @@ def plots(cfg: PlotsConfig) -> Path:
     for axis, run_ids in sorted(ablations.items()):
         entries += ablation_bars(store, axis, run_ids, directory)
     entries += compute_breakdown(root, directory)
+    entries += table_figures(directory)
     entries += study_figures(root)
     lines = ["# Figures", "", "Regenerated from stored results by `driftbench plots` (or `nox -s plots`). "
              "Each figure exists as PNG and PDF.", ""]

@@ -63,5 +63,5 @@ def report(section: str, methods: Sequence[str], out: str, directory: Path) -> t
     ax.set_xlabel("trials")
     ax.set_ylabel("best validation shapes-GenEval so far")
     ax.set_title(f"equal-effort tuning, {section}", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over the ends
     return lines, save(fig, directory, f"{section}__tuning_best_so_far")
