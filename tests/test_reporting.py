@@ -69,3 +69,40 @@ def test_interpolation_between_measured_points_never_extrapolates():
     assert stats.interpolate_at(x, y, 0.2) == 0.4  # a measured point as measured
     assert math.isnan(stats.interpolate_at(x, y, 0.6)) and math.isnan(stats.interpolate_at(x, y, -0.1))
     assert math.isnan(stats.interpolate_at([0.1, 0.3], [1.0, 2.0], 0.05))  # before the first point: not a line to 0
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("methods, seeds, message", [
+    (("drpx",), (0, 1), "unknown method 'drpx'; did you mean 'drpo'?"),
+    (("dpo1", "drpp"), (0,), "unknown method 'drpp'; did you mean 'drpo'?"),
+    (("vggflow",), (0,), "method 'vggflow' is in no section of this table"),
+    (("drpo",), (0, 1, 1), "table2 --seeds repeats 1"),
+])
+def test_table2_checks_names_and_seeds_before_compute(tmp_path, methods, seeds, message):
+    from harness.reporting.checks import check_table2
+    from harness.reproduce import SECTIONS, Table2Config
+
+    sections = SECTIONS["shapes"][1:]  # shapes-geneval: drpo, dpo1, pso, ngrpo
+    with pytest.raises(ValueError, match=message.replace("?", r"\?")):
+        check_table2(Table2Config(methods=methods, seeds=seeds, out=str(tmp_path)), sections, "shapes")
+
+
+@pytest.mark.unit
+def test_table2_reads_the_studies_where_the_tuned_file_says(tmp_path):
+    """A method of one section keeps only that section; the tuning report's studies are looked up in the root
+    the tuned file records, not in --out, and a missing one is named before any run."""
+    import json
+
+    from harness.reporting.checks import check_table2
+    from harness.reproduce import SECTIONS, Table2Config
+
+    entry = {"trial": 0, "value": 0.2, "config": {}, "studies_root": str(tmp_path / "tuning")}
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"profile": "shapes", "sections": {"shapes-pref": {"draft": entry}}}))
+    cfg = Table2Config(methods=("draft",), tuned_file=str(tuned), out=str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="tune-shapes-pref-draft in .*tuning/studies"):
+        check_table2(cfg, SECTIONS["shapes"], "shapes")
+    (tmp_path / "tuning" / "studies").mkdir(parents=True)
+    (tmp_path / "tuning" / "studies" / "tune-shapes-pref-draft.journal").write_text("")
+    kept = check_table2(cfg, SECTIONS["shapes"], "shapes")
+    assert [s.preset for s in kept] == ["shapes-pref"]  # shapes-geneval has no draft: left out, not an IndexError
