@@ -106,3 +106,76 @@ def test_table2_reads_the_studies_where_the_tuned_file_says(tmp_path):
     (tmp_path / "tuning" / "studies" / "tune-shapes-pref-draft.journal").write_text("")
     kept = check_table2(cfg, SECTIONS["shapes"], "shapes")
     assert [s.preset for s in kept] == ["shapes-pref"]  # shapes-geneval has no draft: left out, not an IndexError
+
+
+def _fake_run(root, run_id, method, seed, proxy, gold_sel, gold_end, base, tag_two):
+    """A complete run as the store holds it: manifest, summary with test rows, and validation eval rows."""
+    import json
+
+    path = root / "runs" / run_id
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"status": "complete", "reward": proxy,
+                                                    "run": {"method": method, "seed": seed, "tag": "t"},
+                                                    "versions": {"code": "c0"}}))
+    summary = {"test_selected/drift/latent_rms": 0.1, "select/step": 2, "budget/updates": 4,
+               "budget/flops": 4e9, "budget/seconds": 2.0}
+    for prefix, gold in (("test_selected", gold_sel), ("test", gold_end)):
+        summary.update({f"{prefix}/shapes-geneval/overall_disjoint": gold, f"{prefix}/shapes-geneval/base_overall_disjoint": base,
+                        f"{prefix}/shapes-geneval/two_object": tag_two, f"{prefix}/shapes-geneval/base_two_object": 0.5,
+                        f"{prefix}/shapes-geneval/mean": gold, f"{prefix}/shapes-geneval/base_mean": base})
+        if proxy != "shapes-geneval":
+            summary.update({f"{prefix}/{proxy}/mean": -3 + gold, f"{prefix}/{proxy}/base_mean": -3 + base})
+    (path / "summary.json").write_text(json.dumps(summary))
+    rows = []
+    for step, dist in ((0, 0.0), (2, 0.2), (4, 0.15)):  # the distance folds back at the end
+        row = {"kind": "eval", "step": step, "eval/drift/latent_rms": dist,
+               "eval/shapes-geneval/overall_disjoint": base + step * 0.01, "eval/shapes-geneval/base_std": 0.4}
+        if proxy != "shapes-geneval":
+            row.update({f"eval/{proxy}/mean": -3 + step * 0.1, f"eval/{proxy}/base_std": 1.0})
+        rows.append(json.dumps(row))
+    (path / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    return run_id
+
+
+@pytest.mark.unit
+def test_table_files_are_tidy_typed_and_holm_runs_over_the_whole_table(tmp_path):
+    """Two tested sections written from a hand-made store: Holm over the paired Δs of both sections, the
+    MDD beside a spanning interval, per-tag gold, selected against end, the aggregate, typed CSVs."""
+    import pandas as pd
+
+    from harness.reporting.table2 import write_table
+    from harness.reproduce import Section
+    from harness.store import Store
+
+    sections = []
+    for preset, proxy in (("sec-pref", "shapes-pref"), ("sec-gen", "shapes-geneval")):
+        ids = []
+        for seed, (a, b) in enumerate(((0.30, 0.20), (0.32, 0.25), (0.31, 0.21))):
+            ids.append(_fake_run(tmp_path, f"{preset}-drpo-{seed}", "drpo", seed, proxy, a, a - 0.01, 0.2, 0.6))
+            ids.append(_fake_run(tmp_path, f"{preset}-dpo1-{seed}", "dpo1", seed, proxy, b, b + 0.02, 0.2, 0.4))
+        sections.append((Section(f"section {preset}", preset, ("drpo", "dpo1")), ids))
+    md = write_table(sections, Store(tmp_path), tmp_path, elapsed=60.0)
+    text = md.read_text()
+    frame = pd.read_csv(tmp_path / "table2.csv")
+    text_columns = {c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])}
+    assert text_columns == {"section", "table", "method", "metric", "reward", "split", "checkpoint"}
+    delta = frame[frame.metric == "delta_vs_drpo"]
+    # three paired tests (gold and proxy in sec-pref, gold in sec-gen); dpo1 - drpo = -0.10, -0.07, -0.10
+    assert len(delta) == 3
+    # the three tests have the same differences, so Holm gives each max(3p, 2p, p) = 3p
+    p = stats.paired([-0.10, -0.07, -0.10]).p
+    assert np.allclose(delta.p, p) and np.allclose(delta.p_holm, 3 * p)
+    seeds = pd.read_csv(tmp_path / "table2_seeds.csv")
+    assert seeds.seed.dtype.kind == "i" and seeds.value.dtype.kind == "f"
+    over = pd.read_csv(tmp_path / "table2_overopt.csv")
+    assert over.past_peak.dtype == bool and over.peak_update.dtype.kind == "i"
+    # gold at the common distance 0.2: reached at update 2, the measured point (not the folded-back end)
+    assert np.allclose(over.gold_at_budget, 0.2 + 2 * 0.01)
+    tags = frame[(frame.table == "per_tag") & (frame.method == "dpo1")]
+    assert np.allclose(tags.value, 0.4) and set(tags.metric) == {"two_object"}
+    sel = frame[(frame.metric == "selected_minus_end") & (frame.method == "dpo1")]
+    assert np.allclose(sel.value, -0.02)
+    agg = frame[frame.table == "aggregate"]
+    assert set(agg.metric) == {"iqm_gain", "p_improve_vs_drpo"}
+    assert agg[(agg.method == "dpo1") & (agg.metric == "p_improve_vs_drpo")].value.item() == 0.0  # dpo1 never wins
+    assert "p_Holm" in text and "Aggregate over 2 section(s)" in text and "Per-tag test shapes-geneval" in text
