@@ -79,8 +79,9 @@ def test_interpolation_between_measured_points_never_extrapolates():
     (("drpo",), (0, 1, 1), "table2 --seeds repeats 1"),
 ])
 def test_table2_checks_names_and_seeds_before_compute(tmp_path, methods, seeds, message):
-    from harness.reporting.checks import check_table2
-    from harness.reproduce import SECTIONS, Table2Config
+    from harness.reporting.preflight import check_table2
+    from harness.reporting.reproduce import Table2Config
+    from harness.sections import SECTIONS
 
     sections = SECTIONS["shapes"][1:]  # shapes-geneval: drpo, dpo1, pso, ngrpo
     with pytest.raises(ValueError, match=message.replace("?", r"\?")):
@@ -93,8 +94,9 @@ def test_table2_reads_the_studies_where_the_tuned_file_says(tmp_path):
     the tuned file records, not in --out, and a missing one is named before any run."""
     import json
 
-    from harness.reporting.checks import check_table2
-    from harness.reproduce import SECTIONS, Table2Config
+    from harness.reporting.preflight import check_table2
+    from harness.reporting.reproduce import Table2Config
+    from harness.sections import SECTIONS
 
     entry = {"trial": 0, "value": 0.2, "config": {}, "studies_root": str(tmp_path / "tuning")}
     tuned = tmp_path / "tuned.json"
@@ -144,7 +146,7 @@ def test_table_files_are_tidy_typed_and_holm_runs_over_the_whole_table(tmp_path)
     import pandas as pd
 
     from harness.reporting.table2 import write_table
-    from harness.reproduce import Section
+    from harness.sections import Section
     from harness.store import Store
 
     sections = []
