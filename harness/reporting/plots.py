@@ -139,7 +139,8 @@ def sample_grid(store: Store, tag: str, run_ids: Sequence[str], directory: Path,
     seeds = int(first["seeds"])
     cols = min(prompts, len(first["prompts"]) // seeds) * min(seeds, 2)
     rows = [("base", first["base"])] + [(m, np.load(by_method[m])["images"]) for m in methods]
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.1 * cols, 1.2 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(max(1.1 * cols, 3.5), 1.3 * len(rows) + 0.6), squeeze=False,
+                             layout="constrained")  # titles, seed labels and the suptitle never overlap
     picks = [p * seeds + s for p in range(cols // min(seeds, 2)) for s in range(min(seeds, 2))]
     for i, (name, images) in enumerate(rows):
         for j, idx in enumerate(picks):
