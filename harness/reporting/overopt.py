@@ -84,14 +84,14 @@ def summary(curves: Sequence[Curve]) -> list[dict]:
                     "peak_distance": float(c.distance[i]), "end_gold": float(c.gold[-1]),
                     "end_distance": float(c.distance[-1]), "budget_distance": budget,
                     "gold_at_budget": at_distance(c, budget), "gap_end": float(gap),
-                    "past_peak": bool(i < len(c.gold) - 1), "seeds": c.seeds})
+                    "past_peak": bool(c.gold[-1] < c.gold[i]), "seeds": c.seeds})
     return out
 
 
 def table(rows: Sequence[dict]) -> list[str]:
     header = ["method", "peak gold", "at update", "at distance", "gold at the common distance "
               f"{rows[0]['budget_distance']:.3f}" if rows else "gold at budget", "gold at end", "distance at end",
-              "proxy-gold gap at end (base std)", "peak before end"]
+              "proxy-gold gap at end (base std)", "end below peak"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append("| " + " | ".join([r["method"], f"{r['peak_gold']:.3f}", str(r["peak_update"]),

@@ -61,7 +61,8 @@ def paired_by_seed(a: dict[int, float], b: dict[int, float]) -> Paired:
 
 def tags_of(summary: dict[str, Any], reward: str, prefix: str = "test_selected") -> list[str]:
     """The per-tag scores a GenEval-style reward stored (``<prefix>/<reward>/<tag>``), in stored order."""
-    skip = {"mean", "base_mean", "base_std", "sem", "win_rate", "n", "overall", "overall_disjoint"}
+    skip = {"mean", "base_mean", "base_std", "sem", "win_rate", "n", "overall", "overall_disjoint", "correct_images",
+            "correct_prompts"}  # GenEval's summary counts, not tags
     head = f"{prefix}/{reward}/"
     return [k[len(head):] for k in summary if k.startswith(head) and "/" not in k[len(head):]
             and k[len(head):] not in skip and not k[len(head):].startswith("base_")]
