@@ -217,7 +217,7 @@ def render(res: SectionResult) -> tuple[list[str], list[dict[str, Any]]]:
         record(m, "selected_update", "", "selected", *row["selected_update"], seeds=n)
         record(m, "flops_per_update", "", "", row["flops_per_update"], seeds=n)
         record(m, "seconds_per_update", "", "", row["seconds_per_update"], seeds=n)
-    lines += [f"", f"Paired Δ: mean ± 95% t half-width over seeds; p_Holm: the two-sided paired t-test's p-value "
+    lines += ["", f"Paired Δ: mean ± 95% t half-width over seeds; p_Holm: the two-sided paired t-test's p-value "
               f"adjusted by Holm's step-down correction over the family of every paired Δ vs {ref} in this table "
               f"(all sections); MDD: the minimum paired difference this table detects with 80% power at α = 0.05 "
               f"from the observed SD of the differences, shown wherever the interval spans zero."]
