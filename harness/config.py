@@ -196,7 +196,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     out = {}
     for name, value in data.items():
         if name not in fields:
-            raise unknown(f"field of {cls.__module__}.{cls.__qualname__}", name, fields, where=where)
+            raise unknown(f"field of {cls.__module__.rsplit('.', 1)[-1]}.{cls.__qualname__} ({where})", name, fields)
         out[name] = _typed(value, hints[name], f"{where}.{name}")
     return cls(**out)
 
