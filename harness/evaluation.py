@@ -74,6 +74,9 @@ class EvalSet:
     rewards: dict[str, Any]
     _base: tuple[Tensor, list[str], Tensor] | None = None
     _base_scores: dict[str, tuple[Tensor, dict[str, float]]] = field(default_factory=dict)
+    last_scores: dict[str, list[float]] = field(default_factory=dict)
+    """Per-image scores of the latest :meth:`evaluate`, per reward, prompt-major (``noise_seeds`` order): what
+    ``driftbench power`` decomposes into training-seed, prompt and evaluation-noise variance."""
 
     def base(self, gen) -> tuple[Tensor, list[str], Tensor]:
         """The base generator's (images, prompts, latents) on this set's noise, generated on first use."""
@@ -93,9 +96,18 @@ class EvalSet:
             if name not in self._base_scores:
                 self._base_scores[name] = judge.score(base_images, prompts)
             trained = judge.score(images, prompts)
+            self.last_scores[name] = [float(v) for v in trained[0]]
             for metric, value in judge.compare(trained, self._base_scores[name]).items():
                 out[f"{self.prefix}/{name}/{metric}"] = value
         return out, images
+
+
+def scores_record(evals: EvalSet, step: int, which: str) -> dict[str, Any]:
+    """One line of a run's ``scores.jsonl``: the per-image scores of ``evals``' latest evaluation with what
+    identifies each image (prompt i, noise seed ``seed_base + 1000 i + j`` for j < ``seeds``). ``which``:
+    "eval", "test" (final weights) or "test_selected"."""
+    return {"which": which, "step": step, "prompts": list(evals.prompts), "seeds": evals.seeds,
+            "seed_base": evals.seed_base, "scores": {k: list(v) for k, v in evals.last_scores.items()}}
 
 
 def headline_key(metrics: dict[str, float], prefix: str, reward: str) -> str | None:

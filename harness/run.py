@@ -25,7 +25,7 @@ from harness.api import Context, Rollout
 from harness.budget import Meter, Spend
 from harness.checks import CapabilityError, check_binary, check_run
 from harness.config import RunConfig, plain_name
-from harness.evaluation import EVAL_SEED_BASE, EvalSet
+from harness.evaluation import EVAL_SEED_BASE, EvalSet, scores_record
 from harness.export import write_outputs
 from harness.lifecycle import StopSignals, open_run, record_end
 from harness.parts import Parts
@@ -324,6 +324,7 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
             clock["eval"] += time.perf_counter() - tick
             store.append(run_id, {"kind": "eval", "step": spend.updates, "fraction": fraction, **_budget_row(spend),
                                   **metrics})
+            store.append(run_id, scores_record(parts.evals, spend.updates, "eval"), file="scores.jsonl")
             selection.offer(parts, spend.updates, metrics)
             while pending and fraction >= pending[0] - 1e-12:
                 start.evaluated_upto = pending.pop(0)
@@ -342,7 +343,9 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
     if distributed.current().main:  # the selected weights in adapter/, the final ones beside them
         write_outputs(parts, store.run_dir(run_id), selection, spend.updates, images, metrics)
     tick = time.perf_counter()
-    tested = evaluate_test(parts, selection, spend.updates)
+    tested = evaluate_test(parts, selection, spend.updates,
+                           lambda which: store.append(run_id, scores_record(parts.test, spend.updates, which),
+                                                      file="scores.jsonl"))
     clock["test"] = time.perf_counter() - tick
     chosen = {"select/metric": selection.metric, "select/value": selection.value, "select/step": selection.step} \
         if cfg.select_metric else {}

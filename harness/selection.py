@@ -9,7 +9,7 @@ ones; nothing during training reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import Tensor
@@ -60,12 +60,16 @@ def _select_key(select: str, metrics: dict[str, float]) -> str:
     return key
 
 
-def evaluate_test(parts: "Parts", selection: Selection, final_step: int) -> dict[str, Any]:
-    """The test split at the final weights ("test/...") and at the selected checkpoint ("test_selected/...")."""
+def evaluate_test(parts: "Parts", selection: Selection, final_step: int,
+                  record: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The test split at the final weights ("test/...") and at the selected checkpoint ("test_selected/...");
+    ``record(which)`` is called after each evaluation ("test", "test_selected") to store its per-image scores."""
     if parts.test is None:
         return {}
+    record = record or (lambda which: None)
     gen = parts.world.generator
     final, _ = parts.test.evaluate(gen)
+    record("test")
     out: dict[str, Any] = dict(final)
     if selection.state is None or selection.step == final_step:
         out.update({"test_selected/" + k[5:]: v for k, v in final.items()})
@@ -73,6 +77,7 @@ def evaluate_test(parts: "Parts", selection: Selection, final_step: int) -> dict
         current = {k: v.detach().clone() for k, v in gen.trainable_state().items()}
         gen.load_trainable_state(selection.state)
         chosen, _ = parts.test.evaluate(gen)
+        record("test_selected")
         gen.load_trainable_state(current)
         out.update({"test_selected/" + k[5:]: v for k, v in chosen.items()})
     return out

@@ -6,6 +6,8 @@ Layout under ``<root>/runs/<run_id>/``:
   per-update budget counts, and ``status`` (running, complete, failed, interrupted);
 * ``metrics.jsonl``: one JSON object per line, appended and never rewritten (``kind`` is "train" or
   "eval"; a resumed run appends again from its checkpoint, and readers keep the last row per step);
+* ``scores.jsonl``: per-image scores of every evaluation (one JSON object per evaluation, appended; runs made
+  before it was added lack it, and nothing but ``driftbench power`` reads it);
 * ``summary.json``: written once, when the run completes;
 * ``checkpoint.pt``: the latest resumable state; ``samples.png``: evaluation samples; ``adapter/``.
 
@@ -255,6 +257,7 @@ class Store:
         for tmp in path.glob(".*.tmp"):
             _unlink(tmp)
         _drop_torn_tail(path / "metrics.jsonl")
+        _drop_torn_tail(path / "scores.jsonl")
 
     def release(self, run_id: str) -> None:
         lock = self._locks.pop(run_id, None)
@@ -292,9 +295,10 @@ class Store:
         manifest.update(status=status, updated=datetime.now(timezone.utc).isoformat(), **extra)
         write_json(self.run_dir(run_id) / "manifest.json", redact(manifest))
 
-    def append(self, run_id: str, row: dict[str, Any]) -> None:
-        """Append one metrics row; flushed to disk before returning."""
-        path = self.run_dir(run_id) / "metrics.jsonl"
+    def append(self, run_id: str, row: dict[str, Any], file: str = "metrics.jsonl") -> None:
+        """Append one metrics row (``file="scores.jsonl"``: one evaluation's per-image scores); flushed to disk
+        before returning."""
+        path = self.run_dir(run_id) / file
         line = json.dumps(row, sort_keys=True, default=float) + "\n"
         faults.point("write", path)
         with open(path, "a") as f:
@@ -321,6 +325,21 @@ class Store:
             if status is None or self.status(path.name, read_json(manifest)) == status:
                 out.append(path.name)
         return out
+
+    def scores(self, run_id: str) -> list[dict[str, Any]]:
+        """The per-image score records of a run (``scores.jsonl``), the last per (which, step) after a resume;
+        [] for a run made before they were stored."""
+        path = self.run_dir(run_id) / "scores.jsonl"
+        if not path.is_file():
+            return []
+        latest: dict[tuple, dict[str, Any]] = {}
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line a crash tore
+                continue
+            latest[(row.get("which"), row.get("step"))] = row
+        return list(latest.values())
 
     def rows(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         """Metrics rows of a run, keeping the last row per (kind, step) after a resume; a line a crash
