@@ -82,6 +82,8 @@ COMMANDS: dict[str, Command] = {
                         "evals.bench:main"),
     "export": Command("a run's selected, final or stored update as a diffusers LoRA (RUN --at selected --to DIR [--fused])",
                       "harness.export:export", "harness.export:ExportConfig"),
+    "power": Command("variance components of the gold over stored runs and the minimum detectable paired difference",
+                     "harness.reporting.power:power", "harness.reporting.power:PowerConfig"),
 }
 """Every command: name -> what it runs. A new command is one entry here."""
 
