@@ -154,6 +154,58 @@ def split(name: str, seed: int = 0) -> list[dict]:
     return [m for m in prompts if m["prompt"] in chosen or is_shared(m)]
 
 
+# -- canonical tasks ------------------------------------------------------------------------------------------
+
+_INVERSE = {"right of": "left of", "below": "above"}
+"""Relations stated the other way round: "A right of B" is "B left of A" under GenEval's ``relative_position``
+(its offset and shrinkage are antisymmetric in the two boxes)."""
+
+
+def canonical_task(meta: dict) -> tuple:
+    """The constraints a prompt's metadata states, in a form equal for every wording of them.
+
+    Objects are a sorted multiset of (shape, count, colour) whatever their order in the prompt; a relation is
+    (object, relation, object) with "right of" / "below" turned into "left of" / "above" by swapping the
+    objects; exclude clauses are sorted. The tag is left out: it follows from the constraints. So "a triangle
+    and a circle" = "a circle and a triangle", and "a circle right of a square" = "a square left of a circle".
+    """
+    include = meta["include"]
+    objects = [(c["class"], c["count"], c.get("color", "")) for c in include]
+    relations = []
+    for c, obj in zip(include, objects):
+        if "position" in c:
+            rel, target = c["position"]
+            a, b = obj, objects[target]
+            relations.append((b, _INVERSE[rel], a) if rel in _INVERSE else (a, rel, b))
+    exclude = sorted((c["class"], c["count"]) for c in meta.get("exclude", []))
+    return tuple(sorted(objects)), tuple(sorted(relations)), tuple(exclude)
+
+
+def task_overlaps(splits: dict[str, Iterable[dict | str]], ignore_tags: Iterable[str] = SHARED_TAGS
+                  ) -> list[tuple[str, str, str, str]]:
+    """Every (split a, prompt a, split b, prompt b) whose canonical tasks coincide across two named splits (prompt
+    lists, as metadata dicts or prompt texts); tags in ``ignore_tags`` (shared by design) are left out."""
+    ignore = set(ignore_tags)
+    seen: dict[tuple, list[tuple[str, str]]] = {}
+    for name, prompts in splits.items():
+        for meta in prompts:
+            meta = parse_prompt(meta) if isinstance(meta, str) else meta
+            if meta["tag"] not in ignore:
+                seen.setdefault(canonical_task(meta), []).append((name, meta["prompt"]))
+    return [(sa, pa, sb, pb) for holders in seen.values() for i, (sa, pa) in enumerate(holders)
+            for sb, pb in holders[i + 1:] if sa != sb]
+
+
+def check_disjoint_tasks(splits: dict[str, Iterable[dict | str]], ignore_tags: Iterable[str] = SHARED_TAGS) -> None:
+    """Raise a one-line ValueError naming both prompts of the first canonical task found in two splits."""
+    found = task_overlaps(splits, ignore_tags)
+    if found:
+        sa, pa, sb, pb = found[0]
+        more = f" (and {len(found) - 1} more overlaps)" if len(found) > 1 else ""
+        raise ValueError(f"{sa} prompt '{pa}' and {sb} prompt '{pb}' state the same task; splits must be disjoint "
+                         f"in canonical task{more}")
+
+
 # -- parsing ----------------------------------------------------------------------------------------------
 
 
