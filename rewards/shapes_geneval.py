@@ -36,12 +36,13 @@ def _check_images(images: Tensor, n: int) -> Tensor:
     return images.detach().float().cpu().clamp(0.0, 1.0)
 
 
-def verify_shapes(images: Tensor, metadatas: Sequence[Mapping]) -> list[dict]:
+def verify_shapes(images: Tensor, metadatas: Sequence[Mapping], calibrated: bool = False) -> list[dict]:
     """GenEval verdicts for images (B, 3, H, W) in [0, 1] against B metadata dicts: one row per image with
-    ``prompt``, ``tag``, ``correct`` (bool), ``reason`` (empty when correct) and ``fraction`` (clauses passed)."""
+    ``prompt``, ``tag``, ``correct`` (bool), ``reason`` (empty when correct) and ``fraction`` (clauses passed).
+    ``calibrated``: detection scores are the detector's calibrated probabilities, not template IoUs."""
     x = _check_images(images, len(metadatas))
     rows = []
-    for meta, raw in zip(metadatas, detect_batch(x)):
+    for meta, raw in zip(metadatas, detect_batch(x, calibrated)):
         results = clause_results(meta, filter_detections(raw, meta["tag"]))
         passed = [ok for ok, _ in results]
         rows.append({
@@ -54,19 +55,32 @@ def verify_shapes(images: Tensor, metadatas: Sequence[Mapping]) -> list[dict]:
     return rows
 
 
-def score_shapes(images: Tensor, metadatas: Sequence[Mapping], *, fraction: bool = False) -> Tensor:
+def score_shapes(images: Tensor, metadatas: Sequence[Mapping], *, fraction: bool = False,
+                 calibrated: bool = False) -> Tensor:
     """Scores (B,) float32 for images (B, 3, H, W) in [0, 1]: 1.0/0.0 GenEval correctness, or with
     ``fraction=True`` the fraction of satisfied clauses."""
-    rows = verify_shapes(images, metadatas)
+    rows = verify_shapes(images, metadatas, calibrated)
     key = "fraction" if fraction else "correct"
     return torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)
+
+
+def _flag(reward: str, key: str, value: bool | str) -> bool:
+    """A boolean reward option: a bool, or "true"/"false" (case-insensitive) from the command line."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"reward option {reward}.{key} must be true or false, got {value!r}")
+    return text == "true"
 
 
 class ShapesGenEval:
     """The Shapes-world GenEval reward (``harness.api.Reward``): not differentiable, higher is better.
 
     ``fraction=False`` scores GenEval's all-or-nothing correctness; ``fraction=True`` the fraction of satisfied
-    clauses (a partial-credit signal; still 1.0 exactly when correct).
+    clauses (a partial-credit signal; still 1.0 exactly when correct). ``calibrated`` (option
+    ``shapes-geneval.calibrated=true``; off by default, so stored results keep their meaning): GenEval's
+    thresholds apply to the detector's calibrated probability instead of its template IoU.
     """
 
     name = "shapes-geneval"
@@ -77,18 +91,19 @@ class ShapesGenEval:
     binary = True
     """Every score is 1 (correct) or 0 (``rewards.is_binary``); False on an instance scoring clause fractions."""
 
-    def __init__(self, fraction: bool = False):
+    def __init__(self, fraction: bool = False, calibrated: bool | str = False):
         self.fraction = fraction
         self.binary = not fraction
+        self.calibrated = _flag(self.name, "calibrated", calibrated)
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """Scores (B,) float32 for images (B, 3, H, W) in [0, 1] and B Shapes prompts."""
-        return score_shapes(images, self._metadatas(prompts), fraction=self.fraction)
+        return score_shapes(images, self._metadatas(prompts), fraction=self.fraction, calibrated=self.calibrated)
 
     def verify(self, images: Tensor, prompts: Sequence[str]) -> list[dict]:
         """Per-image rows (``prompt``, ``tag``, ``correct``, ``reason``, ``fraction``) for evaluators; ``prompt``
         is the caller's string."""
-        rows = verify_shapes(images, self._metadatas(prompts))
+        rows = verify_shapes(images, self._metadatas(prompts), self.calibrated)
         for row, prompt in zip(rows, prompts):
             row["prompt"] = prompt
         return rows
@@ -101,7 +116,7 @@ class ShapesGenEval:
     def score_and_breakdown(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, dict[str, float]]:
         """``score`` and ``breakdown`` from one pass of the detector."""
 
-        rows = verify_shapes(images, self._metadatas(prompts))
+        rows = verify_shapes(images, self._metadatas(prompts), self.calibrated)
         summary = {k: float(v) for k, v in summarize(rows).items() if isinstance(v, (int, float))}
         tags = [t for t in DISJOINT_TAGS if t in summary]
         if tags:
@@ -122,5 +137,5 @@ class ShapesGenEvalClauses(ShapesGenEval):
     name = "shapes-geneval-clauses"
     binary = False
 
-    def __init__(self):
-        super().__init__(fraction=True)
+    def __init__(self, calibrated: bool | str = False):
+        super().__init__(fraction=True, calibrated=calibrated)
