@@ -154,3 +154,11 @@ def test_runs_store_per_image_scores_that_reproduce_their_means(tmp_path):
     test = next(r for r in records if r["which"] == "test")
     assert len(test["scores"]["jpeg"]) == len(test["prompts"]) * test["seeds"] == len(test["prompts"]) * 2
     assert np.mean(test["scores"]["jpeg"]) == pytest.approx(summary["test/jpeg/mean"], rel=1e-6)
+
+
+def test_power_command_refuses_in_one_line(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["power", "--runs", "nope-*", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"driftbench: error: no run matches 'nope-*' in {tmp_path / 'runs'}"
