@@ -283,7 +283,10 @@ def analyse(cfg: PowerConfig, group: Group, versus: Group | None = None) -> tupl
         part = f"{share[name] / v:.0%}" if name in share and v > 0 else "(cancels in a paired Δ)"
         lines.append(f"| {name} | {comp[name]:.5f} | {part} |")
         rows.append({"kind": "component", "name": name, "value": comp[name], "versus": other[name]})
-    lines += ["", f"Modelled sd of the gold over seeds: {math.sqrt(v):.4f} (observed {gold.std(ddof=1):.4f})."]
+    n, m = group.y.shape[:2]
+    lines += ["", f"Modelled sd of the gold over seeds: {math.sqrt(v):.4f} (observed {gold.std(ddof=1):.4f}). Degrees of "
+              f"freedom: seed {n - 1}, seed x prompt {(n - 1) * (m - 1)}, residual {(n - 1) * m * (k - 1)}; with few "
+              f"seeds the seed component is a rough estimate."]
     if versus is not None:
         d = _paired(group, versus)
         v_other = seed_variance(other, float((versus.weights ** 2).sum()), versus.y.shape[2])
@@ -292,15 +295,18 @@ def analyse(cfg: PowerConfig, group: Group, versus: Group | None = None) -> tupl
     lines += ["", f"Minimum detectable paired gold difference (two-sided alpha {cfg.alpha:g}, power {cfg.power:g}); "
               f"Var(d) = V_A + V_B{' (V_B = V_A: one configuration measured)' if versus is None else ''}:", "",
               "| design | " + " | ".join(f"n = {n}" for n in cfg.seeds) + " |", "|---" * (len(cfg.seeds) + 1) + "|"]
+    designs = {}
     for per_tag in cfg.prompts_per_tag:
         for images in cfg.images:
             label, w2, kk = _design(group, per_tag, images)
-            w2_other = w2 if versus is None or per_tag else float((versus.weights ** 2).sum())
-            var_d = seed_variance(comp, w2, kk) + seed_variance(other, w2_other, kk)
-            cells = [mdd(var_d, n, cfg.alpha, cfg.power) for n in cfg.seeds]
-            lines.append(f"| {label} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
-            rows += [{"kind": "mdd", "name": label, "prompts_per_tag": per_tag, "images": kk, "seeds": n,
-                      "value": c} for n, c in zip(cfg.seeds, cells)]
+            designs.setdefault(label, (per_tag, w2, kk))
+    for label, (per_tag, w2, kk) in designs.items():
+        w2_other = w2 if versus is None or per_tag else float((versus.weights ** 2).sum())
+        var_d = seed_variance(comp, w2, kk) + seed_variance(other, w2_other, kk)
+        cells = [mdd(var_d, n, cfg.alpha, cfg.power) for n in cfg.seeds]
+        lines.append(f"| {label} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
+        rows += [{"kind": "mdd", "name": label, "prompts_per_tag": per_tag, "images": kk, "seeds": n,
+                  "value": c} for n, c in zip(cfg.seeds, cells)]
     lines += ["", "Model and formulas: `harness/reporting/power.py` (module docstring)."]
     return lines, rows
 
