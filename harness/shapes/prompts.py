@@ -127,7 +127,8 @@ def split(name: str, seed: int = 0) -> list[dict]:
     """The "train", "val", "test" or "heldout" (val + test) prompts, in ``all_prompts`` order.
 
     Per tag, a seeded round(25%) of the prompts is held out, and the held-out prompts are split again into
-    val (the first half, rounded down) and test; the splits are disjoint except for ``SHARED_TAGS``
+    val (the first half, rounded down) and test; the splits are disjoint as prompt strings (not as canonical
+    tasks: a restated prompt may sit in another split, see ``task_overlaps``) except for ``SHARED_TAGS``
     (single_object), whose prompts are in all of them. Deterministic given ``seed``; "train" and "heldout"
     are unchanged from the two-split layout the assets were pretrained on.
     """
