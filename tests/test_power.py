@@ -113,6 +113,7 @@ def test_power_report_from_stored_runs(tmp_path):
     assert "| seed |" in text and "observed" in text and "n = 10" in text
     csv = path.with_suffix(".csv").read_text().splitlines()
     assert csv[0].startswith("kind,name") and sum(line.startswith("mdd,") for line in csv) == 2 * 3 * 3
+    assert sum(line.startswith("mdd_observed,") for line in csv) == 2 and "observed sd(d) |" in text
 
 
 @pytest.mark.parametrize("case, message", [

@@ -37,8 +37,11 @@ the minimum detectable paired difference over n training seeds (two-sided alpha,
 
     MDD = (t(1 - alpha/2, n-1) + t(1 - beta, n-1)) * sqrt(Var(d) / n).
 
-That ab and e average independently over prompts and images is the model's assumption; with a second
-configuration (``--versus``) the observed sd of the seed-paired differences is printed beside the modelled one.
+That ab and e average independently over prompts and images, with one variance for every prompt, is the model's
+assumption: a seed effect concentrated on a heavily weighted prompt (a tag with one prompt has weight 1/T) is
+averaged out by the pooled components, and the modelled V is then too small. With a second configuration
+(``--versus``) the observed sd of the seed-paired differences, and the MDD it implies, are printed beside the
+modelled ones (rough with few seeds: n - 1 degrees of freedom).
 """
 
 from __future__ import annotations
@@ -307,6 +310,12 @@ def analyse(cfg: PowerConfig, group: Group, versus: Group | None = None) -> tupl
         lines.append(f"| {label} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
         rows += [{"kind": "mdd", "name": label, "prompts_per_tag": per_tag, "images": kk, "seeds": n,
                   "value": c} for n, c in zip(cfg.seeds, cells)]
+    if versus is not None:  # the direct measure, without the model (rough: n - 1 degrees of freedom)
+        observed = _paired(group, versus)
+        cells = [mdd(float(observed.var(ddof=1)), n, cfg.alpha, cfg.power) for n in cfg.seeds]
+        lines.append("| measured design, observed sd(d) | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
+        rows += [{"kind": "mdd_observed", "name": "measured design, observed sd(d)", "seeds": n, "value": c}
+                 for n, c in zip(cfg.seeds, cells)]
     lines += ["", "Model and formulas: `harness/reporting/power.py` (module docstring)."]
     return lines, rows
 
