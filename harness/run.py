@@ -288,6 +288,7 @@ class _Silent:
 
     def start(self, *args: Any, **kwargs: Any) -> None: ...
     def append(self, *args: Any, **kwargs: Any) -> None: ...
+    def append_scores(self, *args: Any, **kwargs: Any) -> None: ...
     def set_status(self, *args: Any, **kwargs: Any) -> None: ...
     def finish(self, *args: Any, **kwargs: Any) -> None: ...
 
@@ -324,7 +325,7 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
             clock["eval"] += time.perf_counter() - tick
             store.append(run_id, {"kind": "eval", "step": spend.updates, "fraction": fraction, **_budget_row(spend),
                                   **metrics})
-            store.append(run_id, scores_record(parts.evals, spend.updates, "eval"), file="scores.jsonl")
+            store.append_scores(run_id, scores_record(parts.evals, spend.updates, "eval"))
             selection.offer(parts, spend.updates, metrics)
             while pending and fraction >= pending[0] - 1e-12:
                 start.evaluated_upto = pending.pop(0)
@@ -344,8 +345,7 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
         write_outputs(parts, store.run_dir(run_id), selection, spend.updates, images, metrics)
     tick = time.perf_counter()
     tested = evaluate_test(parts, selection, spend.updates,
-                           lambda which: store.append(run_id, scores_record(parts.test, spend.updates, which),
-                                                      file="scores.jsonl"))
+                           lambda which: store.append_scores(run_id, scores_record(parts.test, spend.updates, which)))
     clock["test"] = time.perf_counter() - tick
     chosen = {"select/metric": selection.metric, "select/value": selection.value, "select/step": selection.step} \
         if cfg.select_metric else {}

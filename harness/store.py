@@ -295,10 +295,16 @@ class Store:
         manifest.update(status=status, updated=datetime.now(timezone.utc).isoformat(), **extra)
         write_json(self.run_dir(run_id) / "manifest.json", redact(manifest))
 
-    def append(self, run_id: str, row: dict[str, Any], file: str = "metrics.jsonl") -> None:
-        """Append one metrics row (``file="scores.jsonl"``: one evaluation's per-image scores); flushed to disk
-        before returning."""
-        path = self.run_dir(run_id) / file
+    def append(self, run_id: str, row: dict[str, Any]) -> None:
+        """Append one metrics row; flushed to disk before returning."""
+        self._append_line(self.run_dir(run_id) / "metrics.jsonl", row)
+
+    def append_scores(self, run_id: str, record: dict[str, Any]) -> None:
+        """Append one evaluation's per-image scores to ``scores.jsonl`` (a tracker mirrors none of it)."""
+        self._append_line(self.run_dir(run_id) / "scores.jsonl", record)
+
+    @staticmethod
+    def _append_line(path: Path, row: dict[str, Any]) -> None:
         line = json.dumps(row, sort_keys=True, default=float) + "\n"
         faults.point("write", path)
         with open(path, "a") as f:

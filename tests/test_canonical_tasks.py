@@ -7,8 +7,15 @@ from collections import Counter
 
 import pytest
 
-from harness.shapes.prompts import (TAGS, all_prompts, canonical_task, check_disjoint_tasks, parse_prompt, split,
-                                    task_overlaps)
+from harness.shapes.prompts import (
+    TAGS,
+    all_prompts,
+    canonical_task,
+    check_disjoint_tasks,
+    parse_prompt,
+    split,
+    task_overlaps,
+)
 
 
 def task(text: str) -> tuple:

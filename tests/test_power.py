@@ -8,8 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from harness.reporting.power import (PowerConfig, components, gold_weights, load_group, mdd, power,
-                                     seed_variance)
+from harness.reporting.power import (
+    PowerConfig,
+    components,
+    gold_weights,
+    load_group,
+    mdd,
+    power,
+    seed_variance,
+)
 from harness.shapes.prompts import split
 from harness.store import Store
 from harness.validate import unbounded
@@ -163,3 +170,15 @@ def test_power_command_refuses_in_one_line(tmp_path, capsys):
     assert main(["power", "--runs", "nope-*", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"driftbench: error: no run matches 'nope-*' in {tmp_path / 'runs'}"
+
+
+def test_every_writer_a_run_sees_takes_scores(tmp_path):
+    """The store, the tracker-mirrored store (trackers get no scores) and other processes' silent store."""
+    from harness.run import _Silent
+    from harness.trackers import Mirrored
+
+    store = Store(tmp_path)
+    store.run_dir("r").mkdir(parents=True)
+    Mirrored(store, (), "r", {"run": {"method": "drpo"}, "method_config": {}}).append_scores("r", {"which": "test", "step": 1})
+    _Silent(store).append_scores("r", {"which": "test", "step": 2})
+    assert store.scores("r") == [{"which": "test", "step": 1}]

@@ -270,7 +270,7 @@ def analyse(cfg: PowerConfig, group: Group, versus: Group | None = None) -> tupl
     comp = components(group.y)
     other = components(versus.y) if versus is not None else comp
     gold = group.gold()
-    lines = [f"# Variance components of the gold and the minimum detectable paired difference", "",
+    lines = ["# Variance components of the gold and the minimum detectable paired difference", "",
              f"Runs: {', '.join(group.run_ids)} (training seeds {', '.join(map(str, group.seeds))}); split "
              f"'{cfg.split}', reward '{cfg.reward}': {group.y.shape[1]} prompts x {group.y.shape[2]} images, "
              f"gold averaged over {group.tags} tag(s).", "",
