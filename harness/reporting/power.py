@@ -33,7 +33,8 @@ Over training seeds, with prompts and noise fixed (the table's design), its vari
 (a[s] moves every prompt alike; ab and e average over prompts and images; b and c are the same for every run
 and cancel in a paired difference). A paired difference d between two configurations of independently seeded
 runs on the same prompts and noise has Var(d) = V_A + V_B (2 V when only one configuration was measured), and
-the minimum detectable paired difference over n training seeds (two-sided alpha, power 1 - beta) is
+the minimum detectable paired difference over n training seeds (two-sided alpha, power 1 - beta;
+``harness.reporting.stats.mdd``) is
 
     MDD = (t(1 - alpha/2, n-1) + t(1 - beta, n-1)) * sqrt(Var(d) / n).
 
@@ -56,6 +57,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from harness.config import NOT_IN_KEY
+from harness.reporting.stats import mdd
 from harness.shapes.prompts import DISJOINT_TAGS, parse_prompt
 from harness.store import Store, write_atomic
 from harness.validate import Bound, at_least, check, within
@@ -124,15 +126,6 @@ def components(y: np.ndarray) -> dict[str, float]:
 def seed_variance(comp: dict[str, float], weight_sq: float, images: int) -> float:
     """V: the variance over training seeds of the weighted gold on fixed prompts and noise."""
     return comp["seed"] + weight_sq * (comp["seed_x_prompt"] + comp["residual"] / images)
-
-
-def mdd(var_d: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Minimum detectable paired difference over ``n`` seeds: (t(1-alpha/2, n-1) + t(power, n-1)) sd(d) / sqrt(n)."""
-    from scipy.stats import t
-
-    if n < 2:
-        raise ValueError(f"a paired t-test needs at least 2 seeds, got {n}")
-    return float((t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * math.sqrt(var_d / n))
 
 
 def gold_weights(prompts: list[str], reward: str) -> tuple[np.ndarray, int]:
@@ -306,13 +299,13 @@ def analyse(cfg: PowerConfig, group: Group, versus: Group | None = None) -> tupl
     for label, (per_tag, w2, kk) in designs.items():
         w2_other = w2 if versus is None or per_tag else float((versus.weights ** 2).sum())
         var_d = seed_variance(comp, w2, kk) + seed_variance(other, w2_other, kk)
-        cells = [mdd(var_d, n, cfg.alpha, cfg.power) for n in cfg.seeds]
+        cells = [mdd(math.sqrt(var_d), n, cfg.alpha, cfg.power) for n in cfg.seeds]
         lines.append(f"| {label} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
         rows += [{"kind": "mdd", "name": label, "prompts_per_tag": per_tag, "images": kk, "seeds": n,
                   "value": c} for n, c in zip(cfg.seeds, cells)]
     if versus is not None:  # the direct measure, without the model (rough: n - 1 degrees of freedom)
         observed = _paired(group, versus)
-        cells = [mdd(float(observed.var(ddof=1)), n, cfg.alpha, cfg.power) for n in cfg.seeds]
+        cells = [mdd(float(observed.std(ddof=1)), n, cfg.alpha, cfg.power) for n in cfg.seeds]
         lines.append("| measured design, observed sd(d) | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
         rows += [{"kind": "mdd_observed", "name": "measured design, observed sd(d)", "seeds": n, "value": c}
                  for n, c in zip(cfg.seeds, cells)]
