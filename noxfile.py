@@ -44,10 +44,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def faults(session: nox.Session) -> None:
-    """tests/test_faults.py alone: kill -9 at every phase of a run, SIGTERM, a full disk, locks, secrets, 60 bad
+    """tests/test_faults.py and test_faults_more.py alone: kill -9 at every phase of a run, SIGTERM, a full disk, locks, secrets, 60 bad
     inputs, the reward server under 100 concurrent clients (also part of `tests`)."""
     install(session, "test")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py", *session.posargs)
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py", "tests/test_faults_more.py",
+                *session.posargs)
 
 
 @nox.session

@@ -58,9 +58,13 @@ def save(store: "Store", run_id: str, parts: "Parts", spend: Spend, evaluated_up
             "ranks": ranks[1:]}
 
     def dump(tmp: Path) -> None:
-        try:
-            torch.save(data, tmp)
-        except RuntimeError as exc:  # torch reports a failed write (full disk, file size limit) this way
+        try:  # through a Python file: a failed write is then the OSError itself (ENOSPC, EFBIG), where torch's
+            # own writer reports a full disk as "unexpected pos N vs M"
+            with open(tmp, "wb") as f:
+                torch.save(data, f)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write the checkpoint ({exc.strerror or exc})", str(path)) from None
+        except RuntimeError as exc:  # any other failure torch reports for a write
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "write failed"
             raise OSError(errno.EIO, f"cannot write the checkpoint ({reason})", str(path)) from None
         faults.point("checkpoint", path)

@@ -21,12 +21,13 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness import distributed
+from harness import distributed, faults
 from harness.registry import load, unknown
 from harness.store import git_state
 from harness.train_args import parser_class, run_config
@@ -258,9 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     previous = _on_sigterm()
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line  # one line naming the file
     try:
         if command not in COMMANDS:
             raise unknown("command", command, list(COMMANDS))
+        faults.check()  # a malformed fault spec is refused before anything runs, not silently never fired
         return execute(command, rest)
     except KeyboardInterrupt as exc:
         print(f"driftbench: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
@@ -273,8 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"driftbench: error: {os_message(exc)}", file=sys.stderr)
         return 1
     finally:
+        warnings.formatwarning = formatwarning
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    return f"driftbench: warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}\n"
 
 
 def os_message(exc: OSError) -> str:

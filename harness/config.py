@@ -19,7 +19,20 @@ from harness.budget import Budget
 from harness.evaluation import EVAL_SEED_BASE, TEST_SEED_BASE
 from harness.redact import redact
 from harness.registry import unknown
-from harness.validate import Bound, at_least, check, nonnegative, positive, within
+from harness.validate import Bound, Length, at_least, check, nonnegative, positive, within
+
+SEED_MAX = 2 ** 62
+"""Largest seed or seed base: noise seeds are base + 1000 i + j and torch takes a signed 64-bit seed."""
+K_MAX = 4096
+"""Most candidates per prompt; the run's memory estimate refuses what the machine cannot hold well below it."""
+PROMPTS_MAX = 4096
+"""Most prompts per micro-batch."""
+LORA_RANK_MAX = 4096
+"""Largest LoRA rank (above any projection's width at the supported sizes; memory is estimated as well)."""
+TAG_MAX = 200
+"""Most characters of ``--tag`` (a label: it is copied into every record, tracker and log line)."""
+OPTION_MAX = 4096
+"""Most characters of one ``--reward-options`` entry."""
 
 
 @dataclass(frozen=True)
@@ -118,13 +131,13 @@ class RunConfig:
     accumulates more micro-batches per process and says so in the manifest (0: none named)."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
-        "split_seed": nonnegative(), "k": at_least(2), "prompts_per_step": at_least(1), "grad_accum": at_least(1),
+        "split_seed": nonnegative(), "k": within(2, K_MAX), "prompts_per_step": within(1, PROMPTS_MAX), "grad_accum": at_least(1),
         "updates": nonnegative(), "max_images": nonnegative(), "max_reward_calls": nonnegative(),
-        "max_seconds": nonnegative(), "max_flops": nonnegative(), "seed": nonnegative(), "eval_at": within(0, 1),
-        "eval_seeds": at_least(1), "eval_prompt_limit": nonnegative(), "lora_rank": nonnegative(),
+        "max_seconds": nonnegative(), "max_flops": nonnegative(), "seed": within(0, SEED_MAX), "eval_at": within(0, 1),
+        "eval_seeds": at_least(1), "eval_prompt_limit": nonnegative(), "lora_rank": within(0, LORA_RANK_MAX),
         "weight_decay": nonnegative(), "grad_clip": positive(), "checkpoint_every": nonnegative(),
-        "eval_seed_base": nonnegative(), "test_seeds": at_least(1), "test_seed_base": nonnegative(),
-        "paper_processes": nonnegative(),
+        "eval_seed_base": within(0, SEED_MAX), "test_seeds": at_least(1), "test_seed_base": within(0, SEED_MAX),
+        "paper_processes": nonnegative(), "tag": Length(TAG_MAX), "reward_options": Length(OPTION_MAX),
     }
     """Valid range of every numeric field (``harness.validate``), checked before any component is built."""
 

@@ -23,8 +23,43 @@ import errno
 import os
 import signal
 
+from harness.registry import unknown
+
 ENV = "DRIFTBENCH_FAULT"
+POINTS = ("eval", "test", "update", "checkpoint", "final-checkpoint", "summary", "write")
+"""Every point :func:`point` is called with; a spec naming another is refused, not silently never fired."""
+ACTIONS = ("kill", "term", "int", "enospc", "erofs", "eacces")
 _passes: dict[str, int] = {}
+_parsed: dict[str, list[tuple[str, int, bool, str]]] = {}
+
+
+def parse(spec: str) -> list[tuple[str, int, bool, str]]:
+    """``spec`` as (point, N, and-later, action) entries; a one-line ``ValueError`` names the first bad entry
+    (an unknown point or action, or an N that is not a positive integer)."""
+    if spec in _parsed:
+        return _parsed[spec]
+    out = []
+    for entry in spec.split(","):
+        if not entry.strip():
+            continue
+        target, _, rest = entry.strip().partition(":")
+        nth, _, action = rest.partition(":")
+        if target not in POINTS:
+            raise ValueError(f"{ENV}: {unknown('fault point', target, list(POINTS))} (in '{entry}')")
+        count = nth.rstrip("+") or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{ENV}: N must be a positive integer (optionally followed by +), got '{nth}' in "
+                             f"'{entry}'; expected POINT[:N[:ACTION]]")
+        if (action or "kill") not in ACTIONS:
+            raise ValueError(f"{ENV}: unknown action '{action}' in '{entry}'; valid actions: {', '.join(ACTIONS)}")
+        out.append((target, int(count), nth.endswith("+"), action or "kill"))
+    _parsed[spec] = out
+    return out
+
+
+def check() -> None:
+    """Refuse a malformed ``DRIFTBENCH_FAULT`` before anything runs (the CLI calls this first)."""
+    parse(os.environ.get(ENV, ""))
 
 
 def point(name: str, path: object = None) -> None:
@@ -33,18 +68,11 @@ def point(name: str, path: object = None) -> None:
     if not spec:
         return
     _passes[name] = count = _passes.get(name, 0) + 1
-    for entry in spec.split(","):
-        target, _, rest = entry.strip().partition(":")
-        nth, _, action = rest.partition(":")
-        first = int(nth.rstrip("+") or 1)
-        if target != name or count < first or (count > first and not nth.endswith("+")):
+    for target, first, later, action in parse(spec):
+        if target != name or count < first or (count > first and not later):
             continue
-        action = action or "kill"
         if action in ("enospc", "erofs", "eacces"):
             code = getattr(errno, action.upper())
             raise OSError(code, os.strerror(code), str(path) if path is not None else None)
         signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
-        if action not in signals:
-            raise ValueError(f"{ENV}: unknown action '{action}' in '{entry}'; valid actions: enospc, erofs, "
-                             f"eacces, {', '.join(signals)}")
         os.kill(os.getpid(), signals[action])

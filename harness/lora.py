@@ -12,6 +12,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from harness import memory
+
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 """The attention projections DrPO and every baseline adapt (drpo-method.md section 2.3)."""
 
@@ -28,6 +30,10 @@ def add_lora(module: torch.nn.Module, *, rank: int, alpha: float | None = None,
 
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    device = next((p.device for p in module.parameters()), "cpu")
+    need = memory.lora_params(module, rank, targets) * memory.LORA_BYTES_PER_PARAM
+    memory.check_fits(need, device, f"LoRA rank {rank} (its adapters, gradients and AdamW state)",
+                      "give a smaller --lora-rank")
     module.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=0.0,
                         target_modules=list(targets), init_lora_weights=True)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 import rewards as reward_registry
-from harness import checkpoint, distributed, economy, faults
+from harness import checkpoint, distributed, economy, faults, memory
 from harness.api import Context, Rollout
 from harness.budget import Meter, Spend
 from harness.checks import CapabilityError, check_binary, check_run
@@ -47,6 +47,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     dtype = dtype_for(cfg)
     options = reward_registry.parse_options(cfg.reward_options)
     world = PROFILES.get(cfg.profile)(cfg)
+    memory.check_batch(world.generator, cfg.k * cfg.prompts_per_step, getattr(world.generator, "device", "cpu"))
     reward_name = cfg.reward or world.default_reward
     options = {n: _precision_options(n, options.get(n), dtype) for n in {reward_name, *cfg.evals, *world.default_evals}}
     reward = reward_registry.build(reward_name, options.get(reward_name))

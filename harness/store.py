@@ -153,8 +153,28 @@ def _umask() -> int:
     return mask
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+class DamagedRecord(ValueError):
+    """A stored record (manifest, summary, metrics) that does not parse; its one-line message names the file."""
+
+
+def read_json(path: Path, kind: type | None = None) -> Any:
+    """The JSON in ``path``; a file that is not JSON (or, with ``kind``, not of that type) raises
+    :class:`DamagedRecord` naming it, where ``json`` would name no file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedRecord(f"{path}: damaged record, not valid JSON ({exc}); restore it or move its run "
+                            "directory away") from None
+    if kind is not None and not isinstance(data, kind):
+        raise DamagedRecord(f"{path}: damaged record, a JSON {type(data).__name__} where a {kind.__name__} was "
+                            "expected; restore it or move its run directory away")
+    return data
+
+
+def damaged(exc: DamagedRecord, what: str) -> None:
+    """Warn (one line, naming the file) that a damaged record is left out of ``what``."""
+    warnings.warn(f"{exc.args[0].split('; restore')[0]}; left out of {what}", stacklevel=3)
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
@@ -274,7 +294,7 @@ class Store:
         path = self.run_dir(run_id) / "manifest.json"
         if not path.is_file():
             raise FileNotFoundError(f"no run '{run_id}' in {self.runs_dir}")
-        return read_json(path)
+        return read_json(path, dict)
 
     def status(self, run_id: str, manifest: dict[str, Any] | None = None) -> str:
         """The run's status, where "running" means a live writer holds its lock (else "interrupted")."""
@@ -328,7 +348,12 @@ class Store:
             manifest = path / "manifest.json"
             if path.name.startswith(".") or not manifest.is_file():
                 continue
-            if status is None or self.status(path.name, read_json(manifest)) == status:
+            try:
+                record = read_json(manifest, dict)
+            except DamagedRecord as exc:  # the other runs still make a table, a plot, a resume
+                damaged(exc, "the runs read")
+                continue
+            if status is None or self.status(path.name, record) == status:
                 out.append(path.name)
         return out
 
@@ -354,13 +379,15 @@ class Store:
         if not path.is_file():
             return []
         latest: dict[tuple, dict[str, Any]] = {}
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        for lineno, line in enumerate(path.read_bytes().splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                warnings.warn(f"{path}:{lineno}: skipped a torn metrics line", stacklevel=2)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = None
+            if not isinstance(row, dict):  # torn by a crash, or damaged: named, and the other rows stand
+                warnings.warn(f"{path}:{lineno}: skipped a torn metrics line (not a JSON object)", stacklevel=2)
                 continue
             latest[(row.get("kind"), row.get("step"))] = row
         # At a given step the update's train row precedes the evaluation that follows it.
@@ -375,7 +402,11 @@ class Store:
         for run_id in run_ids if run_ids is not None else self.run_ids():
             manifest = self.manifest(run_id)
             summary_path = self.run_dir(run_id) / "summary.json"
-            summary = read_json(summary_path) if summary_path.is_file() else {}
+            try:
+                summary = read_json(summary_path, dict) if summary_path.is_file() else {}
+            except DamagedRecord as exc:
+                damaged(exc, "the summaries")
+                continue
             records.append({**_flatten({"run": manifest.get("run", {}), "method_config":
                                         manifest.get("method_config", {})}),
                             "run_id": run_id, "method": manifest.get("run", {}).get("method"),

@@ -34,6 +34,8 @@ class Bound:
     strict_high: bool = False
     zero: bool = False
     finite: bool = True
+    distinct: bool = False
+    """For a tuple field: no value twice (two runs of one seed would count one run twice)."""
 
     def admits(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -50,14 +52,28 @@ class Bound:
         """The range in words, e.g. ">= 2", "in (0, 1]"; ``number`` puts "a finite number" first."""
         parts = []
         if self.low is not None and self.high is not None:
-            parts.append(f"in {'(' if self.strict_low else '['}{self.low:g}, {self.high:g}"
+            parts.append(f"in {'(' if self.strict_low else '['}{_num(self.low)}, {_num(self.high)}"
                          f"{')' if self.strict_high else ']'}")
         elif self.low is not None:
-            parts.append(f"{'>' if self.strict_low else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.strict_low else '>='} {_num(self.low)}")
         elif self.high is not None:
-            parts.append(f"{'<' if self.strict_high else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.strict_high else '<='} {_num(self.high)}")
         kind = ("a finite number" if self.finite else "a number (not NaN)") if number or not parts else ""
         return f"{kind} {' '.join(parts)}".strip() + (" or 0" if self.zero else "")
+
+
+@dataclass(frozen=True)
+class Length:
+    """A text field's most characters (each element's, for a tuple of strings): a size bound, so that a
+    100 KB tag or option cannot slow every later step that copies, masks or logs it."""
+
+    most: int
+
+    def admits(self, value: Any) -> bool:
+        return isinstance(value, str) and len(value) <= self.most
+
+    def text(self, number: bool = False) -> str:
+        return f"at most {self.most} characters"
 
 
 def positive() -> Bound:
@@ -92,8 +108,15 @@ def check(cfg: Any, prefix: str = "") -> None:
         value = getattr(cfg, name)
         values = value if isinstance(value, (tuple, list)) else (value,)
         if not all(bound.admits(v) for v in values):
+            if isinstance(bound, Length):
+                longest = max((len(v) for v in values if isinstance(v, str)), default=0)
+                raise ValueError(f"{flag(prefix, name)} must be {bound.text()}, got {longest}")
             odd = any(isinstance(v, float) and not math.isfinite(v) for v in values)
             raise ValueError(f"{flag(prefix, name)} must be {bound.text(odd)}, got {_show(value)}")
+        if getattr(bound, "distinct", False) and len(set(values)) < len(values):
+            twice = sorted({v for v in values if values.count(v) > 1})
+            raise ValueError(f"{flag(prefix, name)} must not repeat a value, got {_show(value)} "
+                             f"({', '.join(_show(v) for v in twice)} more than once)")
     for name, valid in choice_fields(type(cfg)).items():
         value = getattr(cfg, name)
         check_choice(prefix, name, value, valid)
@@ -117,6 +140,11 @@ def choice_fields(cls: type) -> dict[str, tuple[str, ...]]:
         if typing.get_origin(tp) is Literal:
             out[f.name] = tuple(typing.get_args(tp))
     return out
+
+
+def _num(x: float) -> str:
+    """A bound as text: integers in full (the seed range's 2**62 is not 4.61169e+18), others as %g."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _show(value: Any) -> str:

@@ -23,8 +23,12 @@ class JpegCompressibility:
     """Any input size."""
     requires = "main environment; no local files"
 
-    def __init__(self, quality: int = 95):
-        self.quality = quality
+    def __init__(self, quality: int | str = 95):
+        text = str(quality).strip()
+        if isinstance(quality, bool) or not (text.isdigit() and int(text) <= 100):
+            # checked here: PIL's own message ("Invalid quality setting") names neither the value nor the range
+            raise ValueError(f"{self.name} option quality={quality!r} must be an integer in [0, 100]")
+        self.quality = int(text)
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: Sequence[str]) -> list[float]:

@@ -194,6 +194,10 @@ def _normalise(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"remote reward URL must look like http://HOST:PORT, got '{redact_text(url)}'")
+    if "@" in parts.netloc:  # urllib would resolve "user:password@host" as a host name ("Name or service not known")
+        raise ValueError(f"remote reward URL '{redact_text(url)}' carries user-info (USER:PASSWORD@), which the "
+                         f"reward server does not read; give http://HOST:PORT and the token as "
+                         "remote:URL.token=T or $DRIFTBENCH_REWARD_TOKEN")
     return url.rstrip("/")
 
 

@@ -7,6 +7,8 @@ line per figure. A figure whose data are not in the store is skipped and the ind
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,8 +17,9 @@ import numpy as np
 
 from harness.budget import PHASES
 from harness.evaluation import EVAL_SEED_BASE
+from harness.reporting import missing
 from harness.reporting.tables import headline, t_interval
-from harness.store import Store, read_json, write_atomic
+from harness.store import DamagedRecord, Store, read_json, write_atomic
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """Okabe-Ito, colour-blind safe; methods keep their colour across figures."""
@@ -83,7 +86,7 @@ def curves(store: Store, run_ids: Sequence[str], reward: str) -> dict[str, list[
         if rows and rows[0]["budget/updates"] > 0:
             # Runs that skip the evaluation at 0 still know the base generator's value on the same images.
             points.insert(0, (0.0, 0.0, 0.0, headline(rows[0], reward, base=True)))
-        out.setdefault(method, []).append(points)
+        out.setdefault(method, []).append(missing.finite_points(points, f"run {run_id}: {reward} curve"))
     return out
 
 
@@ -170,8 +173,15 @@ def ablation_bars(store: Store, tag: str, run_ids: Sequence[str], directory: Pat
     reward = store.manifest(run_ids[0])["reward"]
     for run_id in run_ids:
         variant = store.manifest(run_id)["run"].get("tag", "").split("=", 1)[-1]
-        summary = read_json(store.run_dir(run_id) / "summary.json")
-        groups.setdefault(variant, []).append(headline(summary, reward) - headline(summary, reward, base=True))
+        try:
+            summary = read_json(store.run_dir(run_id) / "summary.json", dict)
+        except DamagedRecord as exc:
+            warnings.warn(f"{exc.args[0].split('; restore')[0]}; left out of the figure", stacklevel=2)
+            continue
+        trained, base = headline(summary, reward), headline(summary, reward, base=True)
+        gain = missing.finite_points([(trained - base if trained is not None and base is not None else math.nan,)],
+                                     f"run {run_id}: {reward} gain")
+        groups.setdefault(variant, []).extend(g for g, in gain)
     names = sorted(groups, key=_variant_order)
     stats = [t_interval(groups[n]) for n in names]
     fig, ax = plt.subplots(figsize=(max(3.0, 0.9 * len(names)), 3.0))
@@ -258,6 +268,22 @@ def plots(cfg: PlotsConfig) -> Path:
     """Draw every figure the store has data for and write the index; returns the index path."""
     root = Path(cfg.out)
     store, directory = Store(root), root / "plots"
+    with missing.collect() as dropped:  # every record or point left out is named in the index
+        entries = _draw(cfg, store, root, directory)
+    lines = ["# Figures", "", "Regenerated from stored results by `driftbench plots` (or `nox -s plots`). "
+             "Each figure exists as PNG and PDF.", ""]
+    lines += [f"- [`{stem}.png`]({stem}.png): {text}" for stem, text in entries]
+    if not entries:
+        lines.append("No stored results to plot yet: run `nox -s reproduce_table2` first.")
+    if dropped:
+        lines += ["", "## Left out", "", *[f"- {note}" for note in dropped]]
+    directory.mkdir(parents=True, exist_ok=True)
+    index = directory / "README.md"
+    write_atomic(index, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    return index
+
+
+def _draw(cfg: PlotsConfig, store: Store, root: Path, directory: Path) -> list[tuple[str, str]]:
     entries: list[tuple[str, str]] = []
     ablations: dict[str, list[str]] = {}
     for tag, run_ids in runs_by_tag(store).items():
@@ -274,15 +300,7 @@ def plots(cfg: PlotsConfig) -> Path:
     entries += compute_breakdown(root, directory)
     entries += table_figures(directory)
     entries += study_figures(root)
-    lines = ["# Figures", "", "Regenerated from stored results by `driftbench plots` (or `nox -s plots`). "
-             "Each figure exists as PNG and PDF.", ""]
-    lines += [f"- [`{stem}.png`]({stem}.png): {text}" for stem, text in entries]
-    if not entries:
-        lines.append("No stored results to plot yet: run `nox -s reproduce_table2` first.")
-    directory.mkdir(parents=True, exist_ok=True)
-    index = directory / "README.md"
-    write_atomic(index, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
-    return index
+    return entries
 
 
 def _slug(text: str) -> str:

@@ -21,6 +21,7 @@ aesthetic, ImageReward x10, HPSv2 x100 on Pick-a-Pic v2 test and Parti-Prompts) 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, ClassVar, Sequence
 
 from evals.bench import load_run
 from evals.pickapic import COLUMNS, Config, PickapicPartiBenchmark
-from harness import distributed
+from harness import distributed, workers
 from harness.config import config_dict, parse_kv, run_key
 from harness.presets import Preset
 from harness.presets import get as get_preset
@@ -98,7 +99,7 @@ class Table2Config:
     wait: bool = False
     """When another table2 (or a run this table needs) is being written, wait for it instead of refusing."""
 
-    BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": nonnegative(), "jobs": at_least(1), "bench_images": at_least(1),
+    BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": Bound(low=0, distinct=True), "jobs": at_least(1), "bench_images": at_least(1),
                                           "bench_limit": nonnegative(), "test_seeds": at_least(1)}
     """Valid range of every numeric field (``harness.validate``)."""
 
@@ -272,7 +273,8 @@ def execute(jobs: list[Job], cfg: Table2Config) -> list[str]:
             ids[i] = _execute(jobs[i], 0)
             bar.update(1)
     else:
-        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=workers.bind_to_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_execute, jobs[i], 1): i for i in pending}
             try:
                 for future in as_completed(futures):

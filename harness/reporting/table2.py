@@ -4,11 +4,10 @@ only the store; ``harness/reporting/reproduce.py`` runs what it reads."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.reporting import aggregate, overopt, tuned_table, tuning
+from harness.reporting import aggregate, missing, overopt, tuned_table, tuning
 from harness.reporting.stats import holm
 from harness.reporting.tables import cost_ratios, fmt, method_rows, t_interval
 from harness.sections import Section
@@ -122,7 +121,10 @@ def write_table(sections: Sequence[tuple[Section, list[str]]], store: Store, out
     # Pass 1: compute every tested section, so Holm's correction runs over the paired tests of the whole table.
     computed = {}
     for i, (section, run_ids) in enumerate(sections):
-        if "test_selected/drift/latent_rms" in json.loads((store.run_dir(run_ids[0]) / "summary.json").read_text()):
+        readable, _ = missing.load(store, run_ids)
+        if not readable:
+            raise ValueError(f"section '{section.title}': none of its {len(run_ids)} runs has a readable summary")
+        if "test_selected/drift/latent_rms" in readable[0]:
             computed[i] = tested_section(section, store, run_ids, out, tuned_path)
     family = [c for result, _, _ in computed.values() for c in result.comparisons]
     for c, p in zip(family, holm([c.test.p for c in family])):
@@ -194,13 +196,15 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
 def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Markdown lines and CSV records for one section."""
 
-    summaries = []
-    for run_id in run_ids:
-        summary = json.loads((store.run_dir(run_id) / "summary.json").read_text())
-        summaries.append({**summary, "method": store.manifest(run_id)["run"]["method"]})
-    manifest = store.manifest(run_ids[0])
+    summaries, notes = missing.load(store, run_ids)
+    manifest = summaries[0]["_manifest"]
     # The training reward first: its gain over the base is the column the claim rests on.
     rewards = [manifest["reward"]] + sorted(r for r in manifest["versions"]["evals"] if r != manifest["reward"])
+    summaries, bad = missing.screen(summaries, rewards)  # NaN or missing: excluded and named, never averaged away
+    notes += bad
+    if not summaries:
+        raise ValueError(f"section '{section.title}': every run was left out: " + "; ".join(notes))
+    asked = missing.asked(store, run_ids)
     per_method = method_rows(summaries, rewards)
     header = ["method", "steps", "reward grad.", *rewards, f"gain ({rewards[0]})", "updates", "images",
               "reward calls", "GFLOP/update", "s/update", "seeds"]
@@ -218,13 +222,16 @@ def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[l
     records = [record("base", "score", r, *first[f"{r}/base"], checkpoint="base") for r in rewards]
     for method, row in per_method.items():
         grad = "Yes" if METHODS.get(method).REWARD_GRADIENT else "No"
-        cells = [method, "1", grad, *[fmt(*row[r]) for r in rewards], fmt(*row[f"{rewards[0]}/gain"], digits=4),
+        n, of = row["seeds"], max(asked.get(method, row["seeds"]), row["seeds"])
+        cells = [method, "1", grad, *[missing.beside(fmt(*row[r]), n, of) for r in rewards],
+                 missing.beside(fmt(*row[f"{rewards[0]}/gain"], digits=4), n, of),
                  f"{row['updates']:.0f}", f"{row['images']:.0f}", f"{row['reward_calls']:.0f}",
-                 f"{row['flops'] / row['updates'] / 1e9:.1f}", f"{row['seconds'] / row['updates']:.2f}", str(row["seeds"])]
+                 f"{row['flops'] / row['updates'] / 1e9:.1f}", f"{row['seconds'] / row['updates']:.2f}",
+                 str(n) if n == of else f"{n} of {of}"]
         lines.append("| " + " | ".join(cells) + " |")
-        n = row["seeds"]
         for r in rewards:
             records += [record(method, "score", r, *row[r], seeds=n), record(method, "gain", r, *row[f"{r}/gain"], seeds=n)]
         records += [record(method, k, "", row[k], seeds=n) for k in ("updates", "images", "reward_calls", "seconds", "flops")]
     lines += cost_ratios(per_method)
+    lines += missing.note_lines(notes)
     return lines, records

@@ -12,11 +12,11 @@ of all sections together and then renders each one.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from harness.reporting import missing
 from harness.reporting.stats import Paired
 from harness.reporting.stats import paired as paired_test
 from harness.reporting.tables import cost_ratios, fmt, headline, t_interval
@@ -26,14 +26,12 @@ from methods import METHODS
 GOLD = "shapes-geneval"
 
 
-def _summaries(store: Store, run_ids: Sequence[str]) -> list[dict[str, Any]]:
-    out = []
-    for run_id in run_ids:
-        manifest = store.manifest(run_id)
-        summary = json.loads((store.run_dir(run_id) / "summary.json").read_text())
-        out.append({**summary, "method": manifest["run"]["method"], "seed": manifest["run"]["seed"],
-                    "code": manifest["versions"].get("code"), "reward": manifest["reward"]})
-    return out
+def _summaries(store: Store, run_ids: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The readable runs' summaries, and a note naming each run left out (``harness.reporting.missing``)."""
+    out, notes = missing.load(store, run_ids)
+    for s in out:
+        s.update(code=s["_manifest"]["versions"].get("code"), reward=s["_manifest"]["reward"])
+    return out, notes
 
 
 def _by_method(summaries: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -99,10 +97,17 @@ class SectionResult:
 def compute(title: str, store: Store, run_ids: Sequence[str], tuned: dict[str, dict[str, Any]],
             unequal: Sequence[str] = ()) -> SectionResult:
     """Every statistic of one tuned section, from the stored summaries."""
-    summaries = _summaries(store, run_ids)
+    summaries, left_out = _summaries(store, run_ids)
+    if not summaries:
+        raise ValueError(f"section '{title}': none of its runs has a readable summary: " + "; ".join(left_out))
     proxy = summaries[0]["reward"]
     gold_name = gold_of(summaries[0], proxy)
     rewards = [proxy] + ([gold_name] if proxy != gold_name else [])
+    summaries, bad = missing.screen(summaries, rewards, prefix="test_selected")  # named below, never averaged away
+    left_out += bad
+    if not summaries:
+        raise ValueError(f"section '{title}': every run was left out: " + "; ".join(left_out))
+    asked = missing.asked(store, run_ids)
     runs = _by_method(summaries)
     ref = "drpo" if "drpo" in runs else next(iter(runs))
     tags = tags_of(summaries[0], gold_name)
@@ -120,7 +125,8 @@ def compute(title: str, store: Store, run_ids: Sequence[str], tuned: dict[str, d
         gold, end = values(method, gold_name), values(method, gold_name, prefix="test")
         upd = [s["budget/updates"] for s in seeds.values()]
         row: dict[str, Any] = {
-            "method": method, "seeds": len(seeds), "trial": tuned.get(method),
+            "method": method, "seeds": len(seeds), "asked": max(asked.get(method, 0), len(seeds)),
+            "trial": tuned.get(method),
             "test": {r: t_interval(list(values(method, r).values())) for r in rewards},
             "gain": paired_by_seed(gold, values(method, gold_name, base=True)),
             "end": t_interval(list(end.values())),
@@ -155,7 +161,7 @@ def compute(title: str, store: Store, run_ids: Sequence[str], tuned: dict[str, d
     cost = {r["method"]: {"flops": r["flops_per_update"], "seconds": r["seconds_per_update"], "updates": 1.0}
             for r in rows[1:]}
     return SectionResult(title, proxy, gold_name, ref, rewards, tags, rows, comparisons, seeds_out,
-                         _notes(summaries, unequal), cost)
+                         _notes(summaries, unequal) + missing.note_lines(left_out), cost)
 
 
 def _delta_cell(c: Comparison | None) -> str:
@@ -201,7 +207,7 @@ def render(res: SectionResult) -> tuple[list[str], list[dict[str, Any]]]:
                  _delta_cell(by.get((m, gold))), *([_delta_cell(by.get((m, proxy)))] if proxy != gold else []),
                  fmt(*row["end"]), fmt(row["selected_minus_end"].mean, row["selected_minus_end"].half),
                  f"{row['selected_update'][0]:.0f}", f"{row['flops_per_update'] / 1e9:.1f}",
-                 f"{row['seconds_per_update']:.2f}", str(n)]
+                 f"{row['seconds_per_update']:.2f}", missing.beside(str(n), n, row.get("asked", n))]
         lines.append("| " + " | ".join(cells) + " |")
         for r in res.rewards:
             record(m, "score", r, "selected", *row["test"][r], seeds=n)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import socket
 import sys
 import threading
 import traceback
@@ -41,17 +42,22 @@ from harness.serving.wire import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BYTES,
     LOOPBACK,
+    MAX_BATCH_LIMIT,
     PROTOCOL,
     TOKEN_ENV,
     BadRequest,
     decode_request,
 )
-from harness.validate import Bound, at_least, check, positive, within
+from harness.validate import Bound, check, positive, within
 from rewards import REWARDS, build, check_scores
 
 BACKLOG = 1024
 """Pending connections the listening socket queues (the kernel caps it at net.core.somaxconn)."""
 DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_MAX_THREADS = 256
+"""Connections served at once (a thread each); more are answered 503."""
+MAX_BYTES_LIMIT = 2 ** 31
+"""The largest --max-bytes: a body is held in memory whole (and decoded into a second copy)."""
 MIN_BODY_RATE = 2 ** 20
 """Bytes per second a client must at least send its body at (with ``read_timeout`` of slack)."""
 
@@ -79,7 +85,7 @@ class RewardServer(ThreadingHTTPServer):
 
     def __init__(self, reward: Any, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, max_bytes: int = DEFAULT_MAX_BYTES, verbose: bool = False,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT):
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, max_threads: int = DEFAULT_MAX_THREADS):
         if max_batch < 1 or max_bytes < 1024:
             raise ValueError(f"max-batch must be >= 1 and max-bytes >= 1024, got {max_batch} and {max_bytes}")
         if not 0 <= port <= 65535:
@@ -92,16 +98,57 @@ class RewardServer(ThreadingHTTPServer):
         self.max_bytes = max_bytes
         self.verbose = verbose
         self.read_timeout = float(read_timeout)
+        if max_threads < 1:
+            raise ValueError(f"max-threads must be >= 1, got {max_threads}")
+        self.max_threads = max_threads
+        self._active = 0
+        self._count_lock = threading.Lock()
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if ":" in host and not host.startswith("["):
-            import socket
-
             self.address_family = socket.AF_INET6
         try:
             super().__init__((host, port), _Handler)
         except OSError as exc:  # port in use, bad host: one line naming them
             raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection up to ``max_threads``; beyond it the connection is answered 503 at once
+        (slow clients cannot hold an unbounded number of threads)."""
+        with self._count_lock:
+            busy = self._active >= self.max_threads
+            if not busy:
+                self._active += 1
+        if busy:
+            return self._refuse(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._active -= 1
+
+    def _refuse(self, request: Any) -> None:
+        body = json.dumps({"error": f"server busy: {self.max_threads} connections open (max-threads); retry "
+                                    "shortly"}).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: "
+                f"{len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.settimeout(0.5)
+            request.sendall(head + body)
+            request.recv(2 ** 16, socket.MSG_DONTWAIT)  # what has arrived, so that closing sends no reset
+        except (OSError, ValueError):
+            pass
+        self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up or stalled is dropped quietly; anything else is a server bug and is shown."""
@@ -196,8 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
         token = self.server.token
         if token is None:
             return True
-        header = self.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else ""
+        scheme, _, given = self.headers.get("Authorization", "").strip().partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""  # RFC 7235: the scheme is case-insensitive
         return hmac.compare_digest(given.encode(), token.encode())
 
     def _length(self) -> int | None:
@@ -274,6 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
             scores = self.server.score(images, prompts)
         except BadRequest as exc:
             return self._fail(exc.status, str(exc))
+        except RecursionError:  # JSON nested past the parser's depth: the client's fault, not the reward's
+            return self._fail(400, f"request body nests JSON deeper than {sys.getrecursionlimit()} levels; a "
+                                   "/score request nests 3")
         except ValueError as exc:  # the reward rejected its input (shape, range, prompt count)
             return self._fail(400, f"reward '{self.server.reward.name}' rejected the input: {exc}")
         except Exception as exc:
@@ -308,9 +358,12 @@ class ServeConfig:
     """Log every request to stderr."""
     read_timeout: float = DEFAULT_READ_TIMEOUT
     """Seconds a connection may stay silent (and, for a body, the slack over 1 MiB/s) before it is dropped."""
+    max_threads: int = DEFAULT_MAX_THREADS
+    """Connections served at once, a thread each; more are answered 503 (slow clients cannot pile up threads)."""
 
-    BOUNDS: ClassVar[dict[str, Bound]] = {"port": within(0, 65535), "max_batch": at_least(1),
-                                          "max_bytes": at_least(1024), "read_timeout": positive()}
+    BOUNDS: ClassVar[dict[str, Bound]] = {"port": within(0, 65535), "max_batch": within(1, MAX_BATCH_LIMIT),
+                                          "max_bytes": within(1024, MAX_BYTES_LIMIT), "read_timeout": positive(),
+                                          "max_threads": within(1, 4096)}
     """Valid range of every numeric field (``harness.validate``)."""
 
 
@@ -322,7 +375,8 @@ def serve(cfg: ServeConfig) -> int:
     token = cfg.token or os.environ.get(TOKEN_ENV, "")
     reward = build(cfg.name, parse_kv(cfg.option, "checkpoint=/data/HPSv3.safetensors"))
     server = RewardServer(reward, cfg.host, cfg.port, token=token, max_batch=cfg.max_batch,
-                          max_bytes=cfg.max_bytes, verbose=cfg.verbose, read_timeout=cfg.read_timeout)
+                          max_bytes=cfg.max_bytes, verbose=cfg.verbose, read_timeout=cfg.read_timeout,
+                          max_threads=cfg.max_threads)
     if cfg.host not in LOOPBACK and not token:
         print(f"serve-reward: warning: listening on {cfg.host} without a token; anyone who can reach it can "
               f"use it (set --token or ${TOKEN_ENV})", file=sys.stderr)

@@ -34,6 +34,10 @@ PROTOCOL = 1
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_BYTES = 256 * 2 ** 20
 """256 MiB: 64 images of 1024x1024 as base64 uint8 with room to spare."""
+MAX_BATCH_LIMIT = 4096
+"""The largest --max-batch a server takes."""
+MAX_PROMPT_CHARS = 10_000
+"""Longest prompt accepted (text encoders read 77 tokens; this only bounds what a request can make the server hold)."""
 MAX_PIXELS = 4096 * 4096
 """Largest single image accepted (guards against decompression bombs)."""
 TOKEN_ENV = "DRIFTBENCH_REWARD_TOKEN"
@@ -105,6 +109,9 @@ def decode_request(body: bytes, max_batch: int = DEFAULT_MAX_BATCH) -> tuple[Ten
     prompts = request.get("prompts")
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise BadRequest("'prompts' must be a list of strings")
+    if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
+        raise BadRequest(f"a prompt of {max(len(p) for p in prompts)} characters exceeds the {MAX_PROMPT_CHARS} "
+                         "character limit")
     formats = [f for f in ("uint8", "png") if f in request]
     if len(formats) != 1:
         raise BadRequest("give the images as exactly one of 'uint8' {shape, data} or 'png' [base64 ...]")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import workers
 from harness.store import RunLock
 from harness.studies.config import Setup, StudyConfig, is_rdb, journal_path, resolve
 from harness.studies.objective import make_objective
@@ -114,10 +115,13 @@ def optimize(cfg: StudyConfig, setup: Setup, n_trials: int, index: int = 0,
     return done
 
 
-def _worker(cfg: StudyConfig, setup: Setup, n_trials: int, index: int) -> None:
-    """Entry point of a spawned worker process."""
+def _worker(cfg: StudyConfig, setup: Setup, n_trials: int, index: int, parent: int = 0) -> None:
+    """Entry point of a spawned worker process; it ends when its parent dies (``harness.workers``)."""
     import optuna
     import torch
+
+    if parent:
+        workers.bind_to_parent(parent)
 
     try:
         cores = len(os.sched_getaffinity(0))
@@ -159,15 +163,16 @@ def study(cfg: StudyConfig, log: Callable[[str], None] = print) -> optuna.Study:
         optimize(cfg, setup, shares[0], log=log)
     else:
         context = multiprocessing.get_context("spawn")
-        procs = [context.Process(target=_worker, args=(cfg, setup, n, i), name=f"study-{cfg.name}-{i}")
+        procs = [context.Process(target=_worker, args=(cfg, setup, n, i, os.getpid()), name=f"study-{cfg.name}-{i}")
                  for i, n in enumerate(shares)]
         for p in procs:
             p.start()
         try:
             for p in procs:
                 p.join()
-        except KeyboardInterrupt:
-            for p in procs:  # the workers got the same SIGINT; give them time to record their trials
+        except KeyboardInterrupt:  # SIGINT or SIGTERM to this process: pass SIGTERM on to every worker
+            workers.terminate(procs)
+            for p in procs:  # each stops at its next safe point and records its trial
                 p.join(timeout=30)
             raise
         failed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode != 0]

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.config import from_dict
 from harness.registry import unknown
+from harness.validate import check
 from methods import METHODS
 
 TUNED_DIR = Path(__file__).resolve().parent.parent / "tuned"
@@ -31,7 +32,7 @@ def tuned_configs(section: str, path: str | Path | None = None, profile: str = "
     unknown section, method or field, or a value of the wrong type."""
     path = Path(path) if path else TUNED_DIR / f"{profile}.json"
     entries = tuned_entries(section, path, profile)
-    return {m: method_config(m, entry.get("config"), f"{path.name}: {section}.{m}") for m, entry in entries.items()}
+    return {m: method_config(m, entry.get("config"), f"tuned file {path}: {section}.{m}") for m, entry in entries.items()}
 
 
 DEFAULT_STUDIES_ROOT = "results"
@@ -67,4 +68,10 @@ def method_config(method: str, values: Any, where: str) -> Any:
     """A method's Config from a dict of field values, checked field by field against the Config's types."""
     if method not in METHODS:
         raise unknown(f"method in {where.split(':')[0]}", method, list(METHODS))
-    return from_dict(METHODS.get(method).Config, values, where)
+    config = from_dict(METHODS.get(method).Config, values, where)
+    try:  # checked here, so that a bad value is blamed on the file and field, not on a flag never given
+        check(config)
+    except ValueError as exc:
+        raise ValueError(f"{where}.{str(exc).removeprefix('--')} (the tuned file's value; fix or re-tune it)") \
+            from None
+    return config
