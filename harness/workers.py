@@ -44,12 +44,25 @@ def _watch(parent: int) -> None:
     _orphaned()
 
 
+_orphan = threading.Event()
+
+
 def _orphaned() -> None:
     """Stop at the next safe point (SIGTERM), and for good after ``GRACE`` seconds."""
+    if _orphan.is_set():
+        return
+    _orphan.set()
     os.kill(os.getpid(), signal.SIGTERM)
     timer = threading.Timer(GRACE, os.kill, args=(os.getpid(), signal.SIGKILL))
     timer.daemon = True
     timer.start()
+
+
+def task_done() -> None:
+    """Called by a pool worker after each task: an orphan exits here, its run stopped and recorded, rather than
+    wait for a next task that no parent will send (its copy of the task queue's pipe keeps it open)."""
+    if _orphan.is_set():
+        os._exit(1)
 
 
 def terminate(processes: Iterable[Any]) -> None:

@@ -81,7 +81,7 @@ def test_same_seed_same_result_and_resume_is_exact(tmp_path):
     (dict(method="drpx"), "did you mean 'drpo'"),
     (dict(profile="tiney"), "did you mean 'tiny'"),
     (dict(reward="jpg"), "did you mean 'jpeg'"),
-    (dict(k=1), "--k must be >= 2, got 1"),
+    (dict(k=1), r"--k must be in \[2, 4096\], got 1"),
     (dict(prompts="missing-file.txt"), "neither a split"),
     (dict(eval_split="vall"), "unknown split of profile 'tiny' .* 'vall'; did you mean 'val'\\?"),
     (dict(test_split="tets"), "did you mean 'test'"),

@@ -254,7 +254,10 @@ def _execute(job: Job, threads: int) -> str:
 
     if threads:
         torch.set_num_threads(threads)
-    return run(job.run_cfg, job.method_cfg, resume=job.resume, progress=False)["run_id"]
+    try:
+        return run(job.run_cfg, job.method_cfg, resume=job.resume, progress=False)["run_id"]
+    finally:
+        workers.task_done()
 
 
 def execute(jobs: list[Job], cfg: Table2Config) -> list[str]:
