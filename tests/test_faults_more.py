@@ -64,7 +64,7 @@ def test_unclear_errors_are_one_line_naming_value_option_and_range(tmp_path, cap
     started = time.perf_counter()
     line = one_line(capsys, 2, main(argv))
     assert text in line, line
-    assert time.perf_counter() - started < 60  # refused before any compute (a 100 KB tag once took 332 s)
+    assert time.perf_counter() - started < 150  # refused before any compute (a 100 KB tag once took 332 s)
     assert list(tmp_path.rglob("*")) == []  # nothing written
 
 
@@ -148,12 +148,13 @@ def test_what_cannot_fit_the_machine_is_refused_in_one_line(tmp_path, capsys, mo
 # ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def small_server(capfd):
-    from harness.serve import RewardServer
-
+def small_server(capfd, request):
+    """A token-guarded jpeg server; ``max_threads`` (4) only where a test is parametrised indirectly with it."""
+    from harness.serving.server import RewardServer
     from rewards import build
 
-    with RewardServer(build("jpeg"), port=0, token=TOKEN, read_timeout=2.0, max_threads=4).start() as s:
+    cap = {"max_threads": request.param} if hasattr(request, "param") else {}
+    with RewardServer(build("jpeg"), port=0, token=TOKEN, read_timeout=2.0, **cap).start() as s:
         yield s
     assert "Traceback" not in capfd.readouterr().err
 
@@ -180,6 +181,7 @@ def test_the_bearer_scheme_is_case_insensitive(small_server, scheme):
     assert _post(small_server.server_address[1], _body(), scheme).startswith(b"HTTP/1.1 200")
 
 
+@pytest.mark.parametrize("small_server", [4], indirect=True)
 def test_connections_beyond_the_thread_cap_get_503_and_the_server_recovers(small_server):
     port = small_server.server_address[1]
     held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]  # slow-header clients
@@ -222,9 +224,8 @@ def results(three_seeds, tmp_path):
 
 
 def _table(out: Path) -> str:
-    from harness.reproduce import Section
-
     from harness.reporting.table2 import write_table
+    from harness.sections import Section
 
     store = Store(out)
     section = Section("Tiny", "tiny-jpeg", ("drpo",))
@@ -287,7 +288,7 @@ def test_a_corrupt_manifest_is_skipped_by_plots_and_named_in_the_index(results, 
 
 
 def test_plots_name_the_nan_points_they_drop(results):
-    from harness.plots import PlotsConfig, plots
+    from harness.reporting.plots import PlotsConfig, plots
 
     path = results / "runs" / "s0" / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -300,9 +301,8 @@ def test_plots_name_the_nan_points_they_drop(results):
 
 
 def test_a_corrupt_manifest_is_named_by_resume_and_skipped_by_table2(results, capsys):
-    from harness.reproduce import SECTIONS, Table2Config, plan
-
     from harness.cli import main
+    from harness.reporting.reproduce import SECTIONS, Table2Config, plan
 
     manifest = results / "runs" / "s1" / "manifest.json"
     manifest.write_text("\x00\x01 not json")
