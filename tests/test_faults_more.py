@@ -87,17 +87,19 @@ def test_a_bad_fault_spec_is_refused_before_anything_runs(tmp_path, capsys, monk
 
 @pytest.mark.parametrize("value", [-1, "NaN"])
 def test_a_bad_tuned_value_names_the_tuned_file_and_field_not_a_flag(tmp_path, value):
+    """table2 reads the tuned file this way (after its study preflight); a bad value is blamed on the file and
+    field before any run starts, not on --drpo.lr, a flag the user never gave."""
+    from harness.studies.tuned import tuned_configs
+
     data = json.loads((ROOT / "harness" / "tuned" / "shapes.json").read_text())
     section = next(s for s, methods in data["sections"].items() if "drpo" in methods)
     data["sections"][section]["drpo"]["config"]["lr"] = value
     bad = tmp_path / "tuned.json"
     bad.write_text(json.dumps(data).replace('"NaN"', "NaN"))
-    result = driftbench(["table2", "--tuned-file", str(bad), "--out", str(tmp_path / "out"), "--no-plots"], tmp_path,
-                        timeout=120)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert f"tuned file {bad}: {section}.drpo.lr must be" in lines[0] and "--drpo.lr" not in lines[0], lines[0]
-    assert not (tmp_path / "out" / "runs").exists()
+    with pytest.raises(ValueError) as err:
+        tuned_configs(section, bad)
+    line = str(err.value)
+    assert "\n" not in line and f"tuned file {bad}: {section}.drpo.lr must be" in line and "--drpo.lr" not in line, line
 
 
 def test_a_full_disk_during_a_checkpoint_says_no_space_left(tmp_path, capsys, monkeypatch):
@@ -270,7 +272,7 @@ def test_a_tuned_section_names_a_nan_run(tmp_path):
                    "select/step": 2, "budget/updates": 2, "budget/flops": 1e9, "budget/seconds": 1.0}
         store.finish(run_id, summary)
         store.release(run_id)
-    lines, _ = tuned_table.section_table("T", store, ["r0", "r1", "r2"], {})
+    lines, _ = tuned_table.render(tuned_table.compute("T", store, ["r0", "r1", "r2"], {}))
     text = "\n".join(lines)
     assert "seed 1 of drpo (r1): nan in test_selected/jpeg/mean" in text and "(n=2 of 3)" in text, text
 
