@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from evals import EVALS
+from harness.checkpoint import read_file as read_checkpoint
 from harness.config import RunConfig, config_dict, from_dict, plain_name
 from harness.images import to_uint8
 from harness.profiles import PROFILES
@@ -102,7 +103,7 @@ def load_weights(gen: Any, run_dir: str | Path) -> str:
         return str(diffusers_file)
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.is_file():
-        gen.load_trainable_state(torch.load(checkpoint, map_location="cpu", weights_only=False)["trainable"])
+        gen.load_trainable_state(read_checkpoint(checkpoint)["trainable"])
         return str(checkpoint)
     raise FileNotFoundError(f"run directory {run_dir} has neither adapter/ weights nor checkpoint.pt to load")
 

@@ -22,6 +22,7 @@ from harness.budget import PhaseStat, Spend
 from harness.config import NOT_IN_KEY, config_dict, stored_run
 from harness.parts import Parts
 from harness.redact import redact
+from harness.safe_load import torch_file
 from harness.selection import Selection
 from harness.store import Store, write_atomic
 
@@ -95,15 +96,22 @@ def _read(store: "Store", run_id: str, parts: "Parts") -> dict | None:
     path = store.run_dir(run_id) / "checkpoint.pt"
     if not path.is_file():
         return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - pickle and zip raise many types for a damaged file
-        raise ValueError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to "
-                         "restart the run from the beginning") from None
+    data = read_file(path)
     stored, now = data.get("processes", 1), distributed.current().world
     if stored != now:
         raise ValueError(f"cannot resume run '{run_id}' with {now} process(es): it was trained with {stored} "
                          f"(relaunch with `accelerate launch --num_processes {stored}`; the machines may differ)")
+    return data
+
+
+def read_file(path: Path) -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True``: tensors and plain containers only (all a
+    checkpoint holds, for every method), so a planted pickle is refused before any of it runs. Results roots
+    are shared by a group; one member's file must not run code in another's process."""
+    data = torch_file(path, "checkpoint", "delete it to restart the run from the beginning")
+    if not isinstance(data, dict):
+        raise ValueError(f"checkpoint {path} is unreadable (holds a {type(data).__name__}, not a checkpoint); "
+                         "delete it to restart the run from the beginning")
     return data
 
 

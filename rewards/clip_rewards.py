@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.generator import word_tokenizer
+from harness.safe_load import torch_file
 from rewards import check_images
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -293,7 +294,7 @@ def load_aesthetic_head(path: str, dim: int) -> AestheticHead:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"reward 'aesthetic': head file '{path}' does not exist (the LAION improved "
                                 f"aesthetic predictor weights, {AESTHETIC_HEAD_FILE})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_file(path, "reward 'aesthetic': head file")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

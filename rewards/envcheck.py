@@ -41,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.safe_load import torch_file
 from harness.serving.wire import to_uint8
 from rewards import build
 from rewards.geneval_mmdet import _import_stack
@@ -218,7 +219,7 @@ def imagereward_check(tmp: Path, options: dict[str, str], report: dict[str, Any]
     import torch
 
     reward = build("imagereward", options)
-    saved = torch.load(options["checkpoint"], map_location="cpu")
+    saved = torch_file(options["checkpoint"], "imagereward checkpoint")
     loaded = reward.model.state_dict()
     if not all(torch.equal(saved[k], loaded[k]) for k in saved if k.startswith("mlp.")):
         raise AssertionError("imagereward: the reward head did not load from the checkpoint")

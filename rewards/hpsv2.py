@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from harness.safe_load import torch_file
 from harness.serving.wire import to_uint8
 from rewards import check_images
 from rewards.clip_rewards import default_device
@@ -72,7 +73,7 @@ class HPSv2:
             force_patch_dropout=False, force_image_size=None, pretrained_image=False, image_mean=None,
             image_std=None, light_augmentation=True, aug_cfg={}, output_dict=True, with_score_predictor=False,
             with_region_predictor=False)
-        state = torch.load(checkpoint, map_location="cpu")
+        state = torch_file(checkpoint, "reward 'hpsv2': checkpoint")
         model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = get_tokenizer(arch)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from harness.safe_load import weights_only
 from harness.serving.wire import to_uint8
 from rewards import check_images
 from rewards.clip_rewards import default_device
@@ -53,8 +54,9 @@ class ImageReward:
             if not os.path.isfile(os.path.expanduser(path)):
                 raise FileNotFoundError(f"reward 'imagereward': {option} file '{path}' does not exist")
         self.device = default_device(device)
-        self.model = RM.load(os.path.expanduser(checkpoint), device=str(self.device),
-                             med_config=os.path.expanduser(med_config))
+        with weights_only():  # RM.load calls torch.load itself; the checkpoint is a plain state dict
+            self.model = RM.load(os.path.expanduser(checkpoint), device=str(self.device),
+                                 med_config=os.path.expanduser(med_config))
         self.model.eval().requires_grad_(False)
 
     @torch.no_grad()

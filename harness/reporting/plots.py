@@ -135,13 +135,13 @@ def sample_grid(store: Store, tag: str, run_ids: Sequence[str], directory: Path,
     if not by_method:
         return []
     methods = sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
-    first = np.load(by_method[methods[0]])
+    first = np.load(by_method[methods[0]], allow_pickle=False)  # a shared root: data, never code
     run = store.manifest(run_ids[0])["run"]
     noise_base = int(run.get("eval_seed_base", EVAL_SEED_BASE))
     training_seed = min(store.manifest(r)["run"]["seed"] for r in run_ids)
     seeds = int(first["seeds"])
     cols = min(prompts, len(first["prompts"]) // seeds) * min(seeds, 2)
-    rows = [("base", first["base"])] + [(m, np.load(by_method[m])["images"]) for m in methods]
+    rows = [("base", first["base"])] + [(m, np.load(by_method[m], allow_pickle=False)["images"]) for m in methods]
     fig, axes = plt.subplots(len(rows), cols, figsize=(max(1.1 * cols, 3.5), 1.3 * len(rows) + 0.6), squeeze=False,
                              layout="constrained")  # titles, seed labels and the suptitle never overlap
     picks = [p * seeds + s for p in range(cols // min(seeds, 2)) for s in range(min(seeds, 2))]
