@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness import distributed, faults
+from harness.redact import redact, redact_streams, redact_text, remember
 from harness.registry import load, unknown
 from harness.store import git_state
 from harness.train_args import parser_class, run_config
@@ -260,23 +261,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     previous = _on_sigterm()
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line  # one line naming the file
+    remember(argv)  # its secrets are masked in whatever form they show up again
+    sys.argv = redact(sys.argv)  # libraries record it (W&B's run metadata); parsing uses ``argv``
+    streams = redact_streams()  # every line it (or a library it calls) prints is masked as the record is
     try:
         if command not in COMMANDS:
             raise unknown("command", command, list(COMMANDS))
         faults.check()  # a malformed fault spec is refused before anything runs, not silently never fired
         return execute(command, rest)
     except KeyboardInterrupt as exc:
-        print(f"driftbench: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
+        print(redact_text(f"driftbench: interrupted{f' ({exc})' if str(exc) else ''}"), file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, TypeError, KeyError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"driftbench: error: {message}", file=sys.stderr)
+        print(redact_text(f"driftbench: error: {message}"), file=sys.stderr)
         return 2 if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, KeyError)) else 1
     except OSError as exc:  # read-only directory, full disk, port in use: one line naming the path or port
-        print(f"driftbench: error: {os_message(exc)}", file=sys.stderr)
+        print(redact_text(f"driftbench: error: {os_message(exc)}"), file=sys.stderr)
         return 1
     finally:
         warnings.formatwarning = formatwarning
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = streams
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from harness.redact import redact
 from harness.registry import unknown
 
 TRACKERS = {
@@ -103,7 +104,7 @@ class Mirrored:
 
     def __init__(self, store: Any, names: Sequence[str], run_id: str, manifest: dict[str, Any]):
         self._store, self.run_id = store, run_id
-        self.hparams = hyperparameters(manifest)
+        self.hparams = redact(hyperparameters(manifest))  # trackers are sinks too: hparams.yml, event files
         self.trackers: list[Any] = []
         self.last_step = 0
         try:

@@ -29,7 +29,7 @@ from pathlib import Path
 from torch import Tensor
 
 from harness.config import plain_name
-from harness.redact import redact_text
+from harness.redact import redact_text, remember
 from harness.serving.wire import to_uint8
 from rewards import check_images, number_option
 
@@ -47,7 +47,9 @@ class CommandReward:
         if not self.argv:
             raise ValueError("cmd: reward needs a command, e.g. cmd:python score.py")
         self.command = command
-        what = f"reward 'cmd:{redact_text(command)}'"
+        remember(self.argv)  # the program may echo its arguments on stderr, which its error line quotes
+        self.shown = redact_text(command)  # what error lines name: the command, its secrets masked
+        what = f"reward 'cmd:{self.shown}'"
         self.timeout = number_option(what, "timeout", timeout, strict=True)
         self.batch = number_option(what, "batch", batch, integer=True)
         self.version = number_option(what, "version", version, integer=True)
@@ -79,7 +81,7 @@ class CommandReward:
             process = subprocess.Popen(self.argv + [directory], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         except OSError as exc:
-            raise RuntimeError(f"reward command '{self.command}' could not start: {exc}") from None
+            raise RuntimeError(redact_text(f"reward command '{self.shown}' could not start: {exc}")) from None
         try:
             stdout, stderr = process.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -88,27 +90,28 @@ class CommandReward:
             except ProcessLookupError:
                 pass
             process.communicate()
-            raise RuntimeError(f"reward command '{self.command}' timed out after {self.timeout:g} s "
+            raise RuntimeError(f"reward command '{self.shown}' timed out after {self.timeout:g} s "
                                f"(option timeout=...)") from None
         if process.returncode != 0:
             tail = " | ".join(stderr.strip().splitlines()[-3:]) or "no stderr"
-            raise RuntimeError(f"reward command '{self.command}' exited with status {process.returncode}: {tail}")
+            raise RuntimeError(redact_text(f"reward command '{self.shown}' exited with status {process.returncode}: "
+                                           f"{tail}"))
         return stdout
 
     def _parse(self, stdout: str, n: int) -> list[float]:
         lines = [line.strip() for line in stdout.splitlines() if line.strip()]
         if len(lines) != n:
-            raise RuntimeError(f"reward command '{self.command}' printed {len(lines)} lines for {n} images; "
+            raise RuntimeError(f"reward command '{self.shown}' printed {len(lines)} lines for {n} images; "
                                f"expected one float per line")
         values = []
         for i, line in enumerate(lines):
             try:
                 value = float(line)
             except ValueError:
-                raise RuntimeError(f"reward command '{self.command}' printed a non-number on line {i + 1}: "
+                raise RuntimeError(f"reward command '{self.shown}' printed a non-number on line {i + 1}: "
                                    f"{line[:80]!r}") from None
             if not math.isfinite(value):
-                raise RuntimeError(f"reward command '{self.command}' printed a non-finite score on line {i + 1}: "
+                raise RuntimeError(f"reward command '{self.shown}' printed a non-finite score on line {i + 1}: "
                                    f"{line!r}")
             values.append(value)
         return values

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from torch import Tensor
 
 from harness import distributed
-from harness.redact import redact_text
+from harness.redact import redact_text, remember
 from harness.serving.wire import LOOPBACK, TOKEN_ENV, encode_request, request_bytes
 from rewards import check_images, number_option
 
@@ -61,6 +61,7 @@ class RemoteReward:
         self.where = redact_text(self.url)
         """The (first) URL as messages show it (user-info masked)."""
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        remember(self.token, bare=True)  # masked wherever it shows up: errors, logs, trackers
         what = f"remote reward {self.where}"
         self.timeout = number_option(what, "timeout", timeout, strict=True)
         self.retries = number_option(what, "retries", retries, integer=True)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from harness.store import Store
-from tests.test_faults import ARGS, driftbench
+from tests.test_faults import ARGS, ROOT, driftbench
 
 pytestmark = pytest.mark.unit
 
@@ -98,3 +100,155 @@ def test_every_torch_file_a_user_names_loads_as_data_only(tmp_path):
         torch.load(bad, weights_only=False)
     assert not marker.exists()
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets: one redaction for every sink
+# ---------------------------------------------------------------------------------------------------
+
+SECRET = "s3cr3t-5e1f0a9c27"
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+
+
+def _leaks(root: Path, outputs: list[str]) -> list[str]:
+    """Every file under ``root`` and every output line that holds the secret."""
+    files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    return files + [line for text in outputs for line in text.splitlines() if SECRET in line]
+
+
+def _env(root: Path) -> dict[str, str]:
+    """Trackers write where the test can search: home, W&B offline, MLflow and trackio under ``root``."""
+    home = root / "home"
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home), "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TRACKIO_DIR": str(root / "trackio"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "HF_HOME": str(home / "hf"),
+            "DO_NOT_TRACK": "1", "XDG_CACHE_HOME": str(home / "cache")}
+
+
+STUDY = """
+import sys
+from harness.cli import main
+from harness.config import RunConfig
+from harness.presets import PRESETS, Preset
+PRESETS["secret-study"] = Preset("test", RunConfig(
+    method="drpo", profile="tiny", reward={reward!r}, reward_options={options!r}, evals=("jpeg",), k=4,
+    prompts_per_step=1, updates=1, eval_at=(1.0,), eval_seeds=1, eval_prompt_limit=1, count_flops=False),
+    methods={{"drpo": {{"m": 2}}}})
+sys.exit(main(["study", "--name", "tok", "--preset", "secret-study", "--trials", "1", "--space", "m=1:2",
+               "--out", {root!r}]))
+"""
+"""A one-trial study whose preset's reward needs the token (studies take the reward from the preset)."""
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600):
+    """``python -m harness ARGS`` in a subprocess of this checkout with ``env`` added."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "DRIFTBENCH_FAULT": "", **env}
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_a_tracker_file_or_output_line(tmp_path, capsys, monkeypatch):
+    import http.client
+    import importlib.util
+
+    from harness.serve import RewardServer
+    from rewards import build
+    from tests.test_faults import train_args
+
+    installed = [t for t in TRACKERS if importlib.util.find_spec(t) is not None]
+    assert "tensorboard" in installed  # the one tracker every install can run offline
+    root = tmp_path / "root"
+    root.mkdir()
+    text, codes = {}, {}
+    with RewardServer(build("jpeg"), port=0, token=SECRET, verbose=True).start() as server:
+        url = f"remote:{server.url}"
+        # A token in an option, in a tag (a query string, a bearer header, user-info without a user name).
+        tag = f"t?password={SECRET}&Authorization: Bearer {SECRET} http://:{SECRET}@h"
+        args = ["train", *train_args(updates="1", eval_at="1", reward=url), "--out", str(root), "--run-id", "T",
+                "--reward-options", f"{url}.token={SECRET}", "--log-with", *installed, "--tag", tag]
+        done = _run(args, tmp_path, _env(root))
+        codes["train"], text["train"] = done.returncode, done.stdout + done.stderr
+        # A study (journal storage) whose runs score through the server with the token as an option.
+        study = STUDY.format(reward=url, options=(f"{url}.token={SECRET}",), root=str(root))
+        done = subprocess.run([sys.executable, "-c", study], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **_env(root)})
+        codes["study"], text["study"] = done.returncode, done.stdout + done.stderr
+        # The server's own log: a client that sends the token in the query string.
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+        conn.request("GET", f"/health?token={SECRET}")
+        conn.getresponse().read()
+        conn.close()
+    # A cmd: reward whose program echoes its arguments on stderr and fails.
+    echo = f"cmd:python -c 'import sys; sys.exit(str(sys.argv))' --token {SECRET}"
+    done = _run(["train", *train_args(updates="1", eval_at="1"), "--reward", echo, "--out", str(root), "--run-id",
+                 "C"], tmp_path, _env(root))
+    codes["cmd"], text["cmd"] = done.returncode, done.stdout + done.stderr
+    # A study's storage URL in every form: user-info with and without a user name, ?password=, an unencoded @.
+    for i, storage in enumerate([f"postgresql+psycopg://me:{SECRET}@127.0.0.1:9/db",
+                                 f"postgresql+psycopg://:{SECRET}@127.0.0.1:9/db",
+                                 f"postgresql+psycopg://me@127.0.0.1:9/db?password={SECRET}",
+                                 f"postgresql+psycopg://me:p@{SECRET}@127.0.0.1:9/db",
+                                 f"mysql+pymysql://me:{SECRET}@127.0.0.1:9/db"]):
+        done = _run(["study", "--name", f"s{i}", "--preset", "tiny-jpeg", "--trials", "1", "--storage", storage,
+                     "--out", str(root)], tmp_path, _env(root), timeout=120)
+        codes[f"study{i}"], text[f"study{i}"] = done.returncode, done.stdout + done.stderr
+    text["server"] = capsys.readouterr().err
+    assert codes["train"] == 0, text["train"][-3000:]
+    assert codes["cmd"] != 0 and "exited with status" in text["cmd"], text["cmd"][-3000:]
+    assert all(codes[f"study{i}"] == 2 for i in range(5)), codes
+    assert codes["study"] == 0 and (root / "studies" / "tok.journal").is_file(), text["study"][-3000:]
+    assert "/health?token=***" in text["server"]  # the server did log the request, masked
+    run_files = [p for p in (root / "runs" / "T").rglob("*") if p.is_file()]
+    assert any("tfevents" in p.name for p in run_files) and any(p.name == "hparams.yml" for p in run_files)
+    leaks = _leaks(root, list(text.values()))
+    assert leaks == [], "\n".join(leaks)
+
+
+FORMS = [  # (text holding the secret, what it must become)
+    (f"remote:http://h:8000.token={SECRET}", "remote:http://h:8000.token=***"),
+    (f"GET /score?token={SECRET} HTTP/1.1", "GET /score?token=*** HTTP/1.1"),
+    (f"/x?a=1&password={SECRET}&b=2", "/x?a=1&password=***&b=2"),
+    (f"Authorization: Bearer {SECRET}", "Authorization: Bearer ***"),
+    (f"authorization: bearer {SECRET}", "authorization: bearer ***"),
+    (f"X-Api-Key: {SECRET}", "X-Api-Key: ***"),
+    (f"postgresql+psycopg://me:{SECRET}@host:5432/db", "postgresql+psycopg://***@host:5432/db"),
+    (f"postgresql+psycopg://:{SECRET}@host/db", "postgresql+psycopg://***@host/db"),
+    (f"mysql+pymysql://{SECRET}@host/db", "mysql+pymysql://***@host/db"),
+    (f"postgresql://me:p@{SECRET}@host/db", "postgresql://***@host/db"),
+    (f"postgresql://me@host/db?password={SECRET}", "postgresql://***@host/db?password=***"),
+    (f"serve --token {SECRET} --port 1", "serve --token *** --port 1"),
+    (f"--api-key={SECRET}", "--api-key=***"),
+    (f"{{'token': '{SECRET}'}}", "{'token': '***'}"),
+    (f'{{"db_password": "{SECRET}"}}', '{"db_password": "***"}'),
+]
+
+
+@pytest.mark.parametrize("text,want", FORMS, ids=[w[:40] for _, w in FORMS])
+def test_every_secret_form_is_masked(text, want):
+    from harness.redact import redact_text
+
+    assert redact_text(text) == want
+
+
+def test_help_placeholders_and_plain_words_are_kept():
+    from harness.redact import redact_text
+
+    for text in ("send 'Authorization: Bearer TOKEN'", "postgresql+psycopg://USER:PASSWORD@HOST:5432/DB",
+                 "max_tokens=5", "Basic training", "OAuth: yes"):
+        assert redact_text(text) == text
+
+
+def test_masking_takes_linear_time_on_long_strings():
+    """A 100 KB tag took 332 s on 678faa3 (quadratic backtracking over URL-like text: 7.9 s at 16 KB); each
+    adversarial form of 200 KB now takes well under a second (1 MB: 0.01 to 1.9 s on a loaded 2-core machine)."""
+    import time
+
+    from harness.redact import redact_text
+
+    for unit in ("a", "://a@", "token ", "--token ", "bearer ", "@"):
+        text = "x://" + unit * (200_000 // len(unit))
+        started = time.perf_counter()
+        redact_text(text)
+        assert time.perf_counter() - started < 5.0, unit

@@ -33,6 +33,7 @@ from harness import distributed, workers
 from harness.config import config_dict, parse_kv, run_key
 from harness.presets import Preset
 from harness.presets import get as get_preset
+from harness.redact import redact_streams
 from harness.registry import unknown
 from harness.reporting.preflight import check_table2
 from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
@@ -252,8 +253,9 @@ def _execute(job: Job, threads: int) -> str:
     """Run one job (in a worker process when jobs > 1) and return its run id."""
     import torch
 
-    if threads:
+    if threads:  # a worker process: one thread, and streams as masked as its parent's
         torch.set_num_threads(threads)
+        redact_streams()
     try:
         return run(job.run_cfg, job.method_cfg, resume=job.resume, progress=False)["run_id"]
     finally:

@@ -38,6 +38,7 @@ import tyro
 from torch import Tensor
 
 from harness.config import parse_kv
+from harness.redact import redact_text, remember
 from harness.serving.wire import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BYTES,
@@ -94,6 +95,7 @@ class RewardServer(ThreadingHTTPServer):
             raise ValueError(f"read-timeout must be a finite number > 0, got {read_timeout}")
         self.reward = reward
         self.token = token or None
+        remember(self.token, bare=True)  # a client may send it in the clear (?token=...): never logged
         self.max_batch = max_batch
         self.max_bytes = max_bytes
         self.verbose = verbose
@@ -204,7 +206,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
-            sys.stderr.write(f"[serve-reward] {self.address_string()} {format % args}\n")
+            # The request line carries a query string (a client may send ?token=...): masked like every sink.
+            sys.stderr.write(redact_text(f"[serve-reward] {self.address_string()} {format % args}") + "\n")
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, allow_nan=False).encode("utf-8")
@@ -236,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             self.connection.settimeout(self.server.read_timeout)
         if status >= 400 and not self.server.verbose:
-            sys.stderr.write(f"[serve-reward] {self.command} {self.path} -> {status}: {message}\n")
+            sys.stderr.write(redact_text(f"[serve-reward] {self.command} {self.path} -> {status}: {message}") + "\n")
         self._send(status, {"error": message})
 
     def _authorised(self) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config import config_dict
-from harness.redact import redact
+from harness.redact import redact, redact_text
 from harness.store import Store, write_atomic
 from harness.studies.config import (
     HEARTBEAT_SECONDS,
@@ -61,7 +61,9 @@ trial) would otherwise exhaust the server's connection slots (measured: 10 opens
 
 
 def hide_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The URL with its user-info and secret query parameters masked (also with no user name, ``?password=``
+    or an unencoded ``@`` in the password): the one redaction every sink uses."""
+    return redact_text(url)
 
 
 def storage_label(cfg: StudyConfig) -> str:
@@ -91,6 +93,9 @@ def open_storage(spec: str, out: str, name: str, *, heartbeat: int = HEARTBEAT_S
             if isinstance(exc, FileNotFoundError) and exc.filename is None:
                 raise
             raise ValueError(f"cannot open journal storage '{path}': {exc}") from None
+    if spec.split("://", 1)[1].split("/", 1)[0].count("@") > 1:  # the driver would take the rest for the host
+        raise ValueError(f"storage URL '{hide_password(spec)}' has an unencoded '@' in its user name or password; "
+                         "percent-encode it as %40")
     key = (spec, str(out), heartbeat, grace)
     if key in _OPEN:
         return _OPEN[key]
@@ -157,7 +162,7 @@ def _reason(exc: BaseException, spec: str) -> str:
         password = None
     if password:
         text = text.replace(str(password), "***")
-    return f"{type(exc).__name__}: {text}"
+    return redact_text(f"{type(exc).__name__}: {text}")
 
 
 def _check_driver(spec: str) -> dict[str, Any]:

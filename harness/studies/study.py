@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import workers
+from harness.redact import redact_streams
 from harness.store import RunLock
 from harness.studies.config import Setup, StudyConfig, is_rdb, journal_path, resolve
 from harness.studies.objective import make_objective
@@ -122,6 +123,7 @@ def _worker(cfg: StudyConfig, setup: Setup, n_trials: int, index: int, parent: i
 
     if parent:
         workers.bind_to_parent(parent)
+    redact_streams()  # a spawned process starts with bare streams
 
     try:
         cores = len(os.sched_getaffinity(0))
