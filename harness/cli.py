@@ -78,6 +78,8 @@ COMMANDS: dict[str, Command] = {
                      "harness.studies.study:study", "harness.studies.config:StudyConfig", launch=False),
     "study-report": Command("importances, slice/contour/Pareto plots, best.json and a robustness re-run of a study",
                             "harness.studies.report:report", "harness.studies.report:StudyReportConfig"),
+    "study-salvage": Command("copy a damaged study journal's whole trials to a new journal (JOURNAL --to NEW)",
+                             "harness.studies.journal:salvage_command"),
     "serve-reward": Command("serve a registered reward over HTTP for remote:URL (NAME --port N --token T --option K=V)",
                             "harness.serving.server:main"),
     "evaluate": Command("a benchmark on a stored run: geneval, hpdv3, pickapic-parti (NAME --run RUN_ID [--base])",

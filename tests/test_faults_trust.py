@@ -154,6 +154,7 @@ def test_no_secret_reaches_a_tracker_file_or_output_line(tmp_path, capsys, monke
     import importlib.util
 
     from harness.serve import RewardServer
+
     from rewards import build
     from tests.test_faults import train_args
 
@@ -252,3 +253,76 @@ def test_masking_takes_linear_time_on_long_strings():
         started = time.perf_counter()
         redact_text(text)
         assert time.perf_counter() - started < 5.0, unit
+
+
+# ---------------------------------------------------------------------------------------------------
+# A damaged study journal: refused, never silently mended; salvaged into a new one
+# ---------------------------------------------------------------------------------------------------
+
+def _journal_of_six(tmp_path: Path) -> Path:
+    import optuna
+    from harness.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = tmp_path / "s.journal"
+    study = optuna.create_study(study_name="s", storage=open_storage(str(path), str(tmp_path), "s"))
+    study.optimize(lambda t: -(t.suggest_float("x", 0, 1) - 0.3) ** 2, n_trials=6)
+    return path
+
+
+@pytest.mark.parametrize("damage", [b"#### not json ####", "half"])
+def test_a_damaged_middle_line_refuses_the_study_and_salvage_keeps_every_whole_trial(tmp_path, capsys, damage):
+    """The issue's probe: the line creating trial 2 corrupted, in the middle of the journal. 678faa3 dropped it
+    with "repaired 1 line", and every later trial took another's parameters."""
+    import optuna
+    from harness.study import open_storage
+    from optuna.storages.journal import JournalFileBackend
+
+    from harness.cli import main
+
+    path = _journal_of_six(tmp_path)
+    lines = path.read_bytes().split(b"\n")
+    index = [i for i, line in enumerate(lines) if b'"op_code":4' in line][2]
+    lines[index] = lines[index][: len(lines[index]) // 2] + b"\xff" if damage == "half" else damage
+    path.write_bytes(b"\n".join(lines))
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=rf"^{path}:{index + 1}: damaged study journal line .*study-salvage {path}"):
+        open_storage(str(path), str(tmp_path), "s")
+    assert path.read_bytes() == before  # nothing changed
+    assert main(["study", "--name", "s", "--storage", str(path), "--out", str(tmp_path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"{path}:{index + 1}" in err[0], err
+    new = tmp_path / "new.journal"
+    assert main(["study-salvage", str(path), "--to", str(new)]) == 0
+    out = capsys.readouterr().out
+    assert f"line {index + 1}: damaged creation of trial 2; trial 2 dropped" in out and "with 5 trial(s)" in out
+    trials = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(JournalFileBackend(str(new)))
+                               ).trials
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    for trial in trials:  # each value still belongs to its own parameters
+        assert trial.value == pytest.approx(-(trial.params["x"] - 0.3) ** 2)
+    assert main(["study-salvage", str(path), "--to", str(new)]) == 2  # never overwrites
+
+
+def test_an_unknown_op_code_refuses_in_one_line_naming_the_line(tmp_path):
+    from harness.study import open_storage
+
+    path = _journal_of_six(tmp_path)
+    lines = path.read_bytes().rstrip(b"\n").split(b"\n")
+    lines.insert(3, b'{"op_code":99,"worker_id":"w"}')
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ValueError, match=rf"^{path}:4: damaged study journal line \(unknown op code 99\)"):
+        open_storage(str(path), str(tmp_path), "s")
+
+
+def test_a_torn_last_line_is_still_repaired_and_loses_no_trial(tmp_path):
+    import optuna
+    from harness.study import open_storage
+
+    path = _journal_of_six(tmp_path)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"op_code":4,"worker_id":"x","study_id":0,"datetime_st')  # a write cut by kill -9
+    with pytest.warns(UserWarning, match=rf"{path}: repaired 1 line"):
+        storage = open_storage(str(path), str(tmp_path), "s")
+    assert path.read_bytes() == whole
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 6

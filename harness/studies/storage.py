@@ -13,7 +13,6 @@ Only public Optuna APIs are used: ``Study`` methods, the storage object this mod
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from harness.config import config_dict
 from harness.redact import redact, redact_text
 from harness.store import Store, write_atomic
+from harness.studies import journal
 from harness.studies.config import (
     HEARTBEAT_SECONDS,
     Setup,
@@ -120,35 +120,14 @@ def open_storage(spec: str, out: str, name: str, *, heartbeat: int = HEARTBEAT_S
 
 
 def repair_journal(path: Path) -> None:
-    """Mend what a crash leaves in a journal file, under Optuna's own lock, with a warning naming the file: a
-    torn last line is cut; a line a later write was appended to is split back into that write."""
+    """Mend what a crash leaves in a journal file (its torn last line), under Optuna's own lock, with a
+    warning naming the file; refuse any other damage in one line naming the file and line
+    (:mod:`harness.studies.journal`)."""
     from optuna.storages.journal import JournalFileSymlinkLock
     from optuna.storages.journal._file import get_lock_file
 
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with get_lock_file(JournalFileSymlinkLock(str(path))):
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        torn = lines.pop()  # after the last newline: b"" unless a write was cut
-        kept, mended = [], 0
-        for line in lines:
-            try:
-                json.loads(line)
-                kept.append(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                mended += 1
-                start = line.rfind(b'{"op_code"')  # the complete write that followed the torn one
-                if start > 0:
-                    try:
-                        json.loads(line[start:])
-                        kept.append(line[start:])
-                    except (json.JSONDecodeError, UnicodeDecodeError):
-                        pass
-        if not torn and not mended:
-            return
-        write_atomic(path, lambda tmp: tmp.write_bytes(b"".join(line + b"\n" for line in kept)))
-    warnings.warn(f"{path}: repaired {mended + bool(torn)} line(s) torn by a crash", stacklevel=2)
+    if path.is_file() and path.stat().st_size:
+        journal.repair(path, get_lock_file(JournalFileSymlinkLock(str(path))), write_atomic)
 
 
 def _reason(exc: BaseException, spec: str) -> str:
