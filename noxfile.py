@@ -44,11 +44,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def faults(session: nox.Session) -> None:
-    """tests/test_faults.py and test_faults_more.py alone: kill -9 at every phase of a run, SIGTERM, a full disk, locks, secrets, 60 bad
-    inputs, the reward server under 100 concurrent clients (also part of `tests`)."""
+    """tests/test_faults.py, test_faults_more.py and test_faults_trust.py alone: kill -9 at every phase of a run,
+    SIGTERM, a full disk, locks, secrets, 60 bad inputs, the reward server under 100 concurrent clients, planted
+    pickles, secrets in every sink, damaged journals (also part of `tests`)."""
     install(session, "test")
     session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py", "tests/test_faults_more.py",
-                *session.posargs)
+                "tests/test_faults_trust.py", *session.posargs)
 
 
 @nox.session
