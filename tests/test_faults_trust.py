@@ -153,7 +153,7 @@ def test_no_secret_reaches_a_tracker_file_or_output_line(tmp_path, capsys, monke
     import http.client
     import importlib.util
 
-    from harness.serve import RewardServer
+    from harness.serving.server import RewardServer
 
     from rewards import build
     from tests.test_faults import train_args
@@ -262,7 +262,7 @@ def test_masking_takes_linear_time_on_long_strings():
 
 def _journal_of_six(tmp_path: Path) -> Path:
     import optuna
-    from harness.study import open_storage
+    from harness.studies.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = tmp_path / "s.journal"
@@ -276,7 +276,7 @@ def test_a_damaged_middle_line_refuses_the_study_and_salvage_keeps_every_whole_t
     """The issue's probe: the line creating trial 2 corrupted, in the middle of the journal. 678faa3 dropped it
     with "repaired 1 line", and every later trial took another's parameters."""
     import optuna
-    from harness.study import open_storage
+    from harness.studies.storage import open_storage
     from optuna.storages.journal import JournalFileBackend
 
     from harness.cli import main
@@ -306,7 +306,7 @@ def test_a_damaged_middle_line_refuses_the_study_and_salvage_keeps_every_whole_t
 
 
 def test_an_unknown_op_code_refuses_in_one_line_naming_the_line(tmp_path):
-    from harness.study import open_storage
+    from harness.studies.storage import open_storage
 
     path = _journal_of_six(tmp_path)
     lines = path.read_bytes().rstrip(b"\n").split(b"\n")
@@ -318,7 +318,7 @@ def test_an_unknown_op_code_refuses_in_one_line_naming_the_line(tmp_path):
 
 def test_a_torn_last_line_is_still_repaired_and_loses_no_trial(tmp_path):
     import optuna
-    from harness.study import open_storage
+    from harness.studies.storage import open_storage
 
     path = _journal_of_six(tmp_path)
     whole = path.read_bytes()
