@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tyro.conf import Positional
 
+from harness.checkpoint import read_file as read_checkpoint
 from harness.config import RunConfig, from_dict, plain_name, stored_run
 from harness.evaluation import generate
 from harness.images import save_samples
@@ -124,7 +125,7 @@ def stored(out: str, run_id: str) -> list[Stored]:
     if not path.is_file():
         raise FileNotFoundError(f"run '{run_id}' has no checkpoint.pt in {run_dir} (it stopped before its first "
                                 "checkpoint); nothing to export")
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    data = read_checkpoint(path)  # data only: a planted pickle in a shared root is refused, never run
     final_step = int(data["spend"]["updates"])
     complete = store.status(run_id) == "complete"
     summary = read_json(run_dir / "summary.json") if complete and (run_dir / "summary.json").is_file() else {}

@@ -96,6 +96,14 @@ def test_every_torch_file_a_user_names_loads_as_data_only(tmp_path):
     torch.save({"trainable": _Payload(marker)}, run_dir / "checkpoint.pt")
     with pytest.raises(ValueError, match="checkpoint.pt is refused"):
         load_weights(_Generator(), run_dir)
+    from harness.export import stored  # driftbench export, harness.load_run(...).generator(...)
+
+    store = Store(tmp_path / "results")
+    store.start("R", {"run": {}, "method_config": {}})
+    store.release("R")
+    torch.save({"spend": _Payload(marker)}, store.run_dir("R") / "checkpoint.pt")
+    with pytest.raises(ValueError, match="checkpoint.pt is refused"):
+        stored(str(tmp_path / "results"), "R")
     with weights_only(), pytest.raises(Exception, match="GLOBAL posix.system"):  # a third party's own torch.load
         torch.load(bad, weights_only=False)
     assert not marker.exists()
@@ -154,7 +162,6 @@ def test_no_secret_reaches_a_tracker_file_or_output_line(tmp_path, capsys, monke
     import importlib.util
 
     from harness.serving.server import RewardServer
-
     from rewards import build
     from tests.test_faults import train_args
 
@@ -262,6 +269,7 @@ def test_masking_takes_linear_time_on_long_strings():
 
 def _journal_of_six(tmp_path: Path) -> Path:
     import optuna
+
     from harness.studies.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -276,10 +284,10 @@ def test_a_damaged_middle_line_refuses_the_study_and_salvage_keeps_every_whole_t
     """The issue's probe: the line creating trial 2 corrupted, in the middle of the journal. 678faa3 dropped it
     with "repaired 1 line", and every later trial took another's parameters."""
     import optuna
-    from harness.studies.storage import open_storage
     from optuna.storages.journal import JournalFileBackend
 
     from harness.cli import main
+    from harness.studies.storage import open_storage
 
     path = _journal_of_six(tmp_path)
     lines = path.read_bytes().split(b"\n")
@@ -318,6 +326,7 @@ def test_an_unknown_op_code_refuses_in_one_line_naming_the_line(tmp_path):
 
 def test_a_torn_last_line_is_still_repaired_and_loses_no_trial(tmp_path):
     import optuna
+
     from harness.studies.storage import open_storage
 
     path = _journal_of_six(tmp_path)
