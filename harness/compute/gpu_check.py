@@ -36,9 +36,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.economy import AgreementConfig, rank_agreement
+from harness.compute.profile_step import ProfileConfig, profile_method
+from harness.compute.rank_agreement import AgreementConfig, rank_agreement
 from harness.presets import get as get_preset
-from harness.profile_step import ProfileConfig, profile_method
 from harness.run import run
 from harness.store import Store
 from harness.validate import Bound, at_least, check, positive
