@@ -29,6 +29,7 @@ import dataclasses
 import gc
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def timing_configs(cfg: GpuCheckConfig, out: str) -> dict[str, ProfileConfig]:
     if cfg.dry_run:
         common = dict(profile="tiny", reward="hpsv3", reward_options=("hpsv3.tiny=true",), device="cpu",
                       mixed_precision="no")
-        drpo = dict(k=4, grad_accum=1)
+        drpo = dict(k=24, grad_accum=1)  # the preset M=12 needs K >= 24
         draft = dict(k=2, grad_accum=2)
     else:
         common = dict(profile="sd-turbo-random", reward="hpsv3", reward_options=("hpsv3.random=true",),
@@ -132,12 +133,13 @@ def shapes_twins(cfg: GpuCheckConfig, out: str) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     summaries, seconds = {}, {}
     try:
-        for i, device in enumerate(devices):
-            tick = time.perf_counter()
-            summaries[i] = run(base.replace(device=device, run_id=f"shapes-twin-{i}-{device}"), method_cfg,
-                               store=Store(out), progress=False)
-            seconds[i] = time.perf_counter() - tick
-            _free()
+        with tempfile.TemporaryDirectory(dir=out) as tmp:  # the twins' records are not kept; their metrics are
+            for i, device in enumerate(devices):
+                tick = time.perf_counter()
+                summaries[i] = run(base.replace(device=device, run_id=f"shapes-twin-{i}-{device}"), method_cfg,
+                                   store=Store(tmp), progress=False)
+                seconds[i] = time.perf_counter() - tick
+                _free()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     metrics = sorted(k for k, v in summaries[0].items() if k.startswith("eval/") and isinstance(v, (int, float)))
@@ -174,7 +176,8 @@ def gpu_check(cfg: GpuCheckConfig) -> dict[str, Any]:
     if not cfg.dry_run and not torch.cuda.is_available():
         raise ValueError("gpu_check needs a CUDA GPU (torch.cuda.is_available() is False); use --dry-run on CPU")
     started = time.perf_counter()
-    out = str(Path(cfg.out) / "gpu_check_runs")  # the profile and Shapes runs' own records
+    out = str(Path(cfg.out) / "gpu_check_runs")  # the rank-agreement tables and a scratch folder for the Shapes runs
+    Path(out).mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"config": dataclasses.asdict(cfg), "environment": environment()}
     for name, part in (("timing", timing), ("economy", economy), ("shapes", shapes_twins)):
         tick = time.perf_counter()
@@ -210,18 +213,22 @@ def render(report: dict[str, Any]) -> str:
         lines += ["", f"Total {report['seconds']:.0f} s. All parts passed: {'yes' if report['ok'] else 'NO'}."]
     t = report.get("timing")
     if t:
-        lines += ["", "## HPSv3 timing configuration (per update of 192 images; bf16)", ""]
+        precision = "float32, CPU" if report["config"]["dry_run"] else "bf16"
+        lines += ["", f"## HPSv3 timing configuration (seconds per update; {precision})", ""]
         if "error" in t:
             lines.append(f"Failed: {t['error']}")
         else:
             phases = [k[: -len("/seconds")] for k in t["rows"]["drpo"] if k.endswith("/seconds") and k != "total/seconds"
                       and any(r[k] > 0 for r in t["rows"].values())]
-            lines += ["| method | layout | " + " | ".join(phases) + " | total s | peak memory |",
-                      "|---|---|" + "---|" * len(phases) + "---|---|"]
+            lines += ["| method | images | layout | " + " | ".join(phases) + " | total s | peak memory |",
+                      "|---|---|---|" + "---|" * len(phases) + "---|---|"]
             for m, r in t["rows"].items():
-                lines.append(f"| {m} | {r['layout']} | " + " | ".join(f"{r[p + '/seconds']:.2f}" for p in phases)
+                lines.append(f"| {m} | {r['images_per_update']} | {r['layout']} | "
+                             + " | ".join(f"{r[p + '/seconds']:.2f}" for p in phases)
                              + f" | {r['total/seconds']:.2f} | {r['peak_bytes'] / gib:.1f} GiB |")
-            lines += ["", f"DRaFT / DrPO update time: **{t['ratio']:.2f}x** (paper: {t['paper_ratio']}x, 4 GPUs)."]
+            lines += ["", f"DRaFT / DrPO update time: **{t['ratio']:.2f}x** (paper: {t['paper_ratio']}x, 4 GPUs)"
+                      + (" - dry run: toy models and unequal batches, not comparable." if report["config"]["dry_run"]
+                         else ".")]
     e = report.get("economy")
     if e:
         lines += ["", "## Ranking economies (exact float32 reward against bf16 autocast + inference mode)", ""]

@@ -5,7 +5,7 @@ Every registered method runs real updates through ``harness.run`` on a full-size
 latent MAE-256 features, a full-size random CLIP ViT-H/14 as PickScore and a reduced-depth Qwen2-VL-7B (full
 width, the first ``hpsv3_layers`` language and ``hpsv3_vision_layers`` vision blocks) as HPSv3. Then DrPO runs
 through ``harness.run.run``: interrupted after its first checkpoint (the fault suite's SIGINT), resumed, and
-compared with the same run uninterrupted; the adapter that run saves is loaded with ``load_lora_weights`` into
+compared with the same updates uninterrupted; the adapter that run saves is loaded with ``load_lora_weights`` into
 a stock diffusers pipeline built from the same random parts, whose UNet must reproduce the trained UNet.
 
 Nothing here says anything about quality: the weights are random. It shows the code path runs at full size
@@ -173,14 +173,14 @@ def _reward_modules(reward: Any) -> list[torch.nn.Parameter]:
 
 
 def resume_check(cfg: PaperSmokeConfig) -> dict[str, Any]:
-    """DrPO with PickScore for 2 updates through ``run()``: stopped by SIGINT at its first checkpoint and resumed,
-    against the same run uninterrupted (adapters must be equal), then the adapter in a stock diffusers pipeline."""
+    """DrPO with PickScore for 2 updates through ``run()``, stopped by SIGINT at its first checkpoint and resumed;
+    its final adapter against the same 2 updates uninterrupted (``update()`` twice on a fresh build, which is what
+    ``run()`` does between its evaluations and checkpoints); then the saved adapter in a stock diffusers pipeline."""
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, PeakRss() as rss:
         store = Store(tmp)
         cut_cfg = dataclasses.replace(run_config(cfg, "drpo", "pickscore", tmp, run_id="cut", checkpoint_every=1),
                                       updates=2)
-        full_cfg = dataclasses.replace(cut_cfg, run_id="full")
         method_cfg = method_config("drpo", "pickscore", cfg.k)
         tick = time.perf_counter()
         os.environ[faults.ENV] = "checkpoint:1:int"  # the fault suite's SIGINT, at the first checkpoint written
@@ -192,37 +192,37 @@ def resume_check(cfg: PaperSmokeConfig) -> dict[str, Any]:
         finally:
             del os.environ[faults.ENV]
         result["interrupted_status"] = store.manifest("cut")["status"]
+        _log(f"resume check: run stopped ({result['interrupted_status']}), resuming")
         resumed = run(cut_cfg, method_cfg, store=store, resume="cut", progress=False)
-        full = run(full_cfg, method_cfg, store=store, progress=False)
-        result["seconds"] = time.perf_counter() - tick
         result["resumed_from"] = store.manifest("cut").get("resumed_from")
-        result["updates"] = [resumed["budget/updates"], full["budget/updates"]]
-        cut_adapter, full_adapter = _adapter(store.run_dir("cut")), _adapter(store.run_dir("full"))
-        result["resumed_vs_uninterrupted_max_abs"] = max(float((cut_adapter[k] - full_adapter[k]).abs().max())
-                                                         for k in full_adapter)
-        result["adapter_tensors"] = len(full_adapter)
-        result["pipeline"] = pipeline_check(full_cfg, store.run_dir("full"))
+        result["updates"] = resumed["budget/updates"]
+        _log("resume check: resumed run complete; the uninterrupted reference")
+        reference = prepare(dataclasses.replace(cut_cfg, run_id="reference"), method_cfg)
+        spend = Spend()
+        for step in range(2):
+            update(reference, step, spend)
+        trained = reference.world.generator.trainable_state()
+        run_dir = store.run_dir("cut")
+        saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["trainable"]
+        result["resumed_vs_uninterrupted_max_abs"] = max(float((saved[k] - trained[k]).abs().max()) for k in trained)
+        result["adapter_tensors"] = len(trained)
+        result["seconds"] = time.perf_counter() - tick
+        _log("resume check: the adapter in a stock pipeline")
+        result["pipeline"] = pipeline_check(reference.world, run_dir / "adapter")
+        del reference
+        gc.collect()
     result["peak_rss_bytes"] = rss.peak
     result["ok"] = bool(result["interrupted_status"] == "interrupted" and result["resumed_from"] == 1
                         and result["resumed_vs_uninterrupted_max_abs"] == 0.0 and result["pipeline"]["ok"])
     return result
 
 
-def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / "adapter" / "pytorch_lora_weights.safetensors"))
-
-
-def pipeline_check(run_cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Load ``run_dir``'s adapter into a stock diffusers pipeline built from the same random parts and compare its
-    UNet with the run's trained UNet (the profile rebuilt, the final checkpoint's adapter loaded) on one input."""
+def pipeline_check(world: Any, adapter: Path) -> dict[str, Any]:
+    """Load ``adapter`` into a stock diffusers pipeline built from ``world``'s random parts (a plain UNet with the
+    same base weights) and compare its UNet with ``world``'s trained UNet on one input."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    world = PROFILES.get(run_cfg.profile)(run_cfg)
     gen = world.generator
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["trainable"]
-    gen.load_trainable_state(state)
     plain = stock_unet(gen.unet)
     scheduler = EulerDiscreteScheduler.from_config(SD_TURBO_SCHEDULER)
     if gen.family == "sd":
@@ -241,13 +241,17 @@ def pipeline_check(run_cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         extra["added_cond_kwargs"] = {"text_embeds": cond.tensors["pooled"], "time_ids": cond.tensors["time_ids"]}
     with torch.no_grad():
         base = pipe.unet(noise, t, encoder_hidden_states=cond.tensors["hidden"], **extra).sample
-        pipe.load_lora_weights(str(run_dir / "adapter"))
+        pipe.load_lora_weights(str(adapter))
         loaded = pipe.unet(noise, t, encoder_hidden_states=cond.tensors["hidden"], **extra).sample
         trained = gen.unet(noise, t, encoder_hidden_states=cond.tensors["hidden"], **extra).sample
     diff, change = float((loaded - trained).abs().max()), float((trained - base).abs().max())
     scale = float(trained.abs().max())
     return {"pipeline": type(pipe).__name__, "max_abs_pipeline_vs_trained": diff, "max_abs_trained_vs_base": change,
             "output_max_abs": scale, "ok": diff <= 1e-5 * max(scale, 1.0) and change > diff}
+
+
+def _log(message: str) -> None:
+    print(f"[paper_smoke {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def stock_unet(unet: torch.nn.Module) -> torch.nn.Module:
@@ -267,17 +271,32 @@ def paper_smoke(cfg: PaperSmokeConfig) -> dict[str, Any]:
     started = time.perf_counter()
     report: dict[str, Any] = {"config": dataclasses.asdict(cfg), "torch": torch.__version__,
                               "threads": torch.get_num_threads(), "machine": platform.machine(),
-                              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    # The resume check first: its SIGINT is the first checkpoint fault point this process passes.
-    report["resume"] = resume_check(cfg) if cfg.resume else None
-    rows = [smoke_method(cfg, m, "pickscore") for m in methods]
-    rows += [smoke_method(cfg, m, "hpsv3") for m in cfg.hpsv3_methods]
-    report["methods"] = rows
+                              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                              "methods": [], "resume": None, "complete": False}
+    # PickScore rows, the resume check, then the HPSv3 rows; the report is rewritten after each, so a run cut short
+    # still records what it measured ("complete": false).
+    plan = [(m, "pickscore") for m in methods] + [None] * cfg.resume + [(m, "hpsv3") for m in cfg.hpsv3_methods]
+    for item in plan:
+        if item is None:
+            _log("resume check (DrPO + PickScore, 2 updates)")
+            report["resume"] = resume_check(cfg)
+        else:
+            _log(f"{item[0]} + {item[1]}")
+            report["methods"].append(smoke_method(cfg, *item))
+            gc.collect()
+        _finish(report, started, cfg)
+    report["complete"] = True
+    _finish(report, started, cfg)
+    _log(f"done in {report['seconds'] / 60:.1f} min, peak RSS {report['peak_rss_bytes'] / 2 ** 30:.1f} GiB")
+    return report
+
+
+def _finish(report: dict[str, Any], started: float, cfg: PaperSmokeConfig) -> None:
     report["seconds"] = time.perf_counter() - started
     report["peak_rss_bytes"] = rss_bytes("VmHWM")
-    report["ok"] = all(r["ok"] for r in rows) and (report["resume"] is None or report["resume"]["ok"])
+    report["ok"] = (report["complete"] and all(r["ok"] for r in report["methods"])
+                    and (report["resume"] is None or report["resume"]["ok"]))
     write(report, cfg)
-    return report
 
 
 def write(report: dict[str, Any], cfg: PaperSmokeConfig) -> Path:
@@ -291,7 +310,8 @@ def write(report: dict[str, Any], cfg: PaperSmokeConfig) -> Path:
              f"CLIP ViT-H/14 at full size; HPSv3: Qwen2-VL-7B at full width, {cfg.hpsv3_layers} language and "
              f"{cfg.hpsv3_vision_layers} vision block(s). Weights are random: the numbers are time and memory only.",
              "", f"Total {report['seconds'] / 60:.1f} min, peak RSS {report['peak_rss_bytes'] / gib:.1f} GiB. "
-             f"All checks passed: {'yes' if report['ok'] else 'NO'}.", "",
+             + (f"All checks passed: {'yes' if report['ok'] else 'NO'}." if report["complete"] else
+                "**Incomplete: the run was stopped before every row below was measured.**"), "",
              "| method | reward | build s | s / update | peak RSS | loss | adapter moved | phases (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["methods"]:
@@ -303,12 +323,12 @@ def write(report: dict[str, Any], cfg: PaperSmokeConfig) -> Path:
         p = res["pipeline"]
         lines += ["", "## Checkpoint, resume and the stock pipeline (DrPO + PickScore, 2 updates)", "",
                   f"- run stopped by SIGINT at its first checkpoint: status `{res['interrupted_status']}`, resumed "
-                  f"from update {res['resumed_from']}; its adapter against the uninterrupted run's: max |diff| "
-                  f"{res['resumed_vs_uninterrupted_max_abs']:.3g} over {res['adapter_tensors']} tensors",
+                  f"from update {res['resumed_from']}; its final adapter against the same 2 updates uninterrupted: "
+                  f"max |diff| {res['resumed_vs_uninterrupted_max_abs']:.3g} over {res['adapter_tensors']} tensors",
                   f"- `{p['pipeline']}.load_lora_weights(adapter/)` on a stock UNet with the same random base weights: "
                   f"max |UNet output - trained UNet output| {p['max_abs_pipeline_vs_trained']:.3g} (the adapter moves "
                   f"the output by {p['max_abs_trained_vs_base']:.3g}; outputs up to {p['output_max_abs']:.3g})",
-                  f"- three runs in {res['seconds']:.0f} s, peak RSS {res['peak_rss_bytes'] / gib:.1f} GiB"]
+                  f"- {res['seconds']:.0f} s, peak RSS {res['peak_rss_bytes'] / gib:.1f} GiB"]
     path = out / "paper_smoke.md"
     path.write_text("\n".join(lines) + "\n")
     return path
