@@ -7,6 +7,10 @@
     nox -s tune_table2            re-run the equal-effort tuning the main comparison reads (harness/tuned/shapes.json)
     nox -s plots                  redraw every figure from stored results
     nox -s lint                   ruff
+    nox -s paper_smoke            every method at full SD-Turbo size with random weights on CPU, checkpoint, resume and
+                                  the adapter in a stock diffusers pipeline (results/compute/paper_smoke.md; tens of
+                                  minutes, not part of `tests`)
+    nox -s gpu_check              the prepared one-GPU check (results/compute/gpu_check.md); `-- --dry-run` on CPU
     nox -s reward_env-hpsv3       an isolated env per reward package (hpsv3, geneval, imagereward, hpsv2) that runs
                                   `driftbench serve-reward` for remote:URL; see the section at the end of this file
     nox -s reward_envs_check      build every reward env and check it with tiny random models (no weights, no GPU)
@@ -80,6 +84,27 @@ def plots(session: nox.Session) -> None:
     """Redraw every figure from the stored results into results/plots/ (no training)."""
     install(session)
     session.run("python", "-m", "harness", "plots", *session.posargs)
+
+
+@nox.session
+def paper_smoke(session: nox.Session) -> None:
+    """Every method for one update at full SD-Turbo size with random weights on CPU (PickScore as a full-size CLIP
+    ViT-H/14, HPSv3 as a reduced-depth Qwen2-VL-7B), then checkpoint, resume and the adapter loaded into a stock
+    diffusers pipeline; writes results/compute/paper_smoke.json and .md. Arguments go to the module, e.g.
+    `-- --profile sd-turbo-random` (512 px; the default run is 256 px, see README)."""
+    install(session)
+    args = list(session.posargs) or ["--profile", "sd-turbo-random-256"]
+    session.run("python", "-m", "harness.compute.paper_smoke", *args)
+
+
+@nox.session
+def gpu_check(session: nox.Session) -> None:
+    """The prepared one-GPU check (HPSv3 timing configuration at full size in bf16, profile-step of DrPO and DRaFT,
+    the ranking economies, Shapes on CUDA against CPU); `-- --dry-run` runs it at toy size on CPU. On a GPU machine
+    with a registry set DRIFTBENCH_TORCH to a CUDA build (or skip); the lent machine without one runs
+    .ci/gpu-check-device.sh instead (wheels from .ci/gpu-wheels.txt)."""
+    install(session)
+    session.run("python", "-m", "harness.compute.gpu_check", *session.posargs)
 
 
 @nox.session

@@ -37,11 +37,13 @@ PROFILES = Registry("profile", {
     "sdxl-turbo": "harness.profiles:sdxl_turbo",
     "sd-turbo-random": "harness.compute.random_profiles:sd_turbo_random",
     "sdxl-turbo-random": "harness.compute.random_profiles:sdxl_turbo_random",
+    "sd-turbo-random-256": "harness.compute.random_profiles:sd_turbo_random_256",
 })
 """Generator profiles by name: a builder ``(RunConfig) -> World`` each, imported on first use."""
 
 DEFAULT_REWARDS = {"shapes": "shapes-pref", "tiny": "jpeg", "tiny-xl": "jpeg", "sd-turbo": "pickscore",
-                   "sdxl-turbo": "pickscore", "sd-turbo-random": "pickscore", "sdxl-turbo-random": "pickscore"}
+                   "sdxl-turbo": "pickscore", "sd-turbo-random": "pickscore", "sdxl-turbo-random": "pickscore",
+                   "sd-turbo-random-256": "pickscore"}
 """Each profile's training reward when a run names none; known before the profile is built, so a run's
 capability checks (``harness.checks``) need not build it. Every builder's ``World.default_reward`` is this."""
 

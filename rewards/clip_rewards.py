@@ -24,7 +24,10 @@ without grad and cached per prompt.
 
 Common options: ``device`` (default cuda when available), ``dtype`` (float32 | bfloat16 | float16),
 ``batch`` (images per forward, 32). ``tiny=true`` builds the same classes from tiny random configs with a
-word-level tokenizer, offline (tests and CPU smoke runs); its input size is 32 px.
+word-level tokenizer, offline (tests and CPU smoke runs); its input size is 32 px. ``random=true`` (PickScore
+only) builds the released architecture at full size with random weights from ``harness/configs/pickscore.json``
+(CLIP ViT-H/14, 224 px) and the word-level tokenizer: a stand-in for timing and smoke runs
+(``nox -s paper_smoke``, ``nox -s gpu_check``) whose scores mean nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.compute import archs
 from harness.generator import word_tokenizer
 from harness.safe_load import torch_file
 from rewards import check_images
@@ -176,9 +180,12 @@ class _ClipReward:
     default_model = "openai/clip-vit-large-patch14"
     default_processor: str | None = None
     vision_only = False
+    arch: str | None = None
+    """The ``harness/configs`` architecture ``random=true`` builds (None: this reward offers no stand-in)."""
 
     def __init__(self, model: str | None = None, processor: str | None = None, tiny: Any = False,
-                 device: str | None = None, dtype: str = "float32", batch: int | str = 32, seed: int | str = 0):
+                 device: str | None = None, dtype: str = "float32", batch: int | str = 32, seed: int | str = 0,
+                 random: Any = False):
         self.device = default_device(device)
         self.dtype = torch_dtype(dtype)
         self.batch = int(batch)
@@ -187,6 +194,14 @@ class _ClipReward:
         if flag(tiny):
             net, self.tokenizer = tiny_clip(int(seed), vision_only=self.vision_only)
             self.size, self.mean, self.std = TINY_SIZE, CLIP_MEAN, CLIP_STD
+        elif flag(random):
+            if self.arch is None:
+                raise ValueError(f"reward '{self.name}' has no random-weight stand-in (random=true); "
+                                 "rewards that have one: pickscore, hpsv3")
+            # Built on the target device (no CPU copy of a 1B-parameter model first), then cast below.
+            net = archs.build_random(self.arch, device=self.device, seed=int(seed))
+            self.tokenizer = tiny_tokenizer(max_length=net.config.text_config.max_position_embeddings)
+            self.size, self.mean, self.std = net.config.vision_config.image_size, CLIP_MEAN, CLIP_STD
         else:
             net, self.tokenizer = self._load(model or self.default_model, processor or self.default_processor)
         self.model = net.to(self.device, self.dtype).eval().requires_grad_(False)
@@ -253,6 +268,7 @@ class PickScore(_ClipReward):
                 "laion/CLIP-ViT-H-14-laion2B-s32B-b79K tokenizer/processor (processor=) dirs or HF cache")
     default_model = "yuvalkirstain/PickScore_v1"
     default_processor = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    arch = "pickscore"
 
     def _score(self, images: Tensor, prompts: list[str]) -> Tensor:
         cos = (self.image_embeds(images) * self.text_embeds(prompts)).sum(-1)

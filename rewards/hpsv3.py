@@ -25,6 +25,14 @@ itself (``reward`` may be decorated with ``inference_mode``), and gradients reac
 scores it through the harness's own differentiable Qwen2-VL path (:class:`QwenRewardPath`: bicubic resize
 to a multiple of 28, CLIP mean/std, the exact Qwen2-VL patchify, M-RoPE inputs); tests use it to check
 shapes, batching and gradients. Input size: 448 x 448 (256*28*28 pixels) for the real model, 56 for tiny.
+
+``random=true`` builds HPSv3's architecture at full width from ``harness/configs/hpsv3.json`` (Qwen2-VL-7B +
+rm_head) with random weights, scored through the same :class:`QwenRewardPath` at 448 px, with a word-level
+tokenizer and an instruction padded to the config's token counts, so the sequence is as long as the real one
+(256 image tokens + template + instruction + the prompt's words). ``layers=N`` / ``vision_layers=N`` keep only
+the first N language / vision blocks (the CPU smoke run's reduced depth; 0 = the full 28 / 32). ``dtype``
+(float32 | bfloat16 | float16) applies to this stand-in and ``tiny`` (the package path runs its config's
+dtype). Its scores mean nothing: it is for timing and memory (``nox -s gpu_check``) and smoke runs.
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.compute import archs
 from harness.generator import word_tokenizer
 from rewards import check_images
-from rewards.clip_rewards import CLIP_MEAN, CLIP_STD, default_device, flag
+from rewards.clip_rewards import CLIP_MEAN, CLIP_STD, default_device, flag, torch_dtype
 from rewards.remote import isolated_env_error
 
 SESSION = "reward_env-hpsv3"
@@ -179,6 +188,52 @@ def tiny_hpsv3(seed: int = 0) -> QwenRewardPath:
                           instruction="rate the image for the prompt")
 
 
+QWEN2_VL_SPECIAL = {"pad": 151643, "vision_start": 151652, "vision_end": 151653, "image": 151655, "video": 151656,
+                    "reward": 151657}
+"""Qwen2-VL-7B-Instruct's special-token ids (``<|endoftext|>`` as padding); ``<|Reward|>`` is the token HPSv3 adds,
+which takes the tokenizer's next id."""
+
+
+def random_hpsv3(seed: int = 0, layers: int = 0, vision_layers: int = 0, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> QwenRewardPath:
+    """HPSv3's architecture (``harness/configs/hpsv3.json``) with random weights, optionally at reduced depth.
+
+    Built directly on ``device`` in ``dtype`` (no float32 copy of 8B parameters first; the fast random fill of
+    :func:`harness.archs.random_weights`). ``lm_head`` is dropped:
+    HPSv3 reads the last hidden state and never runs it (1.1 GB of bf16 weights that would only hold memory).
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    arch = archs.load_config("hpsv3")
+    c, inputs = arch["config"], arch["inputs"]
+    text = {k: v for k, v in c["text_config"].items() if not k.startswith("_")}
+    vision = {k: v for k, v in c["vision_config"].items() if not k.startswith("_")}
+    for key, value, full in (("layers", layers, text["num_hidden_layers"]), ("vision_layers", vision_layers,
+                                                                             vision["depth"])):
+        if not 0 <= value <= full:
+            raise ValueError(f"reward 'hpsv3' option {key}={value} must lie in [0, {full}] (0: all)")
+    text["num_hidden_layers"] = layers or text["num_hidden_layers"]
+    vision["depth"] = vision_layers or vision["depth"]
+    s = QWEN2_VL_SPECIAL
+    config = Qwen2VLConfig(text_config={**text, "pad_token_id": s["pad"]}, vision_config=vision,
+                           image_token_id=s["image"], video_token_id=s["video"], vision_start_token_id=s["vision_start"],
+                           vision_end_token_id=s["vision_end"], pad_token_id=s["pad"])
+
+    def build() -> QwenVLReward:
+        vlm = Qwen2VLForConditionalGeneration(config)
+        vlm.lm_head = nn.Identity()
+        return QwenVLReward(vlm, head=c["rm_head"])
+
+    model = archs.random_weights(build, device=device, seed=seed, dtype=dtype)
+    model.rm_head.float()  # HPSv3 runs its rm_head in float32 (QwenVLReward.forward feeds it float32)
+    # The chat template and the rubric are tokens the word-level tokenizer cannot spell: an instruction of as
+    # many one-token words keeps the sequence as long as the real one (the three vision and reward markers
+    # the path adds count among the template's tokens).
+    filler = inputs["template_tokens"] + inputs["instruction_tokens"] - 3
+    return QwenRewardPath(model.eval().requires_grad_(False), word_tokenizer(max_length=4096), dict(s), IMAGE_SIZE,
+                          instruction=" ".join(["rate"] * filler), max_text_tokens=filler + 256)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The hpsv3 package (its own environment)
 # ---------------------------------------------------------------------------------------------------
@@ -251,15 +306,18 @@ class HPSv3:
                 "local checkpoint= HPSv3.safetensors and qwen= Qwen2-VL-7B-Instruct dir (or config=)")
 
     def __init__(self, config: str | None = None, checkpoint: str | None = None, qwen: str | None = None,
-                 device: str | None = None, batch: int | str = 4, tiny: Any = False, seed: int | str = 0):
+                 device: str | None = None, batch: int | str = 4, tiny: Any = False, seed: int | str = 0,
+                 random: Any = False, layers: int | str = 0, vision_layers: int | str = 0, dtype: str = "float32"):
         self.batch = int(batch)
         if self.batch < 1:
             raise ValueError(f"reward 'hpsv3' needs batch >= 1, got {batch}")
         self.device = default_device(device)
         if flag(tiny):
             self.path: Any = tiny_hpsv3(int(seed))
-            self.path.model.to(self.device)
+            self.path.model.to(self.device, torch_dtype(dtype)).rm_head.float()
             self.resolution = TINY_IMAGE_SIZE
+        elif flag(random):
+            self.path = random_hpsv3(int(seed), int(layers), int(vision_layers), self.device, torch_dtype(dtype))
         else:
             self.path = _PackagePath(config, checkpoint, qwen, self.device)
 

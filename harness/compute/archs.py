@@ -156,14 +156,67 @@ def build_meta(name: str) -> nn.Module:
     return model.eval()
 
 
-def build_random(name: str, *, device: str | torch.device = "cpu", seed: int = 0) -> nn.Module:
-    """A full-size model for ``name`` with random weights on ``device``, for timing runs (timing does not
-    depend on weight values). Needs the memory of the real model."""
+def build_random(name: str, *, device: str | torch.device = "cpu", seed: int = 0,
+                 dtype: torch.dtype | None = None) -> nn.Module:
+    """A full-size model for ``name`` with random weights on ``device`` (see :func:`random_weights`), for timing
+    and smoke runs (timing does not depend on weight values). Needs the memory of the real model."""
     _, cfg, _ = resolve(name)
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        model = _build(cfg)
-    return model.eval()
+    return random_weights(lambda: _build(cfg), device=device, seed=seed, dtype=dtype).eval()
+
+
+_BLOCK = (1 << 22) + 15
+"""Length of the seeded normal block random weights are tiled from (not a multiple of any layer width)."""
+
+
+def random_weights(build: Callable[[], nn.Module], *, device: str | torch.device = "cpu", seed: int = 0,
+                   dtype: torch.dtype | None = None) -> nn.Module:
+    """``build()`` run on ``device`` (in ``dtype`` when given) with its initialisers skipped, then filled fast.
+
+    The default initialisers draw every value one by one: on two CPU cores a 1B-parameter model takes about a
+    minute (measured: 62 s for a one-block Qwen2-VL of 0.85B, 46 of them in ``normal_``/``uniform_``). Here
+    weight matrices and kernels are tiled from one seeded N(0, 1) block scaled by 1/sqrt(fan-in) (LeCun's
+    variance, so activations keep their scale), 1-D parameters named ``bias`` are 0 and other 1-D ones (norm
+    scales, embeddings of one vector) 1. Buffers (position ids, rotary frequencies) are computed by the modules'
+    constructors as usual. Deterministic in ``seed``; the values mean nothing.
+    """
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+
+    default = torch.get_default_dtype()
+    with no_init_weights(), torch.device(device):
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        try:
+            model = build()
+        finally:
+            torch.set_default_dtype(default)
+    block = torch.randn(_BLOCK, generator=torch.Generator().manual_seed(seed))
+    blocks: dict[tuple, Tensor] = {}
+    with torch.no_grad():
+        for i, (name, p) in enumerate(model.named_parameters()):
+            if p.ndim == 0:
+                continue  # constructed from a config value (CLIP's logit_scale), not by an initialiser
+            if p.ndim == 1:
+                p.fill_(0.0 if name.endswith("bias") else 1.0)
+                continue
+            key = (p.device, p.dtype)
+            if key not in blocks:
+                blocks[key] = block.to(p.device, p.dtype)
+            src, flat = blocks[key], p.view(-1)
+            scale, shift = p[0].numel() ** -0.5, (i * 7919) % _BLOCK
+            for start in range(0, flat.numel(), _BLOCK):
+                chunk = flat[start:start + _BLOCK]
+                n = chunk.numel()
+                if shift + n <= _BLOCK:
+                    chunk.copy_(src[shift:shift + n])
+                else:
+                    head = _BLOCK - shift
+                    chunk[:head].copy_(src[shift:])
+                    chunk[head:].copy_(src[:n - head])
+                chunk.mul_(scale)
+    return model
 
 
 _MODELS: dict[str, nn.Module] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from harness.budget import PHASES, Spend
 from harness.config import RunConfig
@@ -46,6 +46,8 @@ class ProfileConfig:
     """Timed updates, averaged."""
     device: str = "auto"
     """auto, cpu or cuda."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
+    """no, fp16 or bf16: the frozen weights' dtype on a GPU (the paper's HPSv3 timing run used bf16)."""
     out: str = "results"
     """Results root."""
 
@@ -62,7 +64,8 @@ def profile_method(cfg: ProfileConfig, method: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         run_cfg = RunConfig(method=method, profile=cfg.profile, reward=cfg.reward, evals=(cfg.reward,),
                             reward_options=cfg.reward_options, k=cfg.k, prompts_per_step=cfg.prompts_per_step,
-                            grad_accum=cfg.grad_accum, updates=cfg.warmup + cfg.steps, device=cfg.device, out=tmp)
+                            grad_accum=cfg.grad_accum, updates=cfg.warmup + cfg.steps, device=cfg.device,
+                            mixed_precision=cfg.mixed_precision, out=tmp)
         parts = prepare(run_cfg, method_cfg)
         spend = Spend()
         for step in range(cfg.warmup):

@@ -22,7 +22,7 @@ from harness.world import (
 )
 
 
-def _random_full_size(cfg: RunConfig, family: str) -> World:
+def _random_full_size(cfg: RunConfig, family: str, resolution: int = 512) -> World:
     """A full-size generator with random weights built from ``harness/configs`` (no download), for
     ``driftbench profile-step`` timing on a GPU: timing does not depend on weight values."""
     device, dtype = device_for(cfg), dtype_for(cfg)
@@ -35,8 +35,9 @@ def _random_full_size(cfg: RunConfig, family: str) -> World:
         both = archs.build_random("sdxl-text-encoders", device=device)
         encoders = [both["text_encoder"], both["text_encoder_2"]]
     tokenizers = [word_tokenizer(max_length=77) for _ in encoders]
-    gen = OneStepGenerator(name=f"{prefix}-turbo-random", family=family, unet=unet, vae=vae, text_encoders=encoders,
-                           tokenizers=tokenizers, resolution=512, lora_rank=cfg.lora_rank or 16, device=device,
+    name = f"{prefix}-turbo-random" + ("" if resolution == 512 else f"-{resolution}")
+    gen = OneStepGenerator(name=name, family=family, unet=unet, vae=vae, text_encoders=encoders,
+                           tokenizers=tokenizers, resolution=resolution, lora_rank=cfg.lora_rank or 16, device=device,
                            dtype=dtype)
     features = {"encoder": lambda: _random_mae(device), "latent": raw_latent_features,
                 "latent-tokens": latent_token_features, "pixel": pixel_features,
@@ -67,3 +68,9 @@ def sd_turbo_random(cfg: RunConfig) -> World:
 def sdxl_turbo_random(cfg: RunConfig) -> World:
     """SDXL-Turbo at full size with random weights (timing only; prompts are the tiny set)."""
     return _random_full_size(cfg, "sdxl")
+
+
+def sd_turbo_random_256(cfg: RunConfig) -> World:
+    """SD-Turbo at full size with random weights at 256 px (32x32 latents): every network at full size, a quarter
+    of the pixels; the CPU smoke run's size (``nox -s paper_smoke``)."""
+    return _random_full_size(cfg, "sd", resolution=256)
