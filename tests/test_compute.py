@@ -38,7 +38,7 @@ def test_compute_bad_input(tmp_path, changes, match):
 
 @pytest.mark.slow
 def test_profile_step_runs_on_cpu_tiny(tmp_path):
-    rows, path = profile_step(ProfileConfig(methods=("drpo", "draft"), k=4, warmup=1, steps=1, out=str(tmp_path)))
+    rows, path = profile_step(ProfileConfig(methods=("drpo", "draft"), warmup=1, steps=1, out=str(tmp_path)))  # K: the preset's 24
     assert [r["method"] for r in rows] == ["drpo", "draft"]
     assert all(r["total/seconds"] > 0 and r["generate/flops"] > 0 for r in rows)
     assert rows[1]["reward_backward/seconds"] > 0 and rows[0]["reward_backward/seconds"] == 0
