@@ -247,7 +247,7 @@ def test_metadata_file_errors(tmp_path):
         GenEvalBenchmark(Config(metadata=str(tmp_path / "missing.jsonl")))
     with pytest.raises(ValueError, match="geneval needs --metadata PATH"):
         GenEvalBenchmark(Config())
-    with pytest.raises(ValueError, match="unknown GenEval detector 'yolo'"):
+    with pytest.raises(ValueError, match=r"unknown detector 'yolo' \(--geneval.detector\)"):
         GenEvalBenchmark(Config(metadata=str(tmp_path / "ok.jsonl"), detector="yolo"))
     # A real generator with no scorer chosen says how to choose one.
     bench = GenEvalBenchmark(Config(metadata=str(tmp_path / "ok.jsonl")))
@@ -701,5 +701,6 @@ def test_paper_table_puts_ours_beside_the_papers():
     assert "23.10 ± " in drpo and "(23.49)" in drpo and "(6.485)" in drpo and "(22.99)" in drpo
     assert next(line for line in lines if line.startswith("| SD-Turbo (base)")).count("(21.88)") == 1
     assert next(line for line in lines if line.startswith("| SD1.5 ")).startswith("| SD1.5 | 50 | – | – (20.79)")
-    rec = next(r for r in records if r["method"] == "drpo" and r["set"] == "parti" and r["column"] == "PS")
-    assert rec["ours"] == pytest.approx(22.1) and rec["paper"] == 22.99 and rec["seeds"] == 2
+    # long format (one row per section x method x metric): the benchmark set is the split, the column the metric
+    rec = next(r for r in records if r["method"] == "drpo" and r["split"] == "parti" and r["metric"] == "PS")
+    assert rec["value"] == pytest.approx(22.1) and rec["paper"] == 22.99 and rec["seeds"] == 2
