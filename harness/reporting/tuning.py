@@ -12,19 +12,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.reporting.plots import _style, color, save
-from harness.studies.space import method_space
 from harness.studies.study import load_study
 from harness.studies.tune import study_name
-from methods import METHODS
 
 
-def space_size(method: str) -> dict[str, Any]:
-    """A method's searched parameters (its ``space`` plus the shared learning-rate override): how many are
-    continuous or integer ranges, and how many combinations the categorical ones make."""
+def space_size(the_study: Any) -> dict[str, Any]:
+    """The parameters a stored study actually searched (the union of its trials' distributions, the shared
+    learning-rate override included; a method's ``space`` may have grown since): how many are continuous or
+    integer ranges, and how many combinations the categorical ones make."""
+    from optuna.distributions import CategoricalDistribution
 
-    params = {k: v for k, v in method_space(METHODS.get(method)).items() if k != "k"}
-    categorical = [v for v in params.values() if v[0] == "categorical"]
-    combos = math.prod(len(v[1]) for v in categorical) if categorical else 1
+    params: dict[str, Any] = {}
+    for trial in the_study.get_trials(deepcopy=False):
+        params.update({k: v for k, v in trial.distributions.items() if k != "k"})
+    categorical = [v for v in params.values() if isinstance(v, CategoricalDistribution)]
+    combos = math.prod(len(v.choices) for v in categorical) if categorical else 1
     return {"parameters": len(params), "ranges": len(params) - len(categorical), "categorical": len(categorical),
             "combinations": combos, "names": sorted(params)}
 
@@ -52,7 +54,7 @@ def report(section: str, methods: Sequence[str], out: str, directory: Path) -> t
         the_study = load_study(study_name(section, method), out=out)
         trials = the_study.get_trials(deepcopy=False)
         states = [sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
-        size = space_size(method)
+        size = space_size(the_study)
         curves[method] = best_so_far(the_study)
         lines.append(f"| {method} | {', '.join(size['names'])} | {size['ranges']} | {size['combinations']} | "
                      f"{' / '.join(map(str, states))} | {curves[method][-1]:.3f} |")
