@@ -21,6 +21,18 @@ def tiny_run(tmp_path, **changes):
     return RunConfig(**{**base, **changes})
 
 
+@pytest.fixture(autouse=True)
+def _forget_remembered_secrets():
+    """Secrets a command remembers (``harness.redact.remember``) are masked for the rest of its process; in the
+    one pytest process a test's secret (CI's database password is the word "driftbench") would otherwise mask
+    later tests' output."""
+    from harness import redact
+
+    known = list(redact._KNOWN)
+    yield
+    redact._KNOWN[:] = known
+
+
 @pytest.fixture
 def store(tmp_path):
     from harness.store import Store
