@@ -58,14 +58,12 @@ from evals.geneval import (
     filter_detections,
     summarize,
 )
-from evals.geneval_layout import (  # noqa: F401 - the layout is part of the benchmark's API
+from evals.geneval_layout import (
     LayoutEntry,
-    check_metadata,
     clear_layout,
     load_images,
     load_metadata,
     read_layout,
-    write_layout,
     write_prompt,
 )
 from harness.config import parse_kv

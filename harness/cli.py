@@ -121,7 +121,7 @@ def execute(name: str, argv: Sequence[str]) -> int:
     function = load(command.target)
     if not command.config:
         return function(list(argv)) or 0
-    result = function(_cli(load(command.config), argv, f"driftbench {name}"))
+    result = function(parse_config(load(command.config), argv, f"driftbench {name}"))
     if distributed.current().main:
         _report(result)
     return 0
@@ -192,7 +192,7 @@ def _once(argv: Sequence[str]) -> None:
             seen.add(name)
 
 
-def _cli(cls: type, argv: Sequence[str], prog: str):
+def parse_config(cls: type, argv: Sequence[str], prog: str):
     """Parse ``argv`` into config ``cls`` and check every field's bound and choice before anything is built."""
     import tyro  # CLI start-up: tyro only when a command parses
 

@@ -151,7 +151,8 @@ def test_geneval_end_to_end_on_the_shapes_detector(tmp_path):
     import pandas as pd
 
     from evals.geneval import summarize
-    from evals.geneval_bench import Config, GenEvalBenchmark, read_layout, read_results
+    from evals.geneval_bench import Config, GenEvalBenchmark, read_results
+    from evals.geneval_layout import read_layout
 
     metas = shapes_metas(per_tag=2)  # 12 prompts, two per tag
     gen = RenderGenerator(metas)
@@ -203,7 +204,7 @@ def test_geneval_end_to_end_on_the_shapes_detector(tmp_path):
 
 @pytest.mark.unit
 def test_write_layout_and_read_layout_rules(tmp_path):
-    from evals.geneval_bench import read_layout, write_layout
+    from evals.geneval_layout import read_layout, write_layout
 
     metas = shapes_metas()[:2]
     images = [np.full((3, 8, 8, 3), 100 + i, np.uint8) for i in range(2)]
@@ -225,7 +226,8 @@ def test_write_layout_and_read_layout_rules(tmp_path):
 
 @pytest.mark.unit
 def test_metadata_file_errors(tmp_path):
-    from evals.geneval_bench import Config, GenEvalBenchmark, load_metadata
+    from evals.geneval_bench import Config, GenEvalBenchmark
+    from evals.geneval_layout import load_metadata
 
     metas = shapes_metas()
     good = "".join(json.dumps(m) + "\n" for m in metas[:2])
@@ -277,7 +279,8 @@ def test_geneval_mmdet_in_the_main_environment_gives_the_environment_error(tmp_p
 def test_geneval_reward_over_http_matches_the_detector_path(tmp_path):
     """``--reward remote:URL`` serving geneval-mmdet: the rules run server-side on metadata sent as JSON prompts.
     A stand-in detector (the Shapes one) replaces Mask2Former, which needs GenEval's environment."""
-    from evals.geneval_bench import Config, GenEvalBenchmark, read_results, write_layout
+    from evals.geneval_bench import Config, GenEvalBenchmark, read_results
+    from evals.geneval_layout import write_layout
     from harness.serving.server import RewardServer
     from harness.shapes.detect import detect_batch
     from harness.shapes.render import render_batch
@@ -655,7 +658,8 @@ def test_nox_lists_the_reward_environments_and_they_fail_early(tmp_path):
 def test_table2_passes_the_model_and_prompt_files_to_the_paper_sections(tmp_path):
     import tyro
 
-    from harness.reporting.reproduce import PAPER_METHODS, SECTIONS, Table2Config, check_real, plan
+    from harness.reporting.reproduce import Table2Config, check_real, plan
+    from harness.sections import PAPER_METHODS, SECTIONS
     from harness.store import Store
 
     train = tmp_path / "train.txt"

@@ -234,7 +234,8 @@ def test_orphans_are_cleaned_and_torn_metrics_lines_skipped_and_cut(tmp_path):
 
 
 def test_table2_resumes_every_unfinished_run_and_never_starts_a_duplicate(tmp_path):
-    from harness.reporting.reproduce import SECTIONS, Table2Config, plan, reproduce
+    from harness.reporting.reproduce import Table2Config, plan, reproduce
+    from harness.sections import SECTIONS
     from harness.store import RunLock, RunLocked
 
     cfg = Table2Config(profile="tiny", seeds=(0,), out=str(tmp_path), progress=False, plots=False)

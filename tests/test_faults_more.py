@@ -304,7 +304,8 @@ def test_plots_name_the_nan_points_they_drop(results):
 
 def test_a_corrupt_manifest_is_named_by_resume_and_skipped_by_table2(results, capsys):
     from harness.cli import main
-    from harness.reporting.reproduce import SECTIONS, Table2Config, plan
+    from harness.reporting.reproduce import Table2Config, plan
+    from harness.sections import SECTIONS
 
     manifest = results / "runs" / "s1" / "manifest.json"
     manifest.write_text("\x00\x01 not json")

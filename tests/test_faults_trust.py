@@ -241,6 +241,8 @@ def test_every_secret_form_is_masked(text, want):
 
 
 def test_help_placeholders_and_plain_words_are_kept():
+    """Masking must not eat the placeholders help texts and errors show (``Bearer TOKEN``, ``USER:PASSWORD``)
+    nor ordinary words that merely contain a secret key's name (``max_tokens``, ``Basic``, ``OAuth``)."""
     from harness.redact import redact_text
 
     for text in ("send 'Authorization: Bearer TOKEN'", "postgresql+psycopg://USER:PASSWORD@HOST:5432/DB",

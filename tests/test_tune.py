@@ -9,7 +9,7 @@ import pytest
 
 from harness.config import RunConfig
 from harness.presets import PRESETS, Preset
-from harness.reporting.reproduce import SECTIONS, Section
+from harness.sections import SECTIONS, Section
 from harness.studies.tune import TuneConfig
 from harness.studies.tuned import method_config, tuned_configs, unequal_effort
 

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.cli import parse_config
 from harness.compute.profile_step import ProfileConfig, profile_method
 from harness.compute.rank_agreement import AgreementConfig, rank_agreement
 from harness.presets import get as get_preset
@@ -255,10 +256,9 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
-
-    cfg = tyro.cli(GpuCheckConfig, args=argv, prog="python -m harness.compute.gpu_check")
     try:
+        # the CLI's parser: a repeated flag or a bad choice is one line, as for every driftbench command
+        cfg = parse_config(GpuCheckConfig, sys.argv[1:] if argv is None else argv, "python -m harness.compute.gpu_check")
         report = gpu_check(cfg)
     except ValueError as exc:
         print(f"gpu_check: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ import torch
 
 from harness import faults
 from harness.budget import Spend
+from harness.cli import parse_config
 from harness.config import RunConfig
 from harness.generator import SD_TURBO_SCHEDULER
 from harness.lifecycle import Interrupted
@@ -335,10 +336,9 @@ def write(report: dict[str, Any], cfg: PaperSmokeConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
-
-    cfg = tyro.cli(PaperSmokeConfig, args=argv, prog="python -m harness.compute.paper_smoke")
     try:
+        # the CLI's parser: a repeated flag or a bad choice is one line, as for every driftbench command
+        cfg = parse_config(PaperSmokeConfig, sys.argv[1:] if argv is None else argv, "python -m harness.compute.paper_smoke")
         report = paper_smoke(cfg)
     except ValueError as exc:
         print(f"paper_smoke: {exc}", file=sys.stderr)

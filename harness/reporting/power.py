@@ -48,7 +48,6 @@ modelled ones (rough with few seeds: n - 1 degrees of freedom).
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ import numpy as np
 from harness.config import NOT_IN_KEY
 from harness.reporting.stats import mdd
 from harness.shapes.prompts import DISJOINT_TAGS, parse_prompt
-from harness.store import Store, write_atomic
+from harness.store import Store, read_json, write_atomic
 from harness.validate import Bound, at_least, check, within
 
 COMPONENTS = ("seed", "seed_x_prompt", "noise", "residual", "prompt")
@@ -220,14 +219,10 @@ def load_group(store: Store, patterns: tuple[str, ...], split: str, reward: str)
     stored = []
     for s in order:
         summary = store.run_dir(seeds[s]) / "summary.json"
-        values = _read(summary)
+        values = read_json(summary, dict) if summary.is_file() else {}  # a damaged summary is named
         stored.append(values.get(f"{split}/{reward}/overall_disjoint", values.get(f"{split}/{reward}/mean",
                                                                                     float("nan"))))
     return Group([seeds[s] for s in order], order, prompts, y, *gold_weights(prompts, reward), stored)
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _record(store: Store, run_id: str, split: str, reward: str) -> dict:

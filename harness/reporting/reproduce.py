@@ -38,7 +38,7 @@ from harness.registry import unknown
 from harness.reporting.preflight import check_table2
 from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
 from harness.run import run
-from harness.sections import PAPER_METHODS, SECTIONS, Section  # noqa: F401 - the table's sections
+from harness.sections import SECTIONS, Section
 from harness.store import RunLock, Store, read_json, source_hash
 from harness.studies.tuned import tuned_configs
 from harness.validate import Bound, at_least, nonnegative
