@@ -23,8 +23,12 @@ def test_plots_from_stored_runs(tmp_path):
                      count_flops=False), drpo.Config(kernel=kernel, m=2), progress=False)
     run(tiny_run(tmp_path, run_id="trial", tag="study:s", updates=1, eval_at=(1.0,), count_flops=False),
         drpo.Config(m=2), progress=False)
+    (tmp_path / "plots").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "plots" / "earlier__figure.png")  # drawn from runs no longer here
     index = plots(PlotsConfig(out=str(tmp_path)))
     text = index.read_text()
+    assert "## Kept from earlier runs" in text and "[`earlier__figure.png`]" in text  # still listed, marked
+    assert text.index("## Kept from earlier runs") > text.index("[`main__samples_same_noise.png`]")
     stems = ["main__jpeg__vs_updates_flops_seconds", "main__samples_same_noise", "ablation-kernel__ablation_bars"]
     for stem in stems:
         assert f"[`{stem}.png`]" in text

@@ -275,6 +275,12 @@ def plots(cfg: PlotsConfig) -> Path:
     lines += [f"- [`{stem}.png`]({stem}.png): {text}" for stem, text in entries]
     if not entries:
         lines.append("No stored results to plot yet: run `nox -s reproduce_table2` first.")
+    drawn = {stem for stem, _ in entries}
+    kept = sorted(p.stem for p in directory.glob("*.png") if p.stem not in drawn) if directory.is_dir() else []
+    if kept:  # a figure whose runs are not in this results root stays, and stays listed, marked as such
+        lines += ["", "## Kept from earlier runs", "", "Not redrawn: their stored results are not in this results "
+                  "root (the commit that drew each is in the git history).", ""]
+        lines += [f"- [`{stem}.png`]({stem}.png)" for stem in kept]
     if dropped:
         lines += ["", "## Left out", "", *[f"- {note}" for note in dropped]]
     directory.mkdir(parents=True, exist_ok=True)
