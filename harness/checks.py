@@ -21,6 +21,7 @@ from harness.api import Needs
 from harness.config import RunConfig
 from harness.profiles import DEFAULT_REWARDS, PROFILES
 from harness.registry import load
+from harness.shapes import editions
 from harness.validate import check as check_fields
 from harness.world import dtype_for
 from methods import METHODS
@@ -40,6 +41,7 @@ def check_run(cfg: RunConfig, method_cfg: Any = None) -> tuple[Any, Any, Needs]:
     reward_name = cfg.reward or DEFAULT_REWARDS[cfg.profile]
     for name in dict.fromkeys([reward_name, *cfg.evals]):
         reward_registry.REWARDS.check(name)
+        check_world(cfg.profile, name)
     method = METHODS.get(cfg.method)
     method_cfg = method_cfg if method_cfg is not None else method.Config()
     if not isinstance(method_cfg, method.Config):
@@ -58,6 +60,20 @@ def check_run(cfg: RunConfig, method_cfg: Any = None) -> tuple[Any, Any, Needs]:
     if cfg.select_metric and not cfg.select_metric.split("/")[0]:
         raise ValueError(f"--select-metric '{cfg.select_metric}' must be REWARD or REWARD/METRIC")
     return method, method_cfg, needs
+
+
+def check_world(profile: str, reward: str) -> None:
+    """A Shapes reward scores its own edition's prompts and shapes: ``shapes-*`` runs on profile ``shapes`` and
+    ``shapes2-*`` on ``shapes2`` (edition 2's prompts and colours mean nothing to edition 1's detector)."""
+    owner = editions.reward_edition(reward)
+    if owner is None or profile not in editions.PROFILE_EDITIONS:
+        return
+    mine = editions.PROFILE_EDITIONS[profile]
+    if owner.number != mine.number:
+        fixed = editions.reward_name(reward, mine)
+        raise ValueError(f"reward '{reward}' belongs to the Shapes world's edition {owner.number} (profile "
+                         f"'{owner.profile}'), but the run's profile '{profile}' is edition {mine.number}; "
+                         f"use '{fixed}'")
 
 
 def check_anchors(method: str, needs: Needs, k: int) -> None:

@@ -159,9 +159,29 @@ SHAPES_GENEVAL = Preset(
              "dpo1": {**_SHAPES_METHODS["dpo1"], "strict_ties": True}}, notes=_SHAPES_NOTES,
 )
 
+_SHAPES2_RUN = _SHAPES_RUN.replace(profile="shapes2", evals=("shapes2-geneval", "shapes2-pref"), eval_seeds=4,
+                                   eval_at=tuple(i / 4 for i in range(5)), select_metric="shapes2-geneval")
+"""Edition 2 (issue 18): 24 validation tasks per tag (132 prompts with the 12 shared single-object ones), so 4 noise
+seeds give 528 images per evaluation (edition 1: 144), evaluated at 5 points instead of 9 to keep evaluation's
+share of a run's time where it was. The methods' settings are edition 1's until edition 2 is tuned."""
+
+SHAPES2_PREF = Preset(
+    description="Shapes world, edition 2, trained with the learned shapes2-pref reward: every method, matched budget",
+    run=_SHAPES2_RUN.replace(reward="shapes2-pref", tag="shapes2-pref"),
+    methods=_SHAPES_METHODS, notes=_SHAPES_NOTES,
+)
+
+SHAPES2_GENEVAL = Preset(
+    description="Shapes world, edition 2, trained with the binary shapes2-geneval verifier: gradient-free methods",
+    run=_SHAPES2_RUN.replace(reward="shapes2-geneval", tag="shapes2-geneval"),
+    methods=SHAPES_GENEVAL.methods, notes=_SHAPES_NOTES,
+)
+
 PRESETS: dict[str, Preset] = {
     "shapes-pref": SHAPES_PREF,
     "shapes-geneval": SHAPES_GENEVAL,
+    "shapes2-pref": SHAPES2_PREF,
+    "shapes2-geneval": SHAPES2_GENEVAL,
     "paper-sd-turbo": PAPER_SD_TURBO,
     "paper-geneval": PAPER_GENEVAL,
     "paper-sdxl-turbo": PAPER_SDXL_TURBO,

@@ -31,6 +31,7 @@ from harness.world import (
 
 PROFILES = Registry("profile", {
     "shapes": "harness.shapes.profile:build",
+    "shapes2": "harness.shapes.profile:build_second",
     "tiny": "harness.profiles:tiny",
     "tiny-xl": "harness.profiles:tiny_xl",
     "sd-turbo": "harness.profiles:sd_turbo",
@@ -41,7 +42,7 @@ PROFILES = Registry("profile", {
 })
 """Generator profiles by name: a builder ``(RunConfig) -> World`` each, imported on first use."""
 
-DEFAULT_REWARDS = {"shapes": "shapes-pref", "tiny": "jpeg", "tiny-xl": "jpeg", "sd-turbo": "pickscore",
+DEFAULT_REWARDS = {"shapes": "shapes-pref", "shapes2": "shapes2-pref", "tiny": "jpeg", "tiny-xl": "jpeg", "sd-turbo": "pickscore",
                    "sdxl-turbo": "pickscore", "sd-turbo-random": "pickscore", "sdxl-turbo-random": "pickscore",
                    "sd-turbo-random-256": "pickscore"}
 """Each profile's training reward when a run names none; known before the profile is built, so a run's

@@ -204,7 +204,7 @@ def source_hash() -> str:
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     files = sorted(p for pkg in ("harness", "methods", "rewards", "evals") for p in (root / pkg).rglob("*.py"))
-    files.append(root / "harness" / "assets" / "shapes" / "checksums.json")
+    files += [root / "harness" / "assets" / folder / "checksums.json" for folder in ("shapes", "shapes2")]
     for path in files:
         rel = path.relative_to(root).as_posix()
         if rel.startswith(REPORTING_ONLY) or not path.is_file():

@@ -16,14 +16,15 @@ from torch import Tensor
 
 from evals.geneval import clause_results, filter_detections, summarize
 from harness.shapes.detect import detect_batch
+from harness.shapes.editions import EDITIONS, FIRST, SECOND, Edition
 from harness.shapes.prompts import DISJOINT_TAGS, parse_prompt
 from rewards import check_images
 
 
-@lru_cache(maxsize=4096)
-def _metadata(prompt: str) -> dict:
+@lru_cache(maxsize=8192)
+def _metadata(prompt: str, number: int = 1) -> dict:
     # Cached: training repeats a few hundred prompts millions of times. Callers never mutate the dict.
-    return parse_prompt(prompt)
+    return parse_prompt(prompt, EDITIONS[number])
 
 
 def _check_images(images: Tensor, n: int) -> Tensor:
@@ -36,13 +37,15 @@ def _check_images(images: Tensor, n: int) -> Tensor:
     return images.detach().float().cpu().clamp(0.0, 1.0)
 
 
-def verify_shapes(images: Tensor, metadatas: Sequence[Mapping], calibrated: bool = False) -> list[dict]:
+def verify_shapes(images: Tensor, metadatas: Sequence[Mapping], calibrated: bool = False, ed: Edition = FIRST
+                  ) -> list[dict]:
     """GenEval verdicts for images (B, 3, H, W) in [0, 1] against B metadata dicts: one row per image with
     ``prompt``, ``tag``, ``correct`` (bool), ``reason`` (empty when correct) and ``fraction`` (clauses passed).
-    ``calibrated``: detection scores are the detector's calibrated probabilities, not template IoUs."""
+    ``calibrated``: detection scores are the detector's calibrated probabilities, not template IoUs. ``ed``: the
+    Shapes world's edition, whose shapes and colours the detector looks for."""
     x = _check_images(images, len(metadatas))
     rows = []
-    for meta, raw in zip(metadatas, detect_batch(x, calibrated)):
+    for meta, raw in zip(metadatas, detect_batch(x, calibrated, ed)):
         results = clause_results(meta, filter_detections(raw, meta["tag"]))
         passed = [ok for ok, _ in results]
         rows.append({
@@ -56,10 +59,10 @@ def verify_shapes(images: Tensor, metadatas: Sequence[Mapping], calibrated: bool
 
 
 def score_shapes(images: Tensor, metadatas: Sequence[Mapping], *, fraction: bool = False,
-                 calibrated: bool = False) -> Tensor:
+                 calibrated: bool = False, ed: Edition = FIRST) -> Tensor:
     """Scores (B,) float32 for images (B, 3, H, W) in [0, 1]: 1.0/0.0 GenEval correctness, or with
     ``fraction=True`` the fraction of satisfied clauses."""
-    rows = verify_shapes(images, metadatas, calibrated)
+    rows = verify_shapes(images, metadatas, calibrated, ed)
     key = "fraction" if fraction else "correct"
     return torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)
 
@@ -90,20 +93,25 @@ class ShapesGenEval:
     requires = "main environment; no local files (the Shapes world's template detector)"
     binary = True
     """Every score is 1 (correct) or 0 (``rewards.is_binary``); False on an instance scoring clause fractions."""
+    edition: Edition = FIRST
+    """The Shapes world whose prompts it parses and whose shapes and colours it detects."""
+    calibrated_default = False
 
-    def __init__(self, fraction: bool = False, calibrated: bool | str = False):
+    def __init__(self, fraction: bool = False, calibrated: bool | str | None = None):
+        calibrated = self.calibrated_default if calibrated is None else calibrated
         self.fraction = fraction
         self.binary = not fraction
         self.calibrated = _flag(self.name, "calibrated", calibrated)
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """Scores (B,) float32 for images (B, 3, H, W) in [0, 1] and B Shapes prompts."""
-        return score_shapes(images, self._metadatas(prompts), fraction=self.fraction, calibrated=self.calibrated)
+        return score_shapes(images, self._metadatas(prompts), fraction=self.fraction, calibrated=self.calibrated,
+                            ed=self.edition)
 
     def verify(self, images: Tensor, prompts: Sequence[str]) -> list[dict]:
         """Per-image rows (``prompt``, ``tag``, ``correct``, ``reason``, ``fraction``) for evaluators; ``prompt``
         is the caller's string."""
-        rows = verify_shapes(images, self._metadatas(prompts), self.calibrated)
+        rows = verify_shapes(images, self._metadatas(prompts), self.calibrated, self.edition)
         for row, prompt in zip(rows, prompts):
             row["prompt"] = prompt
         return rows
@@ -116,7 +124,7 @@ class ShapesGenEval:
     def score_and_breakdown(self, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, dict[str, float]]:
         """``score`` and ``breakdown`` from one pass of the detector."""
 
-        rows = verify_shapes(images, self._metadatas(prompts), self.calibrated)
+        rows = verify_shapes(images, self._metadatas(prompts), self.calibrated, self.edition)
         summary = {k: float(v) for k, v in summarize(rows).items() if isinstance(v, (int, float))}
         tags = [t for t in DISJOINT_TAGS if t in summary]
         if tags:
@@ -124,11 +132,10 @@ class ShapesGenEval:
         key = "fraction" if self.fraction else "correct"
         return torch.tensor([float(r[key]) for r in rows]), summary
 
-    @staticmethod
-    def _metadatas(prompts: Sequence[str]) -> list[dict]:
+    def _metadatas(self, prompts: Sequence[str]) -> list[dict]:
         if isinstance(prompts, str):
             raise TypeError("prompts must be a sequence of strings, one per image, not a single string")
-        return [_metadata(p) for p in prompts]
+        return [_metadata(p, self.edition.number) for p in prompts]
 
 
 class ShapesGenEvalClauses(ShapesGenEval):
@@ -137,5 +144,23 @@ class ShapesGenEvalClauses(ShapesGenEval):
     name = "shapes-geneval-clauses"
     binary = False
 
-    def __init__(self, calibrated: bool | str = False):
+    def __init__(self, calibrated: bool | str | None = None):
         super().__init__(fraction=True, calibrated=calibrated)
+
+
+class ShapesGenEval2(ShapesGenEval):
+    """"shapes2-geneval": the verifier of the Shapes world's edition 2 (12 shapes, 7 colours). Its detection scores
+    are calibrated probabilities by default (``calibrated=false`` gives template IoUs), so GenEval's 0.9 counting
+    threshold means what it means in GenEval (issue 18: with template IoUs counting was 0 in 550 evaluations)."""
+
+    name = "shapes2-geneval"
+    edition = SECOND
+    calibrated_default = True
+
+
+class ShapesGenEval2Clauses(ShapesGenEvalClauses):
+    """"shapes2-geneval-clauses": edition 2's verifier with partial credit."""
+
+    name = "shapes2-geneval-clauses"
+    edition = SECOND
+    calibrated_default = True

@@ -36,15 +36,17 @@ from torch import Tensor, nn
 
 from harness.features import BasicBlock
 from harness.shapes.assets import load_asset
+from harness.shapes.editions import EDITIONS, FIRST, SECOND, Edition
 from harness.shapes.model import coords
-from harness.shapes.prompts import COLORS, SHAPES, parse_prompt
+from harness.shapes.prompts import parse_prompt
 
 NAME = "shapes-pref"
 VERSION = 2
 GRID = 8
 """The image tower's output grid: one cell per 8x8 pixels."""
 AUX_CHANNELS = 1 + 3 + 4
-"""Per-cell evidence logits: objectness, then shape (circle, square, triangle), then colour."""
+"""Edition 1's per-cell evidence logits: objectness, then shape (circle, square, triangle), then colour; an
+edition's are 1 + its shapes + its colours (``PrefConfig.aux_channels``)."""
 RELATION_AXES = {"left of": (0, -1.0), "right of": (0, 1.0), "above": (1, -1.0), "below": (1, 1.0)}
 """Relation of group 1 to group 0 -> (axis of the centre offset, sign that makes it hold); y grows down."""
 
@@ -59,6 +61,18 @@ class PrefConfig:
     """Initial slope of the count margins (per object); learned."""
     position_temperature: float = 20.0
     """Initial slope of the position margins (per image width); learned."""
+    edition: int = 1
+    """The Shapes world's edition whose shapes and colours the evidence head names (edition 1's asset predates
+    the field, so its config has no such key and reads as 1)."""
+
+    @property
+    def world(self) -> Edition:
+        return EDITIONS[self.edition]
+
+    @property
+    def aux_channels(self) -> tuple[int, int]:
+        """(shape classes, colour classes) of the evidence head."""
+        return len(self.world.shapes), len(self.world.colors)
 
     @staticmethod
     def from_dict(d: Mapping) -> "PrefConfig":
@@ -68,12 +82,12 @@ class PrefConfig:
         return asdict(self)
 
 
-@lru_cache(maxsize=4096)
-def _clauses(prompt: str) -> tuple:
+@lru_cache(maxsize=8192)
+def _clauses(prompt: str, number: int = 1) -> tuple:
     """((class, colour or None, count) per include clause, (class, count) per exclude clause,
-    (relation or None)) of a Shapes prompt; raises on text outside the world's grammar."""
+    (relation or None)) of a Shapes prompt of edition ``number``; raises on text outside its grammar."""
 
-    meta = parse_prompt(prompt)
+    meta = parse_prompt(prompt, EDITIONS[number])
     include = tuple((c["class"], c.get("color"), c["count"]) for c in meta["include"])
     exclude = tuple((c["class"], c["count"]) for c in meta.get("exclude", ()))
     positions = [(i, c["position"]) for i, c in enumerate(meta["include"]) if "position" in c]
@@ -83,24 +97,24 @@ def _clauses(prompt: str) -> tuple:
     return include, exclude, positions[0][1][0] if positions else None
 
 
-def clause_tensors(prompts: Sequence[str]) -> dict[str, Tensor]:
-    """Padded clause tables for B prompts: include class/colour (-1: any)/count/valid (B, 2), exclude
-    class/count/valid (B,), relation axis/sign/valid (B,)."""
+def clause_tensors(prompts: Sequence[str], ed: Edition = FIRST) -> dict[str, Tensor]:
+    """Padded clause tables for B prompts of edition ``ed``: include class/colour (-1: any)/count/valid (B, 2),
+    exclude class/count/valid (B,), relation axis/sign/valid (B,)."""
 
-    colors, b = list(COLORS), len(prompts)
+    shapes, colors, b = list(ed.shapes), list(ed.colors), len(prompts)
     t = {"inc_class": torch.zeros(b, 2, dtype=torch.long), "inc_color": torch.full((b, 2), -1, dtype=torch.long),
          "inc_count": torch.zeros(b, 2), "inc_valid": torch.zeros(b, 2, dtype=torch.bool),
          "exc_class": torch.zeros(b, dtype=torch.long), "exc_count": torch.zeros(b),
          "exc_valid": torch.zeros(b, dtype=torch.bool), "rel_axis": torch.zeros(b, dtype=torch.long),
          "rel_sign": torch.zeros(b), "rel_valid": torch.zeros(b, dtype=torch.bool)}
     for i, prompt in enumerate(prompts):
-        include, exclude, relation = _clauses(prompt)
+        include, exclude, relation = _clauses(prompt, ed.number)
         for j, (cls, color, count) in enumerate(include):
-            t["inc_class"][i, j], t["inc_count"][i, j], t["inc_valid"][i, j] = SHAPES.index(cls), count, True
+            t["inc_class"][i, j], t["inc_count"][i, j], t["inc_valid"][i, j] = shapes.index(cls), count, True
             if color is not None:
                 t["inc_color"][i, j] = colors.index(color)
         for cls, count in exclude:
-            t["exc_class"][i], t["exc_count"][i], t["exc_valid"][i] = SHAPES.index(cls), count, True
+            t["exc_class"][i], t["exc_count"][i], t["exc_valid"][i] = shapes.index(cls), count, True
         if relation is not None:
             axis, sign = RELATION_AXES[relation]
             t["rel_axis"][i], t["rel_sign"][i], t["rel_valid"][i] = axis, sign, True
@@ -148,7 +162,7 @@ class PrefModel(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(5, c64, 3, padding=1), nn.GroupNorm(8, c64), nn.SiLU())
         self.tower = nn.Sequential(BasicBlock(c64, c32, stride=2), BasicBlock(c32, c32),
                                    BasicBlock(c32, c16, stride=2), BasicBlock(c16, c8, stride=2))
-        self.aux_head = nn.Conv2d(c8, AUX_CHANNELS, 1)
+        self.aux_head = nn.Conv2d(c8, 1 + sum(cfg.aux_channels), 1)
         self.quality = nn.Sequential(nn.Linear(c8, cfg.quality_hidden), nn.SiLU(), nn.Linear(cfg.quality_hidden, 1))
         self.log_tau_count = nn.Parameter(torch.tensor(float(cfg.count_temperature)).log())
         self.log_tau_position = nn.Parameter(torch.tensor(float(cfg.position_temperature)).log())
@@ -161,18 +175,19 @@ class PrefModel(nn.Module):
         return self.tower(self.stem(torch.cat([images * 2 - 1, coords(images)], dim=1)))
 
     def aux_logits(self, feats: Tensor) -> Tensor:
-        """Grid (B, C, 8, 8) -> per-cell logits (B, 8, 8, 1 + 3 + 4): objectness, shape, colour."""
+        """Grid (B, C, 8, 8) -> per-cell logits (B, 8, 8, 1 + S + K): objectness, S shapes, K colours."""
         return self.aux_head(feats).permute(0, 2, 3, 1)
 
     def evidence(self, feats: Tensor) -> dict[str, Tensor]:
-        """Grid (B, C, 8, 8) -> {"obj" (B, 64), "shape" (B, 64, 3), "color" (B, 64, 4)} probabilities."""
+        """Grid (B, C, 8, 8) -> {"obj" (B, 64), "shape" (B, 64, S), "color" (B, 64, K)} probabilities."""
         logits = self.aux_logits(feats).flatten(1, 2)
-        return {"obj": logits[..., 0].sigmoid(), "shape": logits[..., 1:4].softmax(-1),
-                "color": logits[..., 4:].softmax(-1)}
+        s = self.cfg.aux_channels[0]
+        return {"obj": logits[..., 0].sigmoid(), "shape": logits[..., 1:1 + s].softmax(-1),
+                "color": logits[..., 1 + s:].softmax(-1)}
 
     def score_features(self, feats: Tensor, prompts: Sequence[str]) -> Tensor:
         """Grid (B, C, 8, 8) and B prompts -> scores (B,): clause terms + log sigmoid(quality)."""
-        t = {k: v.to(feats.device) for k, v in clause_tensors(prompts).items()}
+        t = {k: v.to(feats.device) for k, v in clause_tensors(prompts, self.cfg.world).items()}
         evidence = self.evidence(feats)
         weights = include_weights(evidence, t)
         quality = self.quality(feats.mean((2, 3))).squeeze(1)
@@ -191,14 +206,19 @@ class ShapesPref:
     differentiable = True
     resolution = 64
     requires = "main environment; the shipped harness/assets/shapes/reward.safetensors"
+    edition: Edition = FIRST
+    """The Shapes world whose prompts it parses and whose asset folder it loads."""
 
     def __init__(self, cfg: PrefConfig | None = None, state: Mapping[str, Tensor] | None = None,
                  device: str | torch.device = "cpu"):
-        """``cfg`` None loads the committed pretrained weights (checksum-verified); otherwise ``state`` (or a
-        fresh initialisation) for that architecture."""
+        """``cfg`` None loads the committed pretrained weights of the class's edition (checksum-verified);
+        otherwise ``state`` (or a fresh initialisation) for that architecture."""
         if cfg is None:
-            state, config = load_asset("reward")
+            state, config = load_asset("reward", self.edition.asset_dir)
             cfg = PrefConfig.from_dict(config)
+        if cfg.edition != self.edition.number:
+            raise ValueError(f"{self.name} is the Shapes world's edition {self.edition.number} reward; its config "
+                             f"says edition {cfg.edition}")
         self.device = torch.device(device)
         self.model = PrefModel(cfg)
         if state is not None:
@@ -208,10 +228,18 @@ class ShapesPref:
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """images (B, 3, 64, 64) in [0, 1], B prompts -> scores (B,), differentiable w.r.t. ``images``."""
         if images.ndim != 4 or images.shape[1:] != (3, 64, 64):
-            raise ValueError(f"shapes-pref takes images (B, 3, 64, 64), got {tuple(images.shape)}")
+            raise ValueError(f"{self.name} takes images (B, 3, 64, 64), got {tuple(images.shape)}")
         if len(prompts) != images.shape[0]:
-            raise ValueError(f"shapes-pref got {len(prompts)} prompts for {images.shape[0]} images")
+            raise ValueError(f"{self.name} got {len(prompts)} prompts for {images.shape[0]} images")
         return self.model(images.to(self.device), list(prompts))
+
+
+class ShapesPref2(ShapesPref):
+    """"shapes2-pref": shapes-pref pretrained on the Shapes world's edition 2 (``harness/assets/shapes2``)."""
+
+    name = "shapes2-pref"
+    requires = "main environment; the shipped harness/assets/shapes2/reward.safetensors"
+    edition = SECOND
 
 
 def load_reward(device: str | torch.device = "cpu") -> ShapesPref:

@@ -11,6 +11,7 @@ import torch
 import rewards
 from harness.shapes.calibrate import calibration_set, fit_logistic, label, reliability
 from harness.shapes.detect import CALIBRATION, candidates, confidence, detect_batch, features
+from harness.shapes.editions import EDITIONS
 from harness.shapes.prompts import parse_prompt
 from harness.shapes.render import Obj, Scene, render, render_batch
 from rewards.shapes_geneval import ShapesGenEval
@@ -58,11 +59,12 @@ def test_label_matches_shape_colour_and_box_once():
     assert sorted(label(cands, wrong, 64)) == [0.0, 1.0]
 
 
-def test_committed_coefficients_are_calibrated_on_a_fresh_set():
-    x, y = calibration_set(scenes_per_prompt=1, seed=7)
-    rows, ece = reliability(confidence(x, CALIBRATION), y)
+@pytest.mark.parametrize("number", sorted(EDITIONS))
+def test_committed_coefficients_are_calibrated_on_a_fresh_set(number):
+    x, y = calibration_set(scenes_per_prompt=1, seed=7, ed=EDITIONS[number])
+    rows, ece = reliability(confidence(x, CALIBRATION[number]), y)
     assert ece < 0.02, rows
-    assert CALIBRATION != (0.0, 0.0, 0.0, 0.0)
+    assert CALIBRATION[number] != (0.0, 0.0, 0.0, 0.0)
 
 
 def test_calibrated_reward_option():

@@ -89,7 +89,7 @@ def asset_info(name: str, directory: str | Path | None = None) -> dict:
     """{"base_asset": relative file name, "base_sha256": its checksum}, for adapters to name their base."""
     path = asset_path(name, directory)
     sums = json.loads((path.parent / CHECKSUMS).read_text())
-    return {"base_asset": f"shapes/{path.name}", "base_sha256": sums[path.name]}
+    return {"base_asset": f"{path.parent.name}/{path.name}", "base_sha256": sums[path.name]}
 
 
 def write_checksums(directory: str | Path | None = None) -> dict[str, str]:

@@ -14,8 +14,10 @@ IoU >= 0.5 with it (greedy, best template IoU first); a blobbed object is no tru
 (with a small ridge). The probability is therefore "under this mixture of degradations": the mixture is the
 calibration's assumption, and the reliability table on a fresh set (other seed) says how well it holds there.
 
-    python -m harness.shapes.calibrate [SCENES_PER_PROMPT]   # the coefficients and the reliability table
-    python -m harness.shapes.calibrate --base [SPLIT] [SEEDS]  # the base generator's GenEval, calibration off/on
+    python -m harness.shapes.calibrate [SCENES_PER_PROMPT] [--edition N]  # the coefficients, the reliability table
+    python -m harness.shapes.calibrate --base [SPLIT] [SEEDS] [--edition N]  # the base generator, calibration off/on
+
+Edition 2's training split has 5,976 prompts; its calibration set takes a seeded ``PER_TAG`` of them per tag.
 """
 
 from __future__ import annotations
@@ -28,12 +30,28 @@ import torch
 from evals.geneval import box_iou
 from harness.evaluation import EVAL_SEED_BASE, generate
 from harness.shapes.detect import CALIBRATION, candidates, confidence, features
+from harness.shapes.editions import FIRST, Edition, edition
 from harness.shapes.generator import load_generator
-from harness.shapes.prompts import all_prompts, split
+from harness.shapes.prompts import TAGS, all_prompts, split
 from harness.shapes.render import CANVAS, damage, render_batch
-from rewards.shapes_geneval import ShapesGenEval
+from rewards.shapes_geneval import ShapesGenEval, ShapesGenEval2
 
 VARIANTS = ("clean", "blur", "noise", "blur+noise", "blob")
+PER_TAG = 40
+"""Edition 2: training prompts per tag in the calibration set (edition 1 takes all 95)."""
+
+
+def calibration_prompts(ed: Edition = FIRST) -> list[dict]:
+    """The training prompts whose scenes calibrate: all of edition 1's; a seeded ``PER_TAG`` per tag for edition 2."""
+    train = split("train", 0, ed)
+    if ed.number == 1:
+        return train
+    rng = np.random.default_rng(ed.number)
+    out = []
+    for tag in TAGS:
+        group = [m for m in train if m["tag"] == tag]
+        out += [group[i] for i in sorted(rng.permutation(len(group))[:PER_TAG])]
+    return out
 
 
 def _blobbed(clean: torch.Tensor, damaged: torch.Tensor, scene, size: int) -> int:
@@ -63,12 +81,13 @@ def label(cands: list[dict], scene, size: int, skip: int | None = None) -> np.nd
     return out
 
 
-def calibration_set(scenes_per_prompt: int = 4, seed: int = 0, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def calibration_set(scenes_per_prompt: int = 4, seed: int = 0, size: int = 64, ed: Edition = FIRST
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, 3) and labels (N,) of every candidate in ``len(VARIANTS)`` degraded copies of the scenes."""
     rng = np.random.default_rng(seed)
-    metas = [m for m in split("train") for _ in range(scenes_per_prompt)]
+    metas = [m for m in calibration_prompts(ed) for _ in range(scenes_per_prompt)]
     correct = [bool(i % 2 == 0) for i in range(len(metas))]
-    images, scenes = render_batch(metas, rng, correct=correct, size=size)
+    images, scenes = render_batch(metas, rng, correct=correct, size=size, ed=ed)
     xs, ys = [], []
     for variant in VARIANTS:
         x = images
@@ -78,7 +97,7 @@ def calibration_set(scenes_per_prompt: int = 4, seed: int = 0, size: int = 64) -
             x = damage(x, rng, "noise")
         if variant == "blob":
             x = damage(x, rng, "blob", scenes=scenes)
-        for i, cands in enumerate(candidates(x)):
+        for i, cands in enumerate(candidates(x, ed)):
             skip = _blobbed(images[i], x[i], scenes[i], size) if variant == "blob" and scenes[i].objects else None
             xs.append(features(cands))
             ys.append(label(cands, scenes[i], size, skip))
@@ -115,21 +134,27 @@ def reliability(p: np.ndarray, y: np.ndarray, edges: tuple[float, ...] = (0, .3,
     return rows, float(ece / max(len(p), 1))
 
 
-def base_scores(split_name: str = "val", seeds: int = 8) -> dict[str, dict[str, float]]:
+def base_scores(split_name: str = "val", seeds: int = 8, ed: Edition = FIRST) -> dict[str, dict[str, float]]:
     """The base generator's shapes-GenEval breakdown on a split's evaluation images (the runs' validation noise),
     with the calibrated confidence off and on; ``split_name`` "all" takes every prompt."""
-    gen = load_generator(device=torch.device("cpu"))
-    metas = all_prompts() if split_name == "all" else split(split_name)
+    gen = load_generator(device=torch.device("cpu"), directory=ed.asset_dir)
+    metas = all_prompts(ed) if split_name == "all" else split(split_name, 0, ed)
     images, prompts, _ = generate(gen, [m["prompt"] for m in metas], seeds, reference=True,
                                   seed_base=EVAL_SEED_BASE)
-    return {name: ShapesGenEval(calibrated=on).breakdown(images, prompts) for name, on in (("off", False), ("on", True))}
+    verifier = ShapesGenEval2 if ed.number == 2 else ShapesGenEval
+    return {name: verifier(calibrated=on).breakdown(images, prompts) for name, on in (("off", False), ("on", True))}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    ed = FIRST
+    if "--edition" in argv:
+        at = argv.index("--edition")
+        ed = edition((argv[at + 1:at + 2] or ["?"])[0])
+        del argv[at:at + 2]
     if argv[:1] == ["--base"]:
         name, seeds = (argv[1:2] or ["val"])[0], int((argv[2:3] or ["8"])[0])
-        result = base_scores(name, seeds)
+        result = base_scores(name, seeds, ed)
         keys = list(result["off"])
         print(f"base generator, {name} split, {seeds} noise seeds per prompt (EVAL_SEED_BASE)")
         print("| calibrated | " + " | ".join(keys) + " |\n|---" * 1 + "|---" * len(keys) + "|")
@@ -137,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | " + " | ".join(f"{values[k]:.4f}" for k in keys) + " |")
         return 0
     scenes = int((argv or ["4"])[0])
-    x, y = calibration_set(scenes, seed=0)
+    x, y = calibration_set(scenes, seed=0, ed=ed)
     coef = fit_logistic(x, y)
-    x_new, y_new = calibration_set(scenes, seed=1)
+    x_new, y_new = calibration_set(scenes, seed=1, ed=ed)
     print(f"calibration set: {len(y)} candidates, {y.mean():.3f} true; fresh set (seed 1): {len(y_new)}")
-    print(f"CALIBRATION = ({', '.join(f'{c:.4g}' for c in coef)})  # intercept, iou, margin, log area")
-    for name, c in (("fitted", coef), ("committed", CALIBRATION)):
+    print(f"CALIBRATION[{ed.number}] = ({', '.join(f'{c:.4g}' for c in coef)})  # intercept, iou, margin, log area")
+    for name, c in (("fitted", coef), ("committed", CALIBRATION.get(ed.number))):
+        if c is None:
+            continue
         rows, ece = reliability(confidence(x_new, c), y_new)
         print(f"{name} coefficients on the fresh set: ECE {ece:.4f}")
         print("| predicted | candidates | mean predicted | observed true |\n|---|---|---|---|")

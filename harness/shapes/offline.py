@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness.shapes.editions import FIRST, Edition
 from harness.shapes.prompts import parse_prompt
 from harness.shapes.render import render_batch
 
@@ -24,20 +25,21 @@ from harness.shapes.render import render_batch
 class ShapesOffline:
     """``anchors(prompts, m, rng) -> (preferred, rejected)``, each (P, M, C, h, w) latents."""
 
-    def __init__(self, encode: Callable[[Tensor], Tensor], *, pairs_per_prompt: int = 32, seed: int = 0):
+    def __init__(self, encode: Callable[[Tensor], Tensor], *, pairs_per_prompt: int = 32, seed: int = 0,
+                 ed: Edition = FIRST):
         if pairs_per_prompt < 1:
             raise ValueError(f"pairs_per_prompt must be >= 1, got {pairs_per_prompt}")
-        self.encode, self.pairs, self.seed = encode, pairs_per_prompt, seed
+        self.encode, self.pairs, self.seed, self.ed = encode, pairs_per_prompt, seed, ed
         self._pool: dict[str, tuple[Tensor, Tensor]] = {}
 
     def pool(self, prompt: str) -> tuple[Tensor, Tensor]:
         """The prompt's fixed pairs as latents: (preferred, rejected), each (pairs, C, h, w)."""
         if prompt not in self._pool:
-            meta = parse_prompt(prompt)
+            meta = parse_prompt(prompt, self.ed)
             digest = int(hashlib.sha256(f"{self.seed}:{prompt}".encode()).hexdigest()[:8], 16)
             rng = np.random.default_rng(digest)
-            good, _ = render_batch([meta] * self.pairs, rng, correct=True)
-            bad, _ = render_batch([meta] * self.pairs, rng, correct=False)
+            good, _ = render_batch([meta] * self.pairs, rng, correct=True, ed=self.ed)
+            bad, _ = render_batch([meta] * self.pairs, rng, correct=False, ed=self.ed)
             with torch.no_grad():
                 self._pool[prompt] = (self.encode(good), self.encode(bad))
         return self._pool[prompt]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from harness.shapes import assets
+from harness.shapes.editions import EDITIONS, edition
 from harness.shapes.generator import model_state
 from harness.shapes.model import (
     LATENT_SHAPE,
@@ -92,6 +92,8 @@ class GeneratorConfig:
     """Seeds torch (init, posterior noise) and numpy (prompt draws, renders)."""
     split_seed: int = 0
     """Seed of the train/held-out prompt split; only train prompts are seen."""
+    edition: int = 1
+    """The Shapes world's edition (``harness.shapes.editions``): its prompts, renders and asset folder."""
     threads: int = 2
     """torch CPU threads."""
     model: ModelConfig = ModelConfig()
@@ -102,11 +104,13 @@ def train_autoencoder(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[I
     """Phase 1: pixel-MSE autoencoder on fresh renders. Returns the frozen encoder and decoder and the
     scaling factor that gives the encoder's latents unit std (SD's 0.18215, measured)."""
 
-    train = split("train", cfg.split_seed)
+    ed = edition(cfg.edition)
+    train = split("train", cfg.split_seed, ed)
     encoder, decoder = ImageEncoder(), LatentDecoder(cfg.model.decoder)
 
     def loss_fn(step: int) -> tuple[Tensor, dict[str, float]]:
-        loss, mse = reconstruction_loss(encoder, decoder, render_batch(tag_balanced(train, cfg.batch, rng), rng)[0])
+        images = render_batch(tag_balanced(train, cfg.batch, rng), rng, ed=ed)[0]
+        loss, mse = reconstruction_loss(encoder, decoder, images)
         return loss, {"mse": mse.item()}
 
     train_loop("autoencoder", cfg.ae_steps, [*encoder.parameters(), *decoder.parameters()], loss_fn,
@@ -114,7 +118,7 @@ def train_autoencoder(cfg: GeneratorConfig, rng: np.random.Generator) -> tuple[I
     encoder.eval().requires_grad_(False)
     decoder.eval().requires_grad_(False)
     with torch.no_grad():
-        images, _ = render_batch(tag_balanced(train, 256, rng), rng)
+        images, _ = render_batch(tag_balanced(train, 256, rng), rng, ed=ed)
         scaling = float(1.0 / encoder(images).std())
     return encoder, decoder, scaling
 
@@ -171,13 +175,14 @@ def train_cvae(cfg: GeneratorConfig, encoder: ImageEncoder, decoder: LatentDecod
                rng: np.random.Generator, on_step: Callable[[int, Cvae, Ema], None] | None = None) -> tuple[Cvae, Ema]:
     """Phase 2: the conditional VAE on the frozen encoder's latents of fresh renders."""
 
-    train = split("train", cfg.split_seed)
+    ed = edition(cfg.edition)
+    train = split("train", cfg.split_seed, ed)
     model = Cvae(cfg.model)
     ema = Ema(model, cfg.ema)
 
     def loss_fn(step: int) -> tuple[Tensor, dict[str, float]]:
         metas = tag_balanced(train, cfg.batch, rng)
-        images, _ = render_batch(metas, rng)
+        images, _ = render_batch(metas, rng, ed=ed)
         with torch.no_grad():
             latents = encoder(images) * scaling
         beta = 1.0 + (cfg.kl_start - 1.0) * max(0.0, 1.0 - step / cfg.kl_anneal)
@@ -194,9 +199,11 @@ def train_cvae(cfg: GeneratorConfig, encoder: ImageEncoder, decoder: LatentDecod
     return model, ema
 
 
-def pretrain_generator(cfg: GeneratorConfig, out: str | Path = assets.ASSET_DIR) -> Path:
-    """Both phases; saves the text encoder, the EMA net and the frozen decoder as ``generator``."""
-    vocab = build_vocab([m["prompt"] for m in all_prompts()])
+def pretrain_generator(cfg: GeneratorConfig, out: str | Path | None = None) -> Path:
+    """Both phases; saves the text encoder, the EMA net and the frozen decoder as ``generator`` in ``out``
+    (default: the edition's asset folder)."""
+    out = out or edition(cfg.edition).asset_dir
+    vocab = build_vocab([m["prompt"] for m in all_prompts(edition(cfg.edition))])
     cfg = replace(cfg, model=replace(cfg.model, text=replace(cfg.model.text, vocab=vocab)))
     rng = seed_all(cfg.seed, cfg.threads)
     start = time.perf_counter()
@@ -216,11 +223,15 @@ JOBS = {"generator": (GeneratorConfig, pretrain_generator), "encoder": (EncoderC
 """Each job's config class and function, in dependency order (encoder and reward read the generator)."""
 
 
-def run_jobs(names: Iterable[str], out: str | Path, *, steps: int | None = None, seed: int | None = None) -> None:
-    """Run the named jobs in dependency order with their default configs, overriding ``steps`` and ``seed``."""
+def run_jobs(names: Iterable[str], out: str | Path | None, *, steps: int | None = None, seed: int | None = None,
+             edition_number: int = 1, threads: int | None = None) -> None:
+    """Run the named jobs in dependency order with their default configs, overriding ``steps`` and ``seed``, for
+    the Shapes world's edition ``edition_number``; ``out`` None writes to the edition's asset folder."""
+    out = out or edition(edition_number).asset_dir
     for name in (n for n in JOBS if n in set(names)):
         config_cls, job = JOBS[name]
-        overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+        overrides = {k: v for k, v in (("steps", steps), ("seed", seed), ("threads", threads)) if v is not None}
+        overrides["edition"] = edition_number
         cfg = replace(config_cls(), **overrides)
         print(f"pretrain {name}: {', '.join(f'{f.name}={getattr(cfg, f.name)}' for f in fields(cfg) if f.name != 'model')}")
         path = job(cfg, out)
@@ -233,9 +244,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("job", choices=[*JOBS, "all"], help="which model to pretrain ('all': the three, in order)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the job's config)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the job's config, 0)")
-    parser.add_argument("--out", default=str(assets.ASSET_DIR), help="asset folder (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: the job's config; 1 keeps a shared machine's other core free,"
+                             " and 2 threads slow to a crawl when anything else runs)")
+    parser.add_argument("--edition", type=int, choices=sorted(EDITIONS), default=1,
+                        help="the Shapes world's edition (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="asset folder (default: the edition's, harness/assets/shapes[2])")
     args = parser.parse_args(argv)
-    run_jobs(list(JOBS) if args.job == "all" else [args.job], args.out, steps=args.steps, seed=args.seed)
+    run_jobs(list(JOBS) if args.job == "all" else [args.job], args.out, steps=args.steps, seed=args.seed,
+             edition_number=args.edition, threads=args.threads)
 
 
 if __name__ == "__main__":

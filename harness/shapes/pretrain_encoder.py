@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.features import ResNetEncoder
-from harness.shapes import assets
+from harness.shapes.editions import edition
 from harness.shapes.generator import load_generator
 from harness.shapes.model import (
     LATENT_SHAPE,
@@ -58,6 +58,8 @@ class EncoderConfig:
     """Seeds torch (init, masks, pool noise) and numpy."""
     split_seed: int = 0
     """Seed of the prompt split; the pool uses train prompts."""
+    edition: int = 1
+    """The Shapes world's edition (``harness.shapes.editions``): its prompts, renders and asset folder."""
     threads: int = 2
     """torch CPU threads."""
     image_steps: int = 400
@@ -104,13 +106,16 @@ def random_patch_mask(n: int, patch: int, ratio: float, gen: torch.Generator) ->
     return mask.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
-def pretrain_encoder(cfg: EncoderConfig, out: str | Path = assets.ASSET_DIR) -> Path:
-    """MAE on the pretrained generator's latents (out/generator.safetensors); saves the encoder only."""
+def pretrain_encoder(cfg: EncoderConfig, out: str | Path | None = None) -> Path:
+    """MAE on the pretrained generator's latents (out/generator.safetensors; ``out`` None: the edition's asset
+    folder); saves the encoder only."""
 
+    out = out or edition(cfg.edition).asset_dir
     seed_all(cfg.seed, cfg.threads)
     start = time.perf_counter()
     gen = load_generator(lora_rank=0, directory=out)
-    pool = generator_latents(gen, [m["prompt"] for m in split("train", cfg.split_seed)], cfg.pool_per_prompt,
+    train = split("train", cfg.split_seed, edition(cfg.edition))
+    pool = generator_latents(gen, [m["prompt"] for m in train], cfg.pool_per_prompt,
                              cfg.seed)
     encoder = ResNetEncoder(LATENT_SHAPE[0], cfg.base_width, cfg.layers)
     decoder = MaeDecoder(encoder.stage_channels(encoder.stage_names[-1]), LATENT_SHAPE[1] // 2 ** (len(cfg.layers) - 1))
@@ -146,13 +151,14 @@ def train_image_encoder(cfg: EncoderConfig, gen) -> tuple[ImageEncoder, float]:
     first phase's :func:`reconstruction_loss`, decoder fixed). Returns it and its last MSE."""
 
     rng = np.random.default_rng(cfg.seed)
-    train = split("train", cfg.split_seed)
+    ed = edition(cfg.edition)
+    train = split("train", cfg.split_seed, ed)
     encoder, decoder = ImageEncoder(), gen.decoder
     last: dict[str, float] = {}
 
     def loss_fn(step: int) -> tuple[Tensor, dict[str, float]]:
         loss, mse = reconstruction_loss(encoder, decoder,
-                                        render_batch(tag_balanced(train, cfg.image_batch, rng), rng)[0])
+                                        render_batch(tag_balanced(train, cfg.image_batch, rng), rng, ed=ed)[0])
         last["mse"] = mse.item()
         return loss, dict(last)
 

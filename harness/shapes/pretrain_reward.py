@@ -5,7 +5,7 @@ negatives, plus verifier-labelled samples of the pretrained generator. Run throu
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -14,13 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.shapes import assets
+from harness.shapes.editions import FIRST, Edition, edition
 from harness.shapes.generator import load_generator
 from harness.shapes.pretrain_common import record_time, save_asset, seed_all, tag_balanced, train_loop
-from harness.shapes.prompts import COLORS, SHAPES, split
+from harness.shapes.prompts import split
 from harness.shapes.render import DAMAGE_KINDS, damage, render_batch
-from rewards.shapes_geneval import ShapesGenEval
+from rewards.shapes_geneval import ShapesGenEval, ShapesGenEval2
 from rewards.shapes_pref import GRID, PrefConfig, PrefModel
+
+POOL_PROMPTS = 96
+"""Edition 2: training prompts (tag-balanced, with repeats) whose generator samples form the labelled pool;
+edition 1 uses its 95 training prompts."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class RewardConfig:
     """Seeds torch (init) and numpy (prompt draws, renders, damage)."""
     split_seed: int = 0
     """Seed of the prompt split; only train prompts are seen."""
+    edition: int = 1
+    """The Shapes world's edition (``harness.shapes.editions``): its prompts, renders, verifier and asset folder."""
     threads: int = 2
     """torch CPU threads."""
     model: PrefConfig = PrefConfig()
@@ -54,30 +60,31 @@ class RewardConfig:
 
 
 
-def cell_targets(scenes: Sequence, n_shapes: int = 3) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-cell targets of rendered scenes: objectness (B, 8, 8) float, shape and colour class (B, 8, 8) long
-    (-100, ignored, where no object's centre falls in the cell)."""
+def cell_targets(scenes: Sequence, ed: Edition = FIRST) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-cell targets of rendered scenes of edition ``ed``: objectness (B, 8, 8) float, shape and colour class
+    (B, 8, 8) long (-100, ignored, where no object's centre falls in the cell)."""
 
     b = len(scenes)
     obj = torch.zeros(b, GRID, GRID)
     shape = torch.full((b, GRID, GRID), -100, dtype=torch.long)
     color = torch.full((b, GRID, GRID), -100, dtype=torch.long)
-    colors = list(COLORS)
+    shapes, colors = list(ed.shapes), list(ed.colors)
     for i, scene in enumerate(scenes):
         for o in scene.objects:
             gx, gy = min(int(o.cx // 8), GRID - 1), min(int(o.cy // 8), GRID - 1)
             obj[i, gy, gx] = 1.0
-            shape[i, gy, gx], color[i, gy, gx] = SHAPES.index(o.shape), colors.index(o.color)
+            shape[i, gy, gx], color[i, gy, gx] = shapes.index(o.shape), colors.index(o.color)
     return obj, shape, color
 
 
 @torch.no_grad()
 def labelled_generator_pool(gen_dir: str | Path, prompts: Sequence[str], per_prompt: int, seed: int,
-                            chunk: int = 256) -> tuple[Tensor, list[str], Tensor]:
-    """Samples of the pretrained generator on ``prompts`` with the verifier's 0/1 labels:
-    images (N, 3, 64, 64), their prompts, labels (N,)."""
+                            chunk: int = 256, ed: Edition = FIRST) -> tuple[Tensor, list[str], Tensor]:
+    """Samples of the pretrained generator on ``prompts`` with the verifier's 0/1 labels (edition ``ed``'s
+    verifier: ``shapes-geneval`` or ``shapes2-geneval``): images (N, 3, 64, 64), their prompts, labels (N,)."""
 
-    gen, verifier = load_generator(lora_rank=0, directory=gen_dir), ShapesGenEval()
+    verifier = ShapesGenEval2() if ed.number == 2 else ShapesGenEval()
+    gen = load_generator(lora_rank=0, directory=gen_dir)
     rows = [p for p in prompts for _ in range(per_prompt)]
     seeds = [seed * 1_000_003 + i for i in range(len(rows))]
     images, labels = [], []
@@ -102,7 +109,8 @@ class RewardBatches:
 
     def __init__(self, cfg: RewardConfig, pool: tuple[Tensor, list[str], Tensor], rng: np.random.Generator):
         self.cfg, self.rng, self.pool = cfg, rng, pool
-        self.train = split("train", cfg.split_seed)
+        self.ed = edition(cfg.edition)
+        self.train = split("train", cfg.split_seed, self.ed)
         self.torch_rng = torch.Generator().manual_seed(cfg.seed)
 
     def next(self) -> dict:
@@ -111,8 +119,8 @@ class RewardBatches:
 
         b, rng = self.cfg.batch, self.rng
         metas = tag_balanced(self.train, b, rng)
-        pos, pos_scenes = render_batch(metas, rng, correct=True)
-        neg, neg_scenes = render_batch(metas, rng, correct=False)
+        pos, pos_scenes = render_batch(metas, rng, correct=True, ed=self.ed)
+        neg, neg_scenes = render_batch(metas, rng, correct=False, ed=self.ed)
         d = b // 2
         kind = DAMAGE_KINDS[rng.integers(len(DAMAGE_KINDS))]
         damaged = damage(pos[:d], rng, kind, scenes=pos_scenes[:d])
@@ -141,22 +149,29 @@ def reward_loss(model: PrefModel, batch: dict, aux_weight: float) -> tuple[Tenso
     pointwise = log_bce(torch.cat([pos, neg, dmg, gen]),
                         torch.cat([batch["labels"][:2 * b], torch.zeros(d), batch["labels"][2 * b:]]))
     pairwise = F.softplus(neg - pos).mean() + F.softplus(dmg - pos[:d]).mean()
-    logits = model.aux_logits(feats[:2 * b])  # (2B, 8, 8, 1 + 3 + 4)
-    obj, shape, color = cell_targets(batch["scenes"])
+    logits = model.aux_logits(feats[:2 * b])  # (2B, 8, 8, 1 + S + K)
+    s, k = model.cfg.aux_channels
+    obj, shape, color = cell_targets(batch["scenes"], model.cfg.world)
     aux = (F.binary_cross_entropy_with_logits(logits[..., 0], obj)
-           + F.cross_entropy(logits[..., 1:4].reshape(-1, 3), shape.flatten())
-           + F.cross_entropy(logits[..., 4:].reshape(-1, 4), color.flatten()))
+           + F.cross_entropy(logits[..., 1:1 + s].reshape(-1, s), shape.flatten())
+           + F.cross_entropy(logits[..., 1 + s:].reshape(-1, k), color.flatten()))
     loss = pointwise + pairwise + aux_weight * aux
     return loss, {"loss": loss.item(), "bce": pointwise.item(), "bt": pairwise.item(), "aux": aux.item()}
 
 
-def pretrain_reward(cfg: RewardConfig, out: str | Path = assets.ASSET_DIR) -> Path:
-    """Train shapes-pref on renders and the generator's verifier-labelled samples (out/generator.safetensors)."""
+def pretrain_reward(cfg: RewardConfig, out: str | Path | None = None) -> Path:
+    """Train shapes-pref on renders and the generator's verifier-labelled samples (out/generator.safetensors;
+    ``out`` None: the edition's asset folder)."""
+    ed = edition(cfg.edition)
+    out = out or ed.asset_dir
     rng = seed_all(cfg.seed, cfg.threads)
     start = time.perf_counter()
-    model_cfg = cfg.model
-    train_prompts = [m["prompt"] for m in split("train", cfg.split_seed)]
-    pool = (labelled_generator_pool(out, train_prompts, cfg.pool_per_prompt, cfg.seed) if cfg.gen_batch
+    model_cfg = replace(cfg.model, edition=ed.number) if ed.number != 1 else cfg.model
+    train = split("train", cfg.split_seed, ed)
+    if ed.number != 1:  # 5,976 training prompts: a tag-balanced draw keeps the labelled pool at edition 1's size
+        train = tag_balanced(train, POOL_PROMPTS, np.random.default_rng([cfg.seed, 3]))
+    train_prompts = [m["prompt"] for m in train]
+    pool = (labelled_generator_pool(out, train_prompts, cfg.pool_per_prompt, cfg.seed, ed=ed) if cfg.gen_batch
             else (torch.zeros(0, 3, 64, 64), [], torch.zeros(0)))
     batches = RewardBatches(cfg, pool, rng)
     model = PrefModel(model_cfg)

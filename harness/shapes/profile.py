@@ -8,12 +8,14 @@ correct/incorrect scenes as offline DrPO's preference data.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import numpy as np
 
 from harness.config import RunConfig
 from harness.profiles import DEFAULT_REWARDS
+from harness.shapes.editions import FIRST, SECOND, Edition
 from harness.shapes.generator import load_features, load_generator, load_image_encoder
 from harness.shapes.offline import ShapesOffline
 from harness.shapes.prompts import SPLITS, parse_prompt, split
@@ -24,14 +26,14 @@ LORA_RANK = 8
 rank-to-width ratio (r=16 on SD-Turbo's 320-1280)."""
 
 
-def tag_balanced(tags: dict[str, str]):
+def tag_balanced(tags: dict[str, str], ed: Edition = FIRST):
     """A prompt sampler that draws a tag uniformly, then a prompt of that tag (without replacement within
     a micro-batch when possible), so rare tags are not starved by the many colour-attribute prompts."""
 
     def sample(rng: np.random.Generator, pool: Sequence[str], n: int) -> list[str]:
         by_tag: dict[str, list[str]] = {}
         for p in pool:  # a prompt file's prompts are not in the splits: their tag comes from the grammar
-            by_tag.setdefault(tags[p] if p in tags else parse_prompt(p)["tag"], []).append(p)
+            by_tag.setdefault(tags[p] if p in tags else parse_prompt(p, ed)["tag"], []).append(p)
         names = sorted(by_tag)
         picks: list[str] = []
         for _ in range(n):
@@ -42,17 +44,26 @@ def tag_balanced(tags: dict[str, str]):
     return sample
 
 
-def build(cfg: RunConfig) -> World:
+def build(cfg: RunConfig, ed: Edition = FIRST) -> World:
+    """The Shapes world of edition ``ed`` (profile ``ed.profile``) for ``cfg``."""
     device = device_for(cfg)
-    gen = load_generator(lora_rank=cfg.lora_rank or LORA_RANK, device=device)
-    splits = {name: split(name, seed=cfg.split_seed) for name in SPLITS}
+    folder = ed.asset_dir
+    gen = load_generator(lora_rank=cfg.lora_rank or LORA_RANK, device=device, directory=folder)
+    splits = {name: split(name, cfg.split_seed, ed) for name in SPLITS}
     tags = {m["prompt"]: m["tag"] for metas in splits.values() for m in metas}
-    return World(name="shapes", generator=gen,
+    prefix = "shapes" if ed.number == 1 else f"shapes{ed.number}"
+    return World(name=ed.profile, generator=gen,
                  splits={name: [m["prompt"] for m in metas] for name, metas in splits.items()},
-                 default_reward=DEFAULT_REWARDS["shapes"], default_evals=("shapes-geneval", "shapes-pref"),
-                 feature_factories={"encoder": lambda: load_features(device=device),
+                 default_reward=DEFAULT_REWARDS[ed.profile], default_evals=(f"{prefix}-geneval", f"{prefix}-pref"),
+                 feature_factories={"encoder": lambda: load_features(device=device, directory=folder),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
                                     "pixel": pixel_features},
-                 sample_prompts=tag_balanced(tags), lora_rank=cfg.lora_rank or LORA_RANK,
-                 check_prompt=parse_prompt,
-                 offline=ShapesOffline(load_image_encoder(device=device), seed=cfg.split_seed))
+                 sample_prompts=tag_balanced(tags, ed), lora_rank=cfg.lora_rank or LORA_RANK,
+                 check_prompt=partial(parse_prompt, ed=ed),
+                 offline=ShapesOffline(load_image_encoder(device=device, directory=folder), seed=cfg.split_seed,
+                                       ed=ed))
+
+
+def build_second(cfg: RunConfig) -> World:
+    """Profile ``shapes2``: the Shapes world's edition 2 (issue 18; ``harness.shapes.editions``)."""
+    return build(cfg, SECOND)

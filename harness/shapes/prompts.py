@@ -1,18 +1,12 @@
 """Shapes-world prompts in GenEval's wording, their GenEval-format metadata, splits, parsing and validation.
 
-Vocabulary: three shapes and four colours. The colours are the prototype's measured set (red, green, blue,
-yellow, all from GenEval's colour list): each is far from the others and from the background, so a
-nearest-palette segmentation separates them, anti-aliased edges included. Keeping the prototype's vocabulary
-keeps its 126-prompt set and its measured pretraining numbers comparable.
+Vocabulary: an edition's (``harness.shapes.editions``; the module constants are edition 1's). Edition 1 has 126
+prompts: single_object 3, two_object 6 (ordered, distinct shapes), counting 9 (2-4 of a shape), colors 12,
+position 24 (ordered distinct shapes x 4 relations), color_attr 72 (ordered distinct shapes x ordered distinct
+colours). color_attr requires distinct shapes because GenEval's rule cannot be satisfied otherwise.
 
-Prompt set (126): single_object 3, two_object 6 (ordered, distinct shapes), counting 9 (2-4 of a shape),
-colors 12, position 24 (ordered distinct shapes x 4 relations), color_attr 72 (ordered distinct shapes x ordered
-distinct colours). color_attr requires distinct shapes because GenEval's rule cannot be satisfied otherwise:
-"a red circle and a blue circle" has two clauses that both take the single most confident circle, which has
-one colour.
-
-Splits: per tag, a seeded 25% of the prompts is held out and never appears in training ("heldout"); the held-out
-prompts of each tag are split again, seeded, into a validation half ("val": tuning, early stopping, every choice
+Splits (edition 1; edition 2 splits by canonical task, see ``split``): per tag, a seeded 25% of the prompts is held
+out and never appears in training ("heldout"); the held-out prompts of each tag are split again into a validation half ("val": tuning, early stopping, every choice
 made while developing) and a test half ("test": read only by the final table). single_object has only three
 prompts, so it is not split: its prompts are in every split (``SHARED_TAGS``), and held-out figures for that tag
 measure training prompts. Decisions therefore use ``overall_disjoint`` (GenEval's overall without the shared
@@ -26,39 +20,41 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness.registry import unknown
+from harness.shapes.editions import BACKGROUND as BACKGROUND  # re-exported: the world's background colour
+from harness.shapes.editions import EDITIONS as EDITIONS_BY_NUMBER
+from harness.shapes.editions import FIRST, PLURAL_FORMS, Edition
 
-SHAPES = ("circle", "square", "triangle")
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 40),
-}
-BACKGROUND = (215, 215, 215)
+SHAPES = FIRST.shapes
+"""Edition 1's shapes; ``harness.shapes.editions`` holds every edition's vocabulary."""
+COLORS: dict[str, tuple[int, int, int]] = FIRST.palette
+"""Edition 1's colours (RGB)."""
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS = ("left of", "right of", "above", "below")
-NUMBERS = {"two": 2, "three": 3, "four": 4}
-PLURALS = {s: s + "s" for s in SHAPES}
+NUMBERS = FIRST.numbers
+PLURALS = FIRST.plurals
 SPLITS = ("train", "val", "test", "heldout")
 """``heldout`` is val + test (the pretraining-era split: ``measure`` reads it)."""
 SHARED_TAGS = ("single_object",)
 DISJOINT_TAGS = tuple(t for t in TAGS if t not in SHARED_TAGS)
 """Tags whose train, val and test prompts are disjoint; ``overall_disjoint`` averages these."""
 HELDOUT_FRACTION = 0.25
+TASKS_PER_SPLIT = 24
+"""Edition 2: canonical tasks per disjoint tag in val and in test."""
 
-_WORDS = {n: w for w, n in NUMBERS.items()}
+_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 _CLAUSE_KEYS = {"class", "count", "color", "position"}
 _META_KEYS = {"tag", "include", "exclude", "prompt"}
 
 
 def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+    return "an" if word[0] in "aeiou" or word.startswith("hour") else "a"
 
 
 def _obj(shape: str, color: str | None = None) -> str:
@@ -88,7 +84,7 @@ def make_prompt(tag: str, shapes: tuple[str, ...], colors: tuple[str, ...] = (),
                      f"a photo of {_obj(a)} and {_obj(b)}")
     if tag == "counting":
         s = shapes[0]
-        return _meta(tag, [{"class": s, "count": count}], f"a photo of {_WORDS[count]} {PLURALS[s]}",
+        return _meta(tag, [{"class": s, "count": count}], f"a photo of {_WORDS[count]} {PLURAL_FORMS[s]}",
                      exclude=[{"class": s, "count": count + 1}])
     if tag == "colors":
         return _meta(tag, [{"class": shapes[0], "count": 1, "color": colors[0]}],
@@ -105,14 +101,15 @@ def make_prompt(tag: str, shapes: tuple[str, ...], colors: tuple[str, ...] = (),
     raise ValueError(f"unknown tag '{tag}'; valid tags: {', '.join(TAGS)}")
 
 
-def all_prompts() -> list[dict]:
-    """Every prompt's metadata, grouped by tag in ``TAGS`` order (126 dicts); a fresh list on each call."""
-    pairs = list(itertools.permutations(SHAPES, 2))
-    color_pairs = list(itertools.permutations(COLORS, 2))
-    out = [make_prompt("single_object", (s,)) for s in SHAPES]
+def all_prompts(ed: Edition = FIRST) -> list[dict]:
+    """Every prompt's metadata of edition ``ed``, grouped by tag in ``TAGS`` order (edition 1: 126 dicts, edition
+    2: 6,360); a fresh list on each call."""
+    pairs = list(itertools.permutations(ed.shapes, 2))
+    color_pairs = list(itertools.permutations(ed.colors, 2))
+    out = [make_prompt("single_object", (s,)) for s in ed.shapes]
     out += [make_prompt("two_object", p) for p in pairs]
-    out += [make_prompt("counting", (s,), count=n) for s in SHAPES for n in sorted(_WORDS)]
-    out += [make_prompt("colors", (s,), (c,)) for s in SHAPES for c in COLORS]
+    out += [make_prompt("counting", (s,), count=n) for s in ed.shapes for n in ed.counts]
+    out += [make_prompt("colors", (s,), (c,)) for s in ed.shapes for c in ed.colors]
     out += [make_prompt("position", p, relation=r) for p in pairs for r in RELATIONS]
     out += [make_prompt("color_attr", p, c) for p in pairs for c in color_pairs]
     return out
@@ -123,18 +120,32 @@ def is_shared(meta: dict) -> bool:
     return meta["tag"] in SHARED_TAGS
 
 
-def split(name: str, seed: int = 0) -> list[dict]:
-    """The "train", "val", "test" or "heldout" (val + test) prompts, in ``all_prompts`` order.
+def split(name: str, seed: int = 0, ed: Edition = FIRST) -> list[dict]:
+    """The "train", "val", "test" or "heldout" (val + test) prompts of edition ``ed``, in ``all_prompts`` order.
 
-    Per tag, a seeded round(25%) of the prompts is held out, and the held-out prompts are split again into
-    val (the first half, rounded down) and test; the splits are disjoint as prompt strings (not as canonical
-    tasks: a restated prompt may sit in another split, see ``task_overlaps``) except for ``SHARED_TAGS``
-    (single_object), whose prompts are in all of them. Deterministic given ``seed``; "train" and "heldout"
-    are unchanged from the two-split layout the assets were pretrained on.
+    Edition 1 (``split_rule`` "prompt"): per tag, a seeded round(25%) of the prompts is held out, and the held-out
+    prompts are split again into val (the first half, rounded down) and test; the splits are disjoint as prompt
+    strings (not as canonical tasks: a restated prompt may sit in another split, see ``task_overlaps``) except for
+    ``SHARED_TAGS`` (single_object), whose prompts are in all of them. "train" and "heldout" are unchanged from
+    the two-split layout the edition-1 assets were pretrained on.
+
+    Edition 2 (``split_rule`` "task"): see ``_task_split``; no canonical task is in two splits.
+    Deterministic given ``seed``.
     """
     if name not in SPLITS:
         raise unknown("split", name, list(SPLITS))
-    prompts = all_prompts()
+    prompts = all_prompts(ed)
+    val, test = _task_split(ed.number, seed) if ed.split_rule == "task" else _prompt_split(prompts, seed)
+    chosen = {"val": val, "test": test, "heldout": val | test}.get(name)
+    if chosen is None:  # train: everything not held out (edition 2: no wording of a held-out task either)
+        held = _held_tasks(ed.number, seed) if ed.split_rule == "task" else frozenset()
+        return [m for m in prompts if is_shared(m) or
+                (m["prompt"] not in val | test and (not held or canonical_task(m) not in held))]
+    return [m for m in prompts if m["prompt"] in chosen or is_shared(m)]
+
+
+def _prompt_split(prompts: list[dict], seed: int) -> tuple[set[str], set[str]]:
+    """Edition 1's (val, test) prompt sets: a seeded 25% of each disjoint tag held out, halved."""
     val: set[str] = set()
     test: set[str] = set()
     for t, tag in enumerate(TAGS):
@@ -149,10 +160,64 @@ def split(name: str, seed: int = 0) -> list[dict]:
         halves = np.random.default_rng([seed, t, 1]).permutation(n)
         val.update(held[i] for i in halves[: n // 2])
         test.update(held[i] for i in halves[n // 2:])
-    chosen = {"val": val, "test": test, "heldout": val | test}.get(name)
-    if chosen is None:
-        return [m for m in prompts if m["prompt"] not in val | test]
-    return [m for m in prompts if m["prompt"] in chosen or is_shared(m)]
+    return val, test
+
+
+def _stratum(meta: dict) -> tuple:
+    """What a held-out draw balances within a tag: the count (counting), the canonical relation (position)."""
+    if meta["tag"] == "counting":
+        return (meta["include"][0]["count"],)
+    if meta["tag"] == "position":
+        return canonical_task(meta)[1][0][1:2]
+    return ()
+
+
+@lru_cache(maxsize=8)
+def _task_layout(number: int, seed: int) -> tuple[frozenset[str], frozenset[str], frozenset[tuple]]:
+    """Edition 2's (val prompts, test prompts, held-out canonical tasks) for ``seed``.
+
+    Per disjoint tag: the canonical tasks are grouped by stratum (``_stratum``), each group shuffled (seeded per
+    tag and stratum) and dealt round-robin into one sequence, so counts and relations spread evenly; the first
+    ``TASKS_PER_SPLIT`` tasks go to val, the next ``TASKS_PER_SPLIT`` to test, the rest to train. A held-out task
+    is asked in one wording, drawn at random among its restatements ("a circle and a square" or "a square and a
+    circle"); train keeps every wording of its tasks.
+    """
+    ed = EDITIONS_BY_NUMBER[number]
+    val: set[str] = set()
+    test: set[str] = set()
+    held: set[tuple] = set()
+    prompts = all_prompts(ed)
+    for t, tag in enumerate(TAGS):
+        if tag in SHARED_TAGS:
+            continue
+        wordings: dict[tuple, list[str]] = {}
+        strata: dict[tuple, list[tuple]] = {}
+        for m in (m for m in prompts if m["tag"] == tag):
+            task = canonical_task(m)
+            if task not in wordings:
+                strata.setdefault(_stratum(m), []).append(task)
+            wordings.setdefault(task, []).append(m["prompt"])
+        rng = np.random.default_rng([seed, t, 2])
+        groups = [[g[i] for i in rng.permutation(len(g))] for _, g in sorted(strata.items())]
+        dealt = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+        if len(dealt) < 2 * TASKS_PER_SPLIT + 1:
+            raise ValueError(f"edition {number} has {len(dealt)} {tag} tasks; a task split needs more than "
+                             f"{2 * TASKS_PER_SPLIT}")
+        for target, tasks in ((val, dealt[:TASKS_PER_SPLIT]), (test, dealt[TASKS_PER_SPLIT:2 * TASKS_PER_SPLIT])):
+            for task in tasks:
+                options = wordings[task]
+                target.add(options[rng.integers(len(options))])
+                held.add(task)
+    return frozenset(val), frozenset(test), frozenset(held)
+
+
+def _task_split(number: int, seed: int) -> tuple[set[str], set[str]]:
+    val, test, _ = _task_layout(number, seed)
+    return set(val), set(test)
+
+
+def _held_tasks(number: int, seed: int) -> frozenset[tuple]:
+    return _task_layout(number, seed)[2]
 
 
 # -- canonical tasks ------------------------------------------------------------------------------------------
@@ -238,36 +303,38 @@ class _Tokens:
         return None
 
 
-def _parse_obj(tok: _Tokens) -> tuple[str, str | None]:
+def _parse_obj(tok: _Tokens, ed: Edition) -> tuple[str, str | None]:
     """'a [colour] shape' -> (shape, colour or None)."""
     tok.take(("a", "an"), "an article")
-    word = tok.take([*COLORS, *SHAPES], "a colour or a shape")
-    if word in COLORS:
-        return tok.take(SHAPES, "a shape"), word
+    word = tok.take([*ed.colors, *ed.shapes], "a colour or a shape")
+    if word in ed.colors:
+        return tok.take(ed.shapes, "a shape"), word
     return word, None
 
 
-def parse_prompt(text: str) -> dict:
-    """The metadata of a Shapes prompt (the inverse of ``make_prompt``); raises ValueError on text outside the
-    grammar, naming the bad token and the valid choices."""
+def parse_prompt(text: str, ed: Edition = FIRST) -> dict:
+    """The metadata of a Shapes prompt of edition ``ed`` (the inverse of ``make_prompt``); raises ValueError on
+    text outside the edition's grammar, naming the bad token and the valid choices."""
     tok = _Tokens(text)
+    numbers = ed.numbers
     for word in ("a", "photo", "of"):
         tok.take((word,), "the opening 'a photo of'")
-    if tok.peek() not in ("a", "an", *NUMBERS):
-        tok.take(("a", "an", *NUMBERS), "an article or a number")
-    if tok.peek() in NUMBERS:
-        count = NUMBERS[tok.take(NUMBERS, "a number")]
-        plural = tok.take(PLURALS.values(), "a plural shape")
-        meta = make_prompt("counting", (plural[:-1],), count=count)
+    if tok.peek() not in ("a", "an", *numbers):
+        tok.take(("a", "an", *numbers), "an article or a number")
+    if tok.peek() in numbers:
+        count = numbers[tok.take(numbers, "a number")]
+        singular = {p: s for s, p in ed.plurals.items()}
+        plural = tok.take(singular, "a plural shape")
+        meta = make_prompt("counting", (singular[plural],), count=count)
     else:
-        shape, color = _parse_obj(tok)
+        shape, color = _parse_obj(tok, ed)
         rel = tok.relation()
         if rel is None and tok.peek() is None:
             meta = make_prompt("colors", (shape,), (color,)) if color else make_prompt("single_object", (shape,))
         else:
             if rel is None:
                 tok.take(("and", *RELATIONS), "'and' or a relation")
-            other, other_color = _parse_obj(tok)
+            other, other_color = _parse_obj(tok, ed)
             if (color is None) != (other_color is None):
                 raise ValueError(f"prompt '{text}' colours one object but not the other; colour both or neither")
             if rel is not None:
@@ -280,7 +347,7 @@ def parse_prompt(text: str) -> dict:
                 meta = make_prompt("two_object", (shape, other))
     if tok.peek() is not None:
         raise ValueError(f"unexpected token '{tok.peek()}' after the end of prompt '{text}'")
-    return validate_metadata(meta)
+    return validate_metadata(meta, ed)
 
 
 # -- metadata validation and JSONL --------------------------------------------------------------------------
@@ -292,7 +359,7 @@ def _check_choice(value: Any, valid: Iterable[str], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; valid {what}s: {', '.join(valid)}")
 
 
-def _check_clause(clause: Any, where: str, index: int, *, include: bool) -> None:
+def _check_clause(clause: Any, where: str, index: int, *, include: bool, ed: Edition = FIRST) -> None:
     """One include/exclude clause: keys, class, count, colour and a position that points at an earlier group."""
     if not isinstance(clause, dict):
         raise TypeError(f"{where} must be an object, got {type(clause).__name__}")
@@ -303,12 +370,12 @@ def _check_clause(clause: Any, where: str, index: int, *, include: bool) -> None
     extra = sorted(set(clause) - allowed)
     if extra:
         raise ValueError(f"{where} has unknown key '{extra[0]}'; valid keys: {', '.join(sorted(allowed))}")
-    _check_choice(clause["class"], SHAPES, "shape")
+    _check_choice(clause["class"], ed.shapes, "shape")
     count = clause["count"]
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"{where} has count {count!r}; counts are integers >= 1")
     if "color" in clause:
-        _check_choice(clause["color"], COLORS, "colour")
+        _check_choice(clause["color"], ed.colors, "colour")
     if "position" in clause:
         pos = clause["position"]
         if not (isinstance(pos, (list, tuple)) and len(pos) == 2):
@@ -321,8 +388,8 @@ def _check_clause(clause: Any, where: str, index: int, *, include: bool) -> None
                              f"{where} has a position but no earlier include group to be relative to")
 
 
-def validate_metadata(meta: Any) -> dict:
-    """Check one GenEval-format metadata dict against the Shapes vocabulary and return it unchanged.
+def validate_metadata(meta: Any, ed: Edition = FIRST) -> dict:
+    """Check one GenEval-format metadata dict against edition ``ed``'s vocabulary and return it unchanged.
 
     Raises a one-line ValueError for a missing or unknown key, an unknown tag/shape/colour/relation, a bad count,
     or a position clause pointing at a missing or later group; TypeError where a value has the wrong JSON type.
@@ -343,11 +410,11 @@ def validate_metadata(meta: Any) -> dict:
         if not isinstance(clauses, list) or (part == "include" and not clauses):
             raise ValueError(f"metadata '{part}' must be a {'non-empty ' if part == 'include' else ''}list")
         for i, clause in enumerate(clauses):
-            _check_clause(clause, f"{part}[{i}]", i, include=part == "include")
+            _check_clause(clause, f"{part}[{i}]", i, include=part == "include", ed=ed)
     return meta
 
 
-def load_metadata_jsonl(path: str | Path) -> list[dict]:
+def load_metadata_jsonl(path: str | Path, ed: Edition = FIRST) -> list[dict]:
     """Read a GenEval ``evaluation_metadata.jsonl``-style file (one JSON object per line, blank lines skipped)
     and validate each line; errors name the file and line number."""
     metas = []
@@ -356,7 +423,7 @@ def load_metadata_jsonl(path: str | Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                metas.append(validate_metadata(json.loads(line)))
+                metas.append(validate_metadata(json.loads(line), ed))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
             except (ValueError, TypeError) as err:
@@ -364,7 +431,7 @@ def load_metadata_jsonl(path: str | Path) -> list[dict]:
     return metas
 
 
-def write_metadata_jsonl(path: str | Path, metas: Iterable[dict]) -> None:
+def write_metadata_jsonl(path: str | Path, metas: Iterable[dict], ed: Edition = FIRST) -> None:
     """Write metadata dicts one per line, as GenEval's file does, after validating every one."""
-    lines = [json.dumps(validate_metadata(m)) for m in metas]
+    lines = [json.dumps(validate_metadata(m, ed)) for m in metas]
     Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")

@@ -19,14 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from evals.geneval import Detection, evaluate_detections, filter_detections, relative_position
-from harness.shapes.prompts import BACKGROUND, COLORS, SHAPES
+from harness.shapes.editions import ALL_SHAPES, BACKGROUND, FIRST, PALETTE, Edition
 
 CANVAS = 64.0
 SUPERSAMPLE = 4
 MARGIN = 2.0
 MIN_GAP = 3.0
 # Object sizes (canvas units) by object count: the probe's 10-22 px, smaller when crowded.
-SIZE_RANGE = {1: (10.0, 22.0), 2: (10.0, 22.0), 3: (10.0, 18.0), 4: (10.0, 16.0), 5: (10.0, 14.0)}
+SIZE_RANGE = {1: (10.0, 22.0), 2: (10.0, 22.0), 3: (10.0, 18.0), 4: (10.0, 16.0), 5: (10.0, 14.0), 6: (10.0, 13.0),
+              7: (10.0, 12.0)}
 # How an incorrect scene breaks its prompt, per tag. "shape" swaps in a shape the prompt does not name, so it
 # breaks only the clause of the object it changes; "swap" exchanges the two named colours (a binding error).
 CORRUPTIONS = {
@@ -45,7 +46,7 @@ _MAX_TRIES = 500
 @dataclass(frozen=True)
 class Obj:
     """One filled shape: ``cx, cy`` its centre and ``size`` its box side (circle diameter, square side, triangle
-    base = height), in canvas units; ``color`` a key of ``COLORS``."""
+    base = height), in canvas units; ``color`` a key of ``editions.PALETTE``."""
 
     shape: str
     color: str
@@ -96,10 +97,10 @@ def _place(items: Sequence[tuple[str, str]], rng: np.random.Generator) -> tuple[
     raise RuntimeError(f"could not place {len(items)} objects on a {CANVAS:.0f}-unit canvas")
 
 
-def _items(meta: Mapping, kind: str | None, rng: np.random.Generator) -> list[list]:
+def _items(meta: Mapping, kind: str | None, rng: np.random.Generator, ed: Edition) -> list[list]:
     """The [shape, colour] of every object the scene holds, grouped per include clause, after corruption ``kind``
-    (None for a correct scene). Unnamed colours are random per object."""
-    names = list(COLORS)
+    (None for a correct scene). Unnamed colours are random per object, from edition ``ed``'s colours."""
+    names = list(ed.colors)
     groups = [[[c["class"], c.get("color") or names[rng.integers(len(names))]] for _ in range(c["count"])]
               for c in meta["include"]]
     named = {c["class"] for c in meta["include"]}
@@ -110,7 +111,7 @@ def _items(meta: Mapping, kind: str | None, rng: np.random.Generator) -> list[li
     elif kind == "more":
         groups[g].append([groups[g][0][0], names[rng.integers(len(names))]])
     elif kind == "shape":
-        unnamed = [s for s in SHAPES if s not in named]
+        unnamed = [s for s in ed.shapes if s not in named]
         groups[g][0][0] = unnamed[rng.integers(len(unnamed))]
     elif kind == "color":
         named_color = meta["include"][g]["color"]
@@ -128,13 +129,13 @@ def _opposite_holds(meta: Mapping, objs: tuple[Obj, ...]) -> bool:
     return _OPPOSITE[rel] in relative_position(subject, target)
 
 
-def sample_scene(meta: Mapping, rng: np.random.Generator, *, correct: bool = True) -> Scene:
-    """A random scene that satisfies ``meta`` (GenEval metadata) or, with ``correct=False``, fails it through one
-    corruption drawn from ``CORRUPTIONS[meta["tag"]]``. Resampled until the scene's ground truth agrees."""
+def sample_scene(meta: Mapping, rng: np.random.Generator, *, correct: bool = True, ed: Edition = FIRST) -> Scene:
+    """A random scene of edition ``ed`` that satisfies ``meta`` (GenEval metadata) or, with ``correct=False``, fails
+    it through one corruption drawn from ``CORRUPTIONS[meta["tag"]]``. Resampled until the ground truth agrees."""
     kinds = CORRUPTIONS[meta["tag"]]
     for _ in range(_MAX_TRIES):
         kind = None if correct else kinds[rng.integers(len(kinds))]
-        groups = _items(meta, kind, rng)
+        groups = _items(meta, kind, rng, ed)
         objs = _place([tuple(item) for group in groups for item in group], rng)
         if kind == "relation" and not _opposite_holds(meta, objs):
             continue
@@ -166,16 +167,51 @@ def ground_truth(meta: Mapping, scene: Scene) -> tuple[bool, str]:
 # -- rendering --------------------------------------------------------------------------------------------
 
 
+def _star_radius(theta: np.ndarray, outer: float, inner: float) -> np.ndarray:
+    """Boundary radius of an upright five-pointed star with straight edges at polar angle ``theta`` (0 = up)."""
+    sector = 2 * np.pi / 5
+    phi = np.mod(theta, sector)
+    phi = np.minimum(phi, sector - phi)  # fold onto the edge from an outer point (phi = 0) to an inner one
+    qx, qy = inner * np.cos(sector / 2) - outer, inner * np.sin(sector / 2)  # edge direction Q - P, P = (outer, 0)
+    return outer * qy / (np.cos(phi) * qy - np.sin(phi) * qx)
+
+
 def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
-    """Which sample points, at offsets (dx, dy) from an object's centre, lie in the shape of half-size ``r``."""
+    """Which sample points, at offsets (dx, dy) from an object's centre (y down), lie in the shape of half-size
+    ``r``: every shape fills the square box of side 2r it is placed by, touching its four sides."""
+    ax, ay = np.abs(dx), np.abs(dy)
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
     if shape == "square":
-        return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+        return (ax <= r) & (ay <= r)
     if shape == "triangle":
         # Apex at dy = -r, base at dy = +r; the half-width grows linearly from 0 to r.
-        return (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
-    raise ValueError(f"unknown shape '{shape}'; valid shapes: {', '.join(SHAPES)}")
+        return (dy <= r) & (ax <= (dy + r) / 2)
+    if shape == "diamond":
+        return ax + ay <= r
+    if shape == "cross":  # a plus sign with arms a third of the box wide
+        return (ax <= r) & (ay <= r) & ((ax <= r / 3) | (ay <= r / 3))
+    if shape == "ring":
+        rho2 = dx * dx + dy * dy
+        return (rho2 <= r * r) & (rho2 >= (0.4 * r) ** 2)
+    if shape == "frame":  # a hollow square, its wall 0.55 of the half-side thick
+        edge = np.maximum(ax, ay)
+        return (edge <= r) & (edge >= 0.45 * r)
+    if shape == "hourglass":  # two triangles tip to tip, joined by a waist a quarter of the box wide
+        return (ay <= r) & (ax <= 0.25 * r + 0.75 * ay)
+    if shape == "heart":
+        u, v = 1.139 * dx / r, 0.118 - 1.118 * dy / r  # the curve spans u in +-1.139, v in [-1, 1.236]
+        return (u * u + v * v - 1) ** 3 - u * u * v ** 3 <= 0
+    if shape == "star":  # outer radius fits the box's width; centred vertically in the box
+        outer = r / np.cos(np.pi / 10)
+        y = dy - (outer - outer * np.cos(np.pi / 5)) / 2
+        return np.hypot(dx, y) <= _star_radius(np.arctan2(dx, -y), outer, 0.5 * outer)
+    if shape == "moon":  # a crescent opening to the right: a disc less a disc shifted right
+        return (dx * dx + dy * dy <= r * r) & ((dx - 0.6 * r) ** 2 + dy * dy >= (0.7 * r) ** 2)
+    if shape == "arrow":  # pointing right: a shaft (left half) and a triangular head (right half)
+        shaft = (dx >= -r) & (dx <= 0) & (ay <= 0.3 * r)
+        return shaft | ((dx >= 0) & (ax <= r) & (ay <= r - dx))
+    raise ValueError(f"unknown shape '{shape}'; valid shapes: {', '.join(ALL_SHAPES)}")
 
 
 def window(box: Sequence[float], res: int) -> tuple[int, int, int, int]:
@@ -222,7 +258,7 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     for obj in scene.objects:
         win = window([v * scale for v in obj.box], size)
         _paint(img, coverage(obj.shape, obj.cx * scale, obj.cy * scale, obj.size * scale, win), win,
-               COLORS[obj.color])
+               PALETTE[obj.color])
     return np.rint(img).astype(np.uint8)
 
 
@@ -232,13 +268,14 @@ def render_batch(
     *,
     correct: bool | Sequence[bool] = True,
     size: int = 64,
+    ed: Edition = FIRST,
 ) -> tuple[torch.Tensor, list[Scene]]:
-    """Sample and render one scene per metadata dict. ``correct`` is one flag for all or one per dict.
+    """Sample and render one scene of edition ``ed`` per metadata dict. ``correct`` is one flag for all or one per dict.
     Returns images (B, 3, size, size) float32 in [0, 1] and the B scenes."""
     flags = [correct] * len(metas) if isinstance(correct, bool) else list(correct)
     if len(flags) != len(metas):
         raise ValueError(f"render_batch: {len(flags)} correct flags for {len(metas)} prompts")
-    scenes = [sample_scene(m, rng, correct=c) for m, c in zip(metas, flags)]
+    scenes = [sample_scene(m, rng, correct=c, ed=ed) for m, c in zip(metas, flags)]
     images = np.stack([render(s, size) for s in scenes]) if scenes else np.zeros((0, size, size, 3), np.uint8)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0), scenes
 
@@ -295,7 +332,7 @@ def _blob(images: torch.Tensor, rng: np.random.Generator, scenes: Sequence[Scene
         win = window((x1 - 1, y1 - 1, x2 + 1, y2 + 1), size)
         img[win[2]:win[3], win[0]:win[1]] = BACKGROUND
         xs, ys = _samples(win)
-        _paint(img, _downsample(blob_mask(obj, xs, ys, rng, scale)), win, COLORS[obj.color])
+        _paint(img, _downsample(blob_mask(obj, xs, ys, rng, scale)), win, PALETTE[obj.color])
     return torch.from_numpy(out).permute(0, 3, 1, 2).div(255.0).clamp_(0.0, 1.0)
 
 
