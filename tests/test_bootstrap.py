@@ -117,3 +117,24 @@ def test_compare_runs_reads_stored_scores_across_roots(tmp_path):
         compare_runs((runs, ["a0", "a1"]), (refs, ["other"]))
     with pytest.raises(ValueError, match="no 'eval' per-image scores; stored: test"):
         compare_runs((runs, ["a0"]), (refs, ["bok"]), split="eval")
+
+
+def test_intervals_command_writes_both_intervals_and_bad_input_is_one_line(tmp_path, capsys):
+    from harness.cli import main
+    from harness.reporting.bootstrap import IntervalsConfig
+    from harness.validate import unbounded
+
+    prompts = [m["prompt"] for m in split("val")]
+    rng = np.random.default_rng(2)
+    runs, refs = Store(tmp_path), Store(tmp_path / "references")
+    for s in range(3):
+        _write(runs, f"drpo-s{s}", s, prompts, (rng.random((len(prompts), 4)) < 0.6).astype(float))
+    _write(refs, "bok", None, prompts, (rng.random((len(prompts), 4)) < 0.4).astype(float))
+    assert main(["intervals", "--runs", "drpo-s*", "--versus", "bok", "--versus-root", "references",
+                 "--reps", "300", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "intervals.md").read_text()
+    assert "A: drpo-s0, drpo-s1, drpo-s2" in text and "n = 3" in text and "Dominant uncertainty: " in text
+    capsys.readouterr()
+    assert main(["intervals", "--runs", "dpo-*", "--versus", "bok", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"driftbench: error: no complete run matches 'dpo-*' in {tmp_path}/runs"
+    assert unbounded(IntervalsConfig) == []

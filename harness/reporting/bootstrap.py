@@ -26,16 +26,19 @@ prompts per tag the percentile interval is narrower than the truth (the bootstra
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 
 from harness.reporting.power import gold_weights
 from harness.reporting.stats import ALPHA, Paired, paired
 from harness.shapes.prompts import parse_prompt
-from harness.store import Store
+from harness.store import Store, write_atomic
+from harness.validate import Bound, at_least, check, nonnegative
 
 REPS = 4000
 """Bootstrap replicates by default: the 2.5th percentile's Monte-Carlo error is then about 1% of the sd."""
@@ -187,3 +190,70 @@ def compare_runs(a: tuple[Store, Sequence[str]], b: tuple[Store, Sequence[str]],
         raise ValueError(f"runs '{a[1][0]}' and '{b[1][0]}' were evaluated on different prompts or noise")
     strata, weights = strata_of(design[0], reward)
     return headline_intervals(ya, seeds_a, yb, seeds_b, strata, weights, reps, seed)
+
+
+# -- driftbench intervals --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntervalsConfig:
+    """``driftbench intervals``."""
+
+    runs: tuple[str, ...] = ()
+    """Side A: run ids (shell-style patterns allowed), one per training seed, of one configuration."""
+    versus: tuple[str, ...] = ()
+    """Side B on the same prompts and noise: run ids (patterns allowed), or one run as a fixed reference."""
+    versus_root: Literal["runs", "references"] = "runs"
+    """Where side B is stored: trained runs (<out>/runs) or best-of-K references (<out>/references/runs)."""
+    split: Literal["test", "test_selected", "eval"] = "test"
+    """Which stored evaluation: the test split at the end, at the selected checkpoint, or the last validation."""
+    reward: str = "shapes-geneval"
+    """The gold whose weighted headline is compared."""
+    reps: int = REPS
+    """Bootstrap replicates."""
+    seed: int = 0
+    """Seed of the bootstrap's draws."""
+    out: str = "results"
+    """Results root; the report goes to <out>/intervals.md."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"reps": at_least(2), "seed": nonnegative()}
+    """Valid range of every numeric field (``harness.validate``)."""
+
+
+def _matching(store: Store, patterns: Sequence[str], flag: str) -> list[str]:
+    if not patterns:
+        raise ValueError(f"intervals needs {flag}: run ids or patterns")
+    ids = store.run_ids()
+    out: list[str] = []
+    for pattern in patterns:
+        hits = [r for r in ids if fnmatch.fnmatchcase(r, pattern)]
+        if not hits:
+            raise ValueError(f"no complete run matches '{pattern}' in {store.runs_dir}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def intervals(cfg: IntervalsConfig) -> Path:
+    """Write ``<out>/intervals.md``: A - B's point, seed interval and prompt-bootstrap interval."""
+    check(cfg)
+    runs = Store(cfg.out)
+    other = runs if cfg.versus_root == "runs" else Store(Path(cfg.out) / "references")
+    a, b = _matching(runs, cfg.runs, "--runs"), _matching(other, cfg.versus, "--versus")
+    res = compare_runs((runs, a), (other, b), cfg.split, cfg.reward, cfg.reps, cfg.seed)
+    seed_cell = (f"{res.seed.mean:+.4f} ± {res.seed.half:.4f} (n = {res.seed.n}, p = {res.seed.p:.3g})"
+                 if math.isfinite(res.seed.half) else f"{res.point:+.4f} (one seed: no interval)")
+    lines = [f"# Seed and prompt-bootstrap intervals of a paired difference ({cfg.reward}, split '{cfg.split}')", "",
+             f"A: {', '.join(a)}. B: {', '.join(b)}{' (best-of-K references)' if cfg.versus_root != 'runs' else ''}.",
+             f"{res.prompts} prompts in {res.strata} weighted strata; seeds paired: {', '.join(map(str, res.seeds))}.",
+             "", "| interval | A − B | 95% interval | half-width |", "|---|---|---|---|",
+             f"| seeds (t over seed-paired differences, prompts fixed) | {seed_cell} | "
+             f"[{res.point - res.seed.half:+.4f}, {res.point + res.seed.half:+.4f}] | {res.seed.half:.4f} |",
+             f"| prompts (bootstrap within tag, {cfg.reps} replicates, seeds fixed) | {res.point:+.4f} | "
+             f"[{res.prompt_low:+.4f}, {res.prompt_high:+.4f}] | {res.prompt_half:.4f} |", "",
+             f"Dominant uncertainty: {res.dominant or 'undetermined (one seed)'}. Method: "
+             "`harness/reporting/bootstrap.py` (module docstring)."]
+    path = Path(cfg.out) / "intervals.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+    return path
