@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import rewards as reward_registry
-from harness import distributed, economy, trackers
+from harness import distributed, economy, init_from, trackers
 from harness.api import Needs
 from harness.config import RunConfig
 from harness.profiles import DEFAULT_REWARDS, PROFILES
@@ -57,6 +57,7 @@ def check_run(cfg: RunConfig, method_cfg: Any = None) -> tuple[Any, Any, Needs]:
     trackers.check(cfg.log_with)
     distributed.check_divides(cfg.grad_accum, cfg.prompts_per_step, cfg.k, distributed.layout(cfg.device).world)
     dtype_for(cfg)  # bf16 on a device without it fails here
+    init_from.check(cfg)  # the run to start from: complete, same generator
     if cfg.select_metric and not cfg.select_metric.split("/")[0]:
         raise ValueError(f"--select-metric '{cfg.select_metric}' must be REWARD or REWARD/METRIC")
     return method, method_cfg, needs

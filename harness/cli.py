@@ -88,6 +88,10 @@ COMMANDS: dict[str, Command] = {
                       "harness.export:export", "harness.export:ExportConfig"),
     "power": Command("variance components of the gold over stored runs and the minimum detectable paired difference",
                      "harness.reporting.power:power", "harness.reporting.power:PowerConfig"),
+    "intervals": Command("a paired headline difference's seed interval beside its prompt-bootstrap interval",
+                         "harness.reporting.bootstrap:intervals", "harness.reporting.bootstrap:IntervalsConfig"),
+    "best-of-k": Command("a reference without training: K samples per image, the target reward's best kept, gold-evaluated",
+                         "harness.best_of_k:best_of_k", "harness.best_of_k:BestOfKConfig", launch=False),
 }
 """Every command: name -> what it runs. A new command is one entry here."""
 

@@ -110,6 +110,10 @@ class RunConfig:
     """Save a resumable checkpoint every N updates (0: only at the end)."""
     offline_data: bool = False
     """Give the method the profile's offline preference data set (offline DrPO)."""
+    init_from: str = ""
+    """Start the trainable weights from this stored run's final checkpoint (a complete run under OUT/runs of
+    the same profile, model and LoRA rank), e.g. offline DrPO continued online; the optimizer and the method's
+    state start fresh, and the reference stays the profile's base. Empty: the profile's fresh adapter."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto" (CUDA if present), "cpu" or "cuda"."""
     out: str = "results"
@@ -239,7 +243,7 @@ NOT_IN_KEY = ("out", "run_id", "log_with", "paper_processes")
 """Fields that say where a run is stored, what it is called, where it is mirrored and what it was designed
 for; they do not change what it computes."""
 
-ADDED_FIELDS = {"mixed_precision": "fp16"}
+ADDED_FIELDS = {"mixed_precision": "fp16", "init_from": ""}
 """Fields added after results were first stored, with their defaults: at the default they are left out of
 :func:`run_key` (stored runs keep their keys), and a stored manifest without one reads as the default."""
 

@@ -126,6 +126,7 @@ def manifest_for(parts: "Parts") -> dict[str, Any]:
         "precision": _precision_record(parts),
         "budget": parts.budget.limits(),
         "environment": describe_environment(),
+        **({"init_from": parts.init} if parts.init else {}),
     }
 
 

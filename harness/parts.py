@@ -39,3 +39,5 @@ class Parts:
     ctx: Context
     state: Any
     optimizer: torch.optim.Optimizer
+    init: dict[str, Any] | None = None
+    """The stored run the trainable weights started from (``RunConfig.init_from``), as the manifest records it."""

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 import rewards as reward_registry
-from harness import checkpoint, distributed, economy, faults, memory
+from harness import checkpoint, distributed, economy, faults, init_from, memory
 from harness.api import Context, Rollout
 from harness.budget import Meter, Spend
 from harness.checks import CapabilityError, check_binary, check_run
@@ -47,6 +47,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     dtype = dtype_for(cfg)
     options = reward_registry.parse_options(cfg.reward_options)
     world = PROFILES.get(cfg.profile)(cfg)
+    init = init_from.load(cfg, world.generator)  # another run's final weights (--init-from), before the optimizer
     memory.check_batch(world.generator, cfg.k * cfg.prompts_per_step, getattr(world.generator, "device", "cpu"))
     reward_name = cfg.reward or world.default_reward
     options = {n: _precision_options(n, options.get(n), dtype) for n in {reward_name, *cfg.evals, *world.default_evals}}
@@ -76,7 +77,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     return Parts(cfg=cfg, method=method, method_cfg=method_cfg, world=world, reward=reward,
                  eval_rewards=eval_rewards, needs=needs,
                  train_prompts=world.prompts(cfg.prompts), evals=evals, test=test, budget=cfg.budget(), meter=meter,
-                 ctx=ctx, state=state, optimizer=optimizer)
+                 ctx=ctx, state=state, optimizer=optimizer, init=init)
 
 
 def _precision_options(name: str, options: dict[str, str] | None, dtype: torch.dtype) -> dict[str, str]:
