@@ -37,6 +37,20 @@ SECTIONS: dict[str, tuple[Section, ...]] = {
         Section("Shapes world, trained with shapes-geneval, paper-default (untuned) configurations",
                 "shapes-geneval", _SHAPES_GENEVAL_METHODS),
     ),
+    # Edition 2 of the Shapes world (issue 18): its tuned sections read harness/tuned/shapes2.json once
+    # `driftbench tune --profile shapes2` has written it; until then only the untuned sections run.
+    "shapes2": (
+        Section("Shapes world (edition 2), trained with shapes2-pref (learned, differentiable), tuned",
+                "shapes2-pref", _SHAPES_PREF_METHODS, tuned=True),
+        Section("Shapes world (edition 2), trained with shapes2-geneval (binary verifier), tuned",
+                "shapes2-geneval", _SHAPES_GENEVAL_METHODS, tuned=True),
+    ),
+    "shapes2-defaults": (
+        Section("Shapes world (edition 2), trained with shapes2-pref, paper-default (untuned) configurations",
+                "shapes2-pref", _SHAPES_PREF_METHODS),
+        Section("Shapes world (edition 2), trained with shapes2-geneval, paper-default (untuned) configurations",
+                "shapes2-geneval", _SHAPES_GENEVAL_METHODS),
+    ),
     "tiny": (Section("Tiny profile, trained with JPEG compressibility", "tiny-jpeg", ("drpo",)),),
     "sd-turbo": (Section("SD-Turbo, trained with PickScore (the paper's SD-Turbo setting)", "paper-sd-turbo",
                          PAPER_METHODS),),

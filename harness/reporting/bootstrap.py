@@ -36,6 +36,7 @@ import numpy as np
 
 from harness.reporting.power import gold_weights
 from harness.reporting.stats import ALPHA, Paired, paired
+from harness.shapes.editions import geneval_edition
 from harness.shapes.prompts import parse_prompt
 from harness.store import Store, write_atomic
 from harness.validate import Bound, at_least, check, nonnegative
@@ -143,9 +144,10 @@ def strata_of(prompts: Sequence[str], reward: str) -> tuple[list[str], np.ndarra
     """Each prompt's stratum and gold weight: shapes-GenEval's tags and ``overall_disjoint`` weights; any other
     reward one stratum with equal weights (``power.gold_weights``)."""
     weights, _ = gold_weights(list(prompts), reward)
-    if not reward.startswith("shapes-geneval"):
+    ed = geneval_edition(reward)
+    if ed is None:
         return ["all"] * len(prompts), weights
-    return [parse_prompt(p)["tag"] for p in prompts], weights
+    return [parse_prompt(p, ed)["tag"] for p in prompts], weights
 
 
 # -- reading stored results ----------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ import numpy as np
 
 from harness.config import NOT_IN_KEY
 from harness.reporting.stats import mdd
+from harness.shapes.editions import geneval_edition
 from harness.shapes.prompts import DISJOINT_TAGS, parse_prompt
 from harness.store import Store, read_json, write_atomic
 from harness.validate import Bound, at_least, check, within
@@ -130,9 +131,10 @@ def seed_variance(comp: dict[str, float], weight_sq: float, images: int) -> floa
 def gold_weights(prompts: list[str], reward: str) -> tuple[np.ndarray, int]:
     """Per-prompt weights of the gold and T, the number of weighted tags: shapes-GenEval's ``overall_disjoint``
     (equal per disjoint tag, equal within a tag, shared tags 0); any other reward, the plain mean (T = 1)."""
-    if not reward.startswith("shapes-geneval"):
+    ed = geneval_edition(reward)
+    if ed is None:
         return np.full(len(prompts), 1.0 / len(prompts)), 1
-    tags = [parse_prompt(p)["tag"] for p in prompts]
+    tags = [parse_prompt(p, ed)["tag"] for p in prompts]
     present = [t for t in DISJOINT_TAGS if t in tags]
     return np.array([1.0 / (len(present) * tags.count(t)) if t in present else 0.0 for t in tags]), len(present)
 

@@ -111,7 +111,7 @@ def _tuned_profile(profile: str) -> str:
 
 def _test_overrides(cfg: Table2Config, preset: Preset) -> dict[str, Any]:
     """The final evaluation on the test split, for profiles that have one."""
-    if not cfg.test_split or preset.run.profile not in ("shapes", "tiny", "tiny-xl"):
+    if not cfg.test_split or preset.run.profile not in ("shapes", "shapes2", "tiny", "tiny-xl"):
         return {}
     return {"test_split": cfg.test_split, "test_seeds": cfg.test_seeds}
 

@@ -23,7 +23,8 @@ from harness.reporting.tables import cost_ratios, fmt, headline, t_interval
 from harness.store import Store
 from methods import METHODS
 
-GOLD = "shapes-geneval"
+GOLDS = ("shapes-geneval", "shapes2-geneval")
+"""The gold verifiers: shapes-GenEval of the Shapes world's edition 1 or 2."""
 
 
 def _summaries(store: Store, run_ids: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -42,8 +43,9 @@ def _by_method(summaries: list[dict[str, Any]]) -> dict[str, dict[int, dict[str,
 
 
 def gold_of(summary: dict[str, Any], proxy: str) -> str:
-    """The gold reward of a table: shapes-GenEval where the runs evaluated it, else the training reward."""
-    return GOLD if any(k.startswith(f"test_selected/{GOLD}/") for k in summary) else proxy
+    """The gold reward of a table: shapes-GenEval (of the runs' edition) where the runs evaluated it, else the
+    training reward."""
+    return next((g for g in GOLDS if any(k.startswith(f"test_selected/{g}/") for k in summary)), proxy)
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float]:

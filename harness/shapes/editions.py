@@ -104,6 +104,13 @@ def reward_edition(name: str) -> Edition | None:
     return None
 
 
+def geneval_edition(name: str) -> Edition | None:
+    """The edition whose GenEval verifier ``name`` is (``shapes-geneval`` -> 1, ``shapes2-geneval-clauses`` -> 2),
+    else None: the rewards whose gold is GenEval's ``overall_disjoint`` over that edition's tags."""
+    owner = reward_edition(name)
+    return owner if owner and name[len(reward_prefix(owner)):].startswith("geneval") else None
+
+
 def reward_name(name: str, ed: Edition) -> str:
     """``name`` moved to edition ``ed`` (``shapes-pref`` -> ``shapes2-pref``)."""
     owner = reward_edition(name)
