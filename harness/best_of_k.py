@@ -34,8 +34,17 @@ import torch
 import rewards as reward_registry
 from evals.heldout import HeldoutReward
 from harness.budget import Meter
-from harness.config import K_MAX, LORA_RANK_MAX, OPTION_MAX, SEED_MAX, RunConfig, config_dict, from_dict, plain_name, \
-    stored_run
+from harness.config import (
+    K_MAX,
+    LORA_RANK_MAX,
+    OPTION_MAX,
+    SEED_MAX,
+    RunConfig,
+    config_dict,
+    from_dict,
+    plain_name,
+    stored_run,
+)
 from harness.evaluation import TEST_SEED_BASE, generate, noise_seeds
 from harness.export import pick, stored
 from harness.precision import describe, reward_options

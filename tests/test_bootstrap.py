@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.reporting.bootstrap import compare_runs, headline_intervals, strata_of, stratified_prompt_bootstrap
+from harness.reporting.bootstrap import (
+    compare_runs,
+    headline_intervals,
+    strata_of,
+    stratified_prompt_bootstrap,
+)
 from harness.shapes.prompts import split
 from harness.store import Store
 
