@@ -94,8 +94,6 @@ def measure(entries: Sequence[tuple[str, Any, Any]], repeats: int, warmup: int, 
     """Time (method, run config, method config) entries interleaved in this process; the raw record.
 
     ``threads``: torch threads while timing (1: as the table's parallel runs use; 0: leave as is, on a GPU)."""
-    import tempfile
-
     import torch
 
     if repeats < 1 or warmup < 0:
@@ -107,25 +105,25 @@ def measure(entries: Sequence[tuple[str, Any, Any]], repeats: int, warmup: int, 
     try:
         if threads:
             torch.set_num_threads(threads)
-        with tempfile.TemporaryDirectory() as tmp:
-            parts = {m: prepare(rc.replace(out=tmp, run_id=f"controlled-{m}"), mc) for m, rc, mc in entries}
-            spend = {m: Spend() for m in methods}
-            for step in range(warmup):
-                for m in methods:
-                    update(parts[m], step, spend[m])
-            for p in parts.values():
-                p.meter.reset()
-            seconds: dict[str, list[float]] = {m: [] for m in methods}
-            for r in range(repeats):
-                shift = r % len(methods)
-                for m in methods[shift:] + methods[:shift]:
-                    start = spend[m].seconds
-                    update(parts[m], warmup + r, spend[m])  # the same prompts and noise for every method
-                    seconds[m].append(spend[m].seconds - start)  # the meter's, slowest process
-            phases = {m: {ph: {"seconds": s["seconds"] / repeats, "flops": s["flops"] / repeats}
-                          for ph, s in parts[m].meter.snapshot().items() if s["seconds"] or s["flops"]}
-                      for m in methods}
-            device = str(next(iter(parts.values())).world.generator.device)
+        # prepare() writes nothing: the run configs keep their results root (--init-from reads its source there).
+        parts = {m: prepare(rc, mc) for m, rc, mc in entries}
+        spend = {m: Spend() for m in methods}
+        for step in range(warmup):
+            for m in methods:
+                update(parts[m], step, spend[m])
+        for p in parts.values():
+            p.meter.reset()
+        seconds: dict[str, list[float]] = {m: [] for m in methods}
+        for r in range(repeats):
+            shift = r % len(methods)
+            for m in methods[shift:] + methods[:shift]:
+                start = spend[m].seconds
+                update(parts[m], warmup + r, spend[m])  # the same prompts and noise for every method
+                seconds[m].append(spend[m].seconds - start)  # the meter's, slowest process
+        phases = {m: {ph: {"seconds": s["seconds"] / repeats, "flops": s["flops"] / repeats}
+                      for ph, s in parts[m].meter.snapshot().items() if s["seconds"] or s["flops"]}
+                  for m in methods}
+        device = str(next(iter(parts.values())).world.generator.device)
     finally:
         torch.set_num_threads(before_threads)
     wall = time.perf_counter() - tick
