@@ -216,6 +216,10 @@ class Context:
     """An offline preference data set, when the run has one (offline DrPO)."""
     info: dict[str, Any] = field(default_factory=dict)
     """Run facts a method may validate against (profile name, budget counts)."""
+    count: Callable[[float], None] = field(default=lambda flops: None)
+    """``count(flops)`` charges FLOPs the harness's counter cannot see to the phase the method runs in: a pure
+    analytic count of the method's own tensor work from its shapes (``methods.drift.drift_flops``). The count
+    only; the harness keeps the clock."""
     gather: Callable[[Any], list[Any]] = field(default=lambda value: [value])
     """Every process's ``value`` (picklable), in rank order (``[value]`` in a 1-process run). A collective:
     call it only from ``end_update``, which every process reaches at the same point of the update."""

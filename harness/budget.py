@@ -199,6 +199,17 @@ class Meter:
         finally:
             self._paused += self._now() - start
 
+    def count(self, flops: float) -> None:
+        """Charge ``flops`` to the running phase: an analytic count of work the counter cannot see (a method's
+        own tensor arithmetic, e.g. ``methods.drift.drift_flops``), reported through ``Context.count``."""
+        if not self._stack:
+            raise RuntimeError("meter.count() outside a phase: analytic FLOPs are charged to the running phase "
+                               "(a method reports them from step())")
+        if not flops >= 0 or not math.isfinite(flops):
+            raise ValueError(f"analytic FLOPs must be finite and non-negative, got {flops}")
+        if self.count_flops:
+            self.stats[self._stack[-1]].flops += float(flops)
+
     # -- metered component calls --------------------------------------------------------------
     def call(self, phase: str, fn: Callable[..., Any], *args: Any, backward: str | None = None,
              params: Sequence[torch.nn.Parameter] = (), key: str | None = None,

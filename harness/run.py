@@ -70,7 +70,8 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),
                   features=lambda space: _features(meter, world, space), rng=torch.Generator(),
                   offline=world.offline if cfg.offline_data else None,
-                  info={"profile": world.name, "prompts_per_step": cfg.prompts_per_step}, gather=distributed.gather)
+                  info={"profile": world.name, "prompts_per_step": cfg.prompts_per_step}, count=meter.count,
+                  gather=distributed.gather)
     state = method.init(method_cfg, ctx)
     optimizer = torch.optim.AdamW(world.generator.trainable(), lr=method_cfg.lr, betas=(0.9, 0.999),
                                   weight_decay=cfg.weight_decay, eps=1e-8)

@@ -192,7 +192,7 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
 
 REPORTING_ONLY = ("harness/cli.py", "harness/reporting/", "harness/sections.py", "harness/studies/report.py",
                   "harness/studies/figures.py", "harness/studies/tune.py", "harness/studies/tuned.py", "harness/tuned/",
-                  "harness/compute/run_time.py", "rewards/envcheck.py")
+                  "harness/compute/run_time.py", "harness/compute/controlled.py", "rewards/envcheck.py")
 """Modules that read stored results but never change what a run computes; the source hash leaves them out."""
 
 

@@ -19,7 +19,7 @@ weighted negatives and from the other generated points:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -148,6 +148,52 @@ def drift_loss(
     info["mass_pos"] = (mass_pos / len(radii)).detach()
     info["mass_neg"] = (mass_neg / len(radii)).detach()
     return loss, info
+
+
+class DriftFlops(NamedTuple):
+    """The analytic FLOPs of one :func:`drift_loss` call, split by kind."""
+
+    matmul: int
+    """The batched matmuls, 2 per multiply-add, as ``torch.utils.flop_counter`` counts them."""
+    elementwise: int
+    """Everything else on (B, N, T), (B, N, D), (B, T, D), (B, N) and (B, T) tensors."""
+
+    @property
+    def total(self) -> int:
+        return self.matmul + self.elementwise
+
+
+def drift_flops(groups: int, points: int, dim: int, positives: int, negatives: int, radii: int, *,
+                kernel: str = "laplacian", mask_negative_self: bool = False) -> DriftFlops:
+    """FLOPs of one :func:`drift_loss` forward on generated (B, N, D), positive (B, P, D), negative (B, M, D).
+
+    The meter's counter (``torch.utils.flop_counter``) sees only the matmuls, and those only inside a metered
+    call; the drift runs in the method's loss phase, so the harness charges this count there (``Context.count``).
+    With T = N + M + P targets, R radii, c = 1 for the cosine kernel (else 0) and k the kernel's ops per
+    logit (laplacian and cosine 1, rbf 3):
+
+        matmul      = 2 B N T D (1 + R + c)          distances, one force per radius, cosine matrix
+        elementwise = (8 + 3c + 6R) B N D + (3 + 3c) B T D + (5 + R (16 + k)) B N T
+                      + (3 + 2c + 3R) B T + (2c + R (8 + s)) B N,   s = 1 with mask_negative_self
+
+    Convention: one FLOP per element of the largest tensor an arithmetic op reads or writes (a reduction
+    counts its input, a broadcast its output); ``logsumexp`` is 4 per input element (max, subtract, exp, sum)
+    plus 2 per output (log, add); a vector norm 2 per input element plus 1 per output; ``baddbmm`` adds 1 per
+    output element to its matmul. Copies, views, concatenation and indexing count 0, and so does the fixed
+    handful of 0-dim (scalar) ops per call. The per-(B, N, T) terms of one radius (k + 16): the kernel (k), two
+    log-sum-exps (8), centring, clamp, exp and weighting (5), the positive and negative masses (1), their
+    products into the coefficients (1) and the coefficients' row sums (1). The regression's backward pass
+    (about 4 B N D, in the generator's backward) is not part of this forward count.
+    """
+    c = int(canonical_kernel(kernel) == "cosine")
+    k = 3 if canonical_kernel(kernel) == "rbf" else 1
+    b, n, d, r = groups, points, dim, radii
+    t = n + negatives + positives
+    bnd, btd, bnt, bt, bn = b * n * d, b * t * d, b * n * t, b * t, b * n
+    matmul = 2 * bnt * d * (1 + r + c)
+    elementwise = ((8 + 3 * c + 6 * r) * bnd + (3 + 3 * c) * btd + (5 + r * (16 + k)) * bnt
+                   + (3 + 2 * c + 3 * r) * bt + (2 * c + r * (8 + int(mask_negative_self))) * bn)
+    return DriftFlops(matmul, elementwise)
 
 
 def _check_inputs(generated: Tensor, positive: Tensor, negative: Tensor, radii: Sequence[float],

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from harness.api import Context, Needs, Rollout
 from harness.validate import Bound, at_least, nonnegative, positive, within
-from methods.drift import drift_loss
+from methods.drift import drift_flops, drift_loss
 from methods.ranking import rank_anchors, verifier_anchors, verifier_counts_met
 
 NAME = "drpo"
@@ -188,7 +188,7 @@ def step(cfg: Config, state: dict, batch: Rollout, ctx: Context) -> tuple[Tensor
             losses.append(batch.latents.new_zeros((), dtype=torch.float32))
             logs.append({**dict.fromkeys(_LOG_KEYS, 0.0), "no_preference": 1.0, **extra})
             continue
-        loss, log = _prompt_loss(cfg, p, batch.k, gen, ref, pos_idx[p], neg_idx[p], offline)
+        loss, log = _prompt_loss(cfg, p, batch.k, gen, ref, pos_idx[p], neg_idx[p], offline, ctx.count)
         if cfg.latent_l2 > 0:
             rows = slice(p * batch.k, (p + 1) * batch.k)
             mse = latent_mse(_drifted(cfg, batch.latents[rows], pos_idx[p]),
@@ -246,7 +246,8 @@ def _offline_features(cfg: Config, batch: Rollout, ctx: Context, phi) -> tuple[d
 
 
 def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[str, Tensor] | None,
-                 pos_idx: Tensor | None, neg_idx: Tensor | None, offline) -> tuple[Tensor, dict[str, float]]:
+                 pos_idx: Tensor | None, neg_idx: Tensor | None, offline,
+                 count: Callable[[float], None]) -> tuple[Tensor, dict[str, float]]:
     """Sum (or mean) over feature keys of pref + lambda * ref for prompt p.
 
     Each key's K images x N tokens form one point set (1, K*N, D), as in the official trainer, or with
@@ -261,8 +262,7 @@ def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[
         term = points.new_zeros(())
         anchors = _anchor_sets(cfg, p, key, g, pos_idx, neg_idx, offline)
         if anchors is not None:
-            pref, info = drift_loss(points, *anchors, positive_weight=cfg.eta, negative_weight=cfg.eta,
-                                    radii=cfg.radii, kernel=cfg.kernel)
+            pref, info = _drift(count, points, *anchors, radii=cfg.radii, kernel=cfg.kernel, eta=cfg.eta)
             term = term + pref.mean()
             log["pref_loss"] += float(pref.detach().mean())
             # The raw drift RMS and kernel masses move when the normalised loss does not (drifting #3).
@@ -270,7 +270,8 @@ def _prompt_loss(cfg: Config, p: int, k: int, gen: dict[str, Tensor], ref: dict[
             log["mass_pos"] += float(info["mass_pos"])
             log["mass_neg"] += float(info["mass_neg"])
         if ref is not None:
-            ref_loss = _reference_term(cfg, points, _group(cfg, _drifted(cfg, ref[key][p * k:(p + 1) * k], pos_idx)))
+            ref_loss = _reference_term(cfg, points, _group(cfg, _drifted(cfg, ref[key][p * k:(p + 1) * k], pos_idx)),
+                                       count)
             term = term + cfg.lam * ref_loss
             log["ref_loss"] += float(ref_loss.detach())
         terms.append(term)
@@ -296,11 +297,22 @@ def _group(cfg: Config, x: Tensor) -> Tensor:
     return x.reshape(1, -1, x.shape[-1]) if cfg.grouping == "prompt" else x.transpose(0, 1)
 
 
-def _reference_term(cfg: Config, points: Tensor, reference: Tensor) -> Tensor:
+def _drift(count: Callable[[float], None], points: Tensor, positive: Tensor, negative: Tensor, *,
+           radii: tuple[float, ...], kernel: str, eta: float, mask_negative_self: bool = False) -> tuple[Tensor, dict]:
+    """One drift field, its analytic FLOPs reported to the harness (the meter's counter cannot see them)."""
+    out = drift_loss(points, positive, negative, positive_weight=eta, negative_weight=eta, radii=radii,
+                     mask_negative_self=mask_negative_self, kernel=kernel)
+    b, n, d = points.shape
+    count(drift_flops(b, n, d, positive.shape[1], negative.shape[1], len(radii), kernel=kernel,
+                      mask_negative_self=mask_negative_self).total)
+    return out
+
+
+def _reference_term(cfg: Config, points: Tensor, reference: Tensor, count: Callable[[float], None]) -> Tensor:
     """V_ref (attract to the base samples, repel from the batch, self masked) or the perceptual MSE."""
     if cfg.reference == "drift":
-        loss, _ = drift_loss(points, reference, points.detach(), positive_weight=cfg.eta, negative_weight=cfg.eta,
-                             radii=cfg.ref_radii, mask_negative_self=True, kernel=cfg.kernel)
+        loss, _ = _drift(count, points, reference, points.detach(), radii=cfg.ref_radii, kernel=cfg.kernel,
+                         eta=cfg.eta, mask_negative_self=True)
         return loss.mean()
     # "perceptual": the official frozen_feature_l2 term, MSE between current and base features.
     return torch.nn.functional.mse_loss(points.float(), reference.float())

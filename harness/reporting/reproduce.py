@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Sequence
 from evals.bench import load_run
 from evals.pickapic import COLUMNS, Config, PickapicPartiBenchmark
 from harness import distributed, workers
+from harness.compute import controlled
 from harness.config import config_dict, parse_kv, run_key
 from harness.presets import Preset
 from harness.presets import get as get_preset
@@ -99,9 +100,15 @@ class Table2Config:
     """Benchmark: only the first N prompts of each set (0: all)."""
     wait: bool = False
     """When another table2 (or a run this table needs) is being written, wait for it instead of refusing."""
+    timing_repeats: int = 7
+    """Rounds of the controlled timing behind the seconds columns (``harness/compute/controlled.py``: each section's
+    methods timed in one process, interleaved, one update each per round); 0 skips it and leaves them empty."""
+    timing_warmup: int = 1
+    """Untimed updates of every method before the controlled timing's rounds."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": Bound(low=0, distinct=True), "jobs": at_least(1), "bench_images": at_least(1),
-                                          "bench_limit": nonnegative(), "test_seeds": at_least(1)}
+                                          "bench_limit": nonnegative(), "test_seeds": at_least(1),
+                                          "timing_repeats": nonnegative(), "timing_warmup": nonnegative()}
     """Valid range of every numeric field (``harness.validate``)."""
 
 
@@ -298,6 +305,23 @@ def execute(jobs: list[Job], cfg: Table2Config) -> list[str]:
     return ids
 
 
+def time_sections(sections: Sequence[Section], jobs: list[Job], cfg: Table2Config) -> None:
+    """The controlled timing of every section at its runs' configurations (the first seed's), stored for the
+    table's seconds columns; a section already measured for these configurations and this code is reused."""
+    if not cfg.timing_repeats:
+        return
+    from tqdm.auto import tqdm
+
+    for i, section in enumerate(tqdm(sections, desc="controlled timing", disable=not cfg.progress)):
+        first: dict[str, Job] = {}
+        for job in jobs:
+            if job.section == i and job.run_cfg.method not in first:
+                first[job.run_cfg.method] = job
+        entries = [(m, j.run_cfg, j.method_cfg) for m, j in first.items()]
+        if entries:
+            controlled.ensure(cfg.out, section, entries, cfg.timing_repeats, cfg.timing_warmup)
+
+
 def _stop_workers(pool: Any) -> None:
     """Cancel the queued runs and send every worker SIGTERM (a run stops at its next update boundary, after a
     checkpoint, marked interrupted); then wait for them."""
@@ -326,6 +350,7 @@ def reproduce(cfg: Table2Config) -> Path:
     try:
         jobs = distributed.on_main(lambda: plan(table_sections, cfg, store))
         ids = execute(jobs, cfg)
+        time_sections(table_sections, jobs, cfg)  # after the runs, so nothing of this table runs beside it
     finally:
         for lock in locks:
             lock.release()

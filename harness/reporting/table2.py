@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.reporting import aggregate, missing, overopt, tuned_table, tuning
+from harness.reporting import aggregate, missing, overopt, timing, tuned_table, tuning
 from harness.reporting.stats import holm
-from harness.reporting.tables import cost_ratios, fmt, method_rows, t_interval
+from harness.reporting.tables import fmt, method_rows, t_interval
 from harness.sections import Section
 from harness.store import Store, git_state
 from harness.studies.tuned import studies_root, tuned_entries, unequal_effort
@@ -139,7 +139,7 @@ def write_table(sections: Sequence[tuple[Section, list[str]]], store: Store, out
             seeds += result.seeds
             overopt_rows += over
         else:
-            table, rows = section_table(section, store, run_ids)
+            table, rows = section_table(section, store, run_ids, timing.for_section(out, section, store, run_ids))
         lines += [f"## {section.title}", "", *table, ""]
         records += rows
     golds = {result.gold for result, _, _ in computed.values()}
@@ -172,7 +172,8 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
     if section.tuned:
         entries = tuned_entries(section.preset, tuned_path)
         unequal = unequal_effort(entries)
-    result = tuned_table.compute(section.title, store, run_ids, entries, unequal)
+    result = tuned_table.compute(section.title, store, run_ids, entries, unequal,
+                                 timing.for_section(out, section, store, run_ids))
     by_method: dict[str, list[str]] = {}
     for run_id in run_ids:
         by_method.setdefault(store.manifest(run_id)["run"]["method"], []).append(run_id)
@@ -194,8 +195,9 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
     return result, lines, over
 
 
-def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Markdown lines and CSV records for one section."""
+def section_table(section: Section, store: Store, run_ids: list[str],
+                  clock: timing.SectionTiming | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Markdown lines and CSV records for one section; ``clock``: its controlled timing (the seconds columns)."""
 
     summaries, notes = missing.load(store, run_ids)
     manifest = summaries[0]["_manifest"]
@@ -208,12 +210,12 @@ def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[l
     asked = missing.asked(store, run_ids)
     per_method = method_rows(summaries, rewards)
     header = ["method", "steps", "reward grad.", *rewards, f"gain ({rewards[0]})", "updates", "images",
-              "reward calls", "GFLOP/update", "s/update", "seeds"]
+              "reward calls", "GFLOP/update", *timing.HEADER, "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     first = next(iter(per_method.values()))
     base = [fmt(*first[f"{r}/base"]) for r in rewards]
     lines.append("| " + " | ".join([f"base ({manifest['versions']['profile']})", "1", "–", *base,
-                                    "–", "0", "0", "0", "–", "–", "–"]) + " |")
+                                    "–", "0", "0", "0", "–", "–", "–", "–"]) + " |")
 
     def record(method: str, metric: str, reward: str, value: float, half: float = float("nan"), seeds: int = 0,
                checkpoint: str = "end") -> dict[str, Any]:
@@ -227,13 +229,17 @@ def section_table(section: Section, store: Store, run_ids: list[str]) -> tuple[l
         cells = [method, "1", grad, *[missing.beside(fmt(*row[r]), n, of) for r in rewards],
                  missing.beside(fmt(*row[f"{rewards[0]}/gain"], digits=4), n, of),
                  f"{row['updates']:.0f}", f"{row['images']:.0f}", f"{row['reward_calls']:.0f}",
-                 f"{row['flops'] / row['updates'] / 1e9:.1f}", f"{row['seconds'] / row['updates']:.2f}",
+                 f"{row['flops'] / row['updates'] / 1e9:.1f}", *timing.cells(clock, method),
                  str(n) if n == of else f"{n} of {of}"]
         lines.append("| " + " | ".join(cells) + " |")
         for r in rewards:
             records += [record(method, "score", r, *row[r], seeds=n), record(method, "gain", r, *row[f"{r}/gain"], seeds=n)]
         records += [record(method, k, "", row[k], seeds=n) for k in ("updates", "images", "reward_calls", "seconds", "flops")]
-    lines += cost_ratios(per_method)
+        for r in timing.records(clock, method, row["seconds"] / row["updates"]):
+            records.append({**record(method, r["metric"], "", r["value"], seeds=r.get("seeds", n)),
+                            "ci_low": r.get("ci_low", float("nan")), "ci_high": r.get("ci_high", float("nan"))})
+    lines += timing.cost_line(per_method, clock)
+    lines += timing.note(clock)
     lines += missing.note_lines(notes)
     return lines, records
 

@@ -61,13 +61,3 @@ def method_rows(summaries: list[dict[str, Any]], rewards: Sequence[str]) -> dict
         out[method] = row
     return out
 
-
-def cost_ratios(per_method: dict[str, dict[str, Any]], numerator: str = "draft", denominator: str = "drpo") -> list[str]:
-    """The reward-backprop cost claim, measured: DRaFT's FLOPs and metered seconds per update over DrPO's."""
-    if numerator not in per_method or denominator not in per_method:
-        return []
-    a, b = per_method[numerator], per_method[denominator]
-    flops = (a["flops"] / a["updates"]) / (b["flops"] / b["updates"])
-    seconds = (a["seconds"] / a["updates"]) / (b["seconds"] / b["updates"])
-    return ["", f"{numerator} / {denominator} per update: FLOP ratio {flops:.2f}x, wall-clock ratio {seconds:.2f}x "
-                f"(metered training seconds, mean over seeds; evaluation excluded)."]

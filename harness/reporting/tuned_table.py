@@ -16,10 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from harness.reporting import missing
+from harness.reporting import missing, timing
 from harness.reporting.stats import Paired
 from harness.reporting.stats import paired as paired_test
-from harness.reporting.tables import cost_ratios, fmt, headline, t_interval
+from harness.reporting.tables import fmt, headline, t_interval
 from harness.store import Store
 from methods import METHODS
 
@@ -94,10 +94,13 @@ class SectionResult:
     """Per-seed values (section, method, seed, metric, reward, checkpoint, value): the aggregate's input."""
     notes: list[str] = field(default_factory=list)
     cost: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per method: counted FLOPs and the runs' metered seconds per update."""
+    clock: timing.SectionTiming | None = None
+    """The controlled measurement the seconds columns show (``harness.reporting.timing``)."""
 
 
 def compute(title: str, store: Store, run_ids: Sequence[str], tuned: dict[str, dict[str, Any]],
-            unequal: Sequence[str] = ()) -> SectionResult:
+            unequal: Sequence[str] = (), clock: timing.SectionTiming | None = None) -> SectionResult:
     """Every statistic of one tuned section, from the stored summaries."""
     summaries, left_out = _summaries(store, run_ids)
     if not summaries:
@@ -163,7 +166,7 @@ def compute(title: str, store: Store, run_ids: Sequence[str], tuned: dict[str, d
     cost = {r["method"]: {"flops": r["flops_per_update"], "seconds": r["seconds_per_update"], "updates": 1.0}
             for r in rows[1:]}
     return SectionResult(title, proxy, gold_name, ref, rewards, tags, rows, comparisons, seeds_out,
-                         _notes(summaries, unequal) + missing.note_lines(left_out), cost)
+                         _notes(summaries, unequal) + missing.note_lines(left_out), cost, clock)
 
 
 def _delta_cell(c: Comparison | None) -> str:
@@ -187,7 +190,7 @@ def render(res: SectionResult) -> tuple[list[str], list[dict[str, Any]]]:
     header = ["method", "reward grad.", "tuned: trial (validation)", *[f"test {r}" for r in res.rewards],
               f"gain ({gold})", f"paired Δ vs {ref} ({gold})", *([f"paired Δ vs {ref} ({proxy})"] if proxy != gold else []),
               f"test {gold} at end", f"selected − end ({gold}, paired)", "selected update", "GFLOP/update",
-              "s/update", "seeds"]
+              *timing.HEADER, "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base = res.rows[0]
     lines.append("| " + " | ".join(["base", "–", "–", *[fmt(*base["test"][r]) for r in res.rewards]]
@@ -209,7 +212,7 @@ def render(res: SectionResult) -> tuple[list[str], list[dict[str, Any]]]:
                  _delta_cell(by.get((m, gold))), *([_delta_cell(by.get((m, proxy)))] if proxy != gold else []),
                  fmt(*row["end"]), fmt(row["selected_minus_end"].mean, row["selected_minus_end"].half),
                  f"{row['selected_update'][0]:.0f}", f"{row['flops_per_update'] / 1e9:.1f}",
-                 f"{row['seconds_per_update']:.2f}", missing.beside(str(n), n, row.get("asked", n))]
+                 *timing.cells(res.clock, m), missing.beside(str(n), n, row.get("asked", n))]
         lines.append("| " + " | ".join(cells) + " |")
         for r in res.rewards:
             record(m, "score", r, "selected", *row["test"][r], seeds=n)
@@ -224,14 +227,17 @@ def render(res: SectionResult) -> tuple[list[str], list[dict[str, Any]]]:
                        p_holm=c.p_holm, mdd=c.test.mdd)
         record(m, "selected_update", "", "selected", *row["selected_update"], seeds=n)
         record(m, "flops_per_update", "", "", row["flops_per_update"], seeds=n)
-        record(m, "seconds_per_update", "", "", row["seconds_per_update"], seeds=n)
+        for r in timing.records(res.clock, m, row["seconds_per_update"]):
+            record(m, r["metric"], "", "", r["value"], seeds=r.get("seeds", n))
+            records[-1].update(ci_low=r.get("ci_low", math.nan), ci_high=r.get("ci_high", math.nan))
     lines += ["", f"Paired Δ: mean ± 95% t half-width over seeds; p_Holm: the two-sided paired t-test's p-value "
               f"adjusted by Holm's step-down correction over the family of every paired Δ vs {ref} in this table "
               f"(all sections); MDD: the minimum paired difference this table detects with 80% power at α = 0.05 "
               f"from the observed SD of the differences, shown wherever the interval spans zero."]
     lines += carried_over(res)
     lines += tag_table(res, records)
-    lines += cost_ratios(res.cost)
+    lines += timing.cost_line(res.cost, res.clock)
+    lines += timing.note(res.clock)
     lines += res.notes
     return lines, records
 
