@@ -1,4 +1,4 @@
-"""Measure the Shapes world's bands with fixed seeds: ``python -m harness.shapes.measure [--out PATH]``.
+"""Measure the Shapes world's bands with fixed seeds: ``python -m harness.shapes.measure [--edition N] [--out PATH]``.
 
 Reports, for the committed assets:
 
@@ -9,6 +9,11 @@ Reports, for the committed assets:
   separating the verifier's correct from incorrect held-out generator samples;
 * FLOPs per image (FlopCounterMode, SDPA forced to the math kernel) of the generator's net and decoder and
   of the reward, and the reward / generator ratio.
+
+Edition 2 (``--edition 2``, issue 18) also reports the validation and test splits apart (every disjoint tag's base
+score should sit in 0.05-0.85 on each, so every tag can move both ways), the held-out figures with the detector's
+raw template IoU as the score (edition 2's verifier is calibrated by default), and reads its train figures on a
+seeded ``calibrate.PER_TAG`` training prompts per tag (its train split has 5,976).
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import torch
 from scipy.stats import rankdata
 
 from evals.geneval import summarize
+from harness.shapes.calibrate import calibration_prompts
+from harness.shapes.editions import EDITIONS, FIRST, Edition, edition
 from harness.shapes.generator import load_generator
 from harness.shapes.prompts import split
 from harness.shapes.render import render_batch
-from rewards.shapes_geneval import ShapesGenEval
-from rewards.shapes_pref import load_reward
+from rewards.shapes_geneval import ShapesGenEval, ShapesGenEval2
+from rewards.shapes_pref import ShapesPref2, load_reward
 
 BANDS = {"overall": (0.25, 0.65), "tag_max_except_single": 0.9, "reward_auc_min": 0.9, "flop_ratio_min": 5.0}
 """The bands the project relies on (see the module docstring)."""
@@ -44,6 +51,8 @@ class MeasureConfig:
     """Noise seeds are ``seed * 1_000_003 + 1000 * prompt index + sample index``; renders use numpy(seed)."""
     split_seed: int = 0
     """Seed of the train/held-out prompt split."""
+    edition: int = 1
+    """The Shapes world's edition (``harness.shapes.editions``) whose assets are measured."""
     threads: int = 2
     """torch CPU threads."""
 
@@ -62,9 +71,9 @@ def flops_per_image(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def model_flops(gen, reward) -> dict[str, float]:
+def model_flops(gen, reward, prompt: str | None = None) -> dict[str, float]:
     """GFLOPs per image (batch of one) of the generator's net and decoder and of the reward."""
-    prompt = split("train")[0]["prompt"]
+    prompt = prompt or split("train")[0]["prompt"]
     noise, cond = gen.noise([0]), gen.encode([prompt])
     latent = gen.latents(noise, cond).detach()
     image = gen.decode(latent).detach()
@@ -122,12 +131,13 @@ def reward_scores(reward, images: torch.Tensor, prompts: Sequence[str], chunk: i
                       for i in range(0, len(prompts), chunk)]).tolist()
 
 
-def render_auc(reward, metas: Sequence[dict], per_prompt: int, rng: np.random.Generator) -> float:
+def render_auc(reward, metas: Sequence[dict], per_prompt: int, rng: np.random.Generator, ed: Edition = FIRST
+               ) -> float:
     """shapes-pref AUC: correct vs one-clause-broken renders, ``per_prompt`` of each per prompt."""
 
     rows = [m for m in metas for _ in range(per_prompt)]
-    good, _ = render_batch(rows, rng, correct=True)
-    bad, _ = render_batch(rows, rng, correct=False)
+    good, _ = render_batch(rows, rng, correct=True, ed=ed)
+    bad, _ = render_batch(rows, rng, correct=False, ed=ed)
     prompts = [m["prompt"] for m in rows]
     scores = reward_scores(reward, torch.cat([good, bad]), prompts + prompts)
     return roc_auc(scores, [1] * len(rows) + [0] * len(rows))
@@ -137,10 +147,12 @@ def measure(cfg: MeasureConfig, gen=None, reward=None) -> dict:
     """Every band figure for the committed assets (or the given generator and reward)."""
 
     torch.set_num_threads(cfg.threads)
-    gen = gen or load_generator(lora_rank=0)
-    reward = reward or load_reward()
-    verifier, k = ShapesGenEval(), cfg.samples
-    held, train = split("heldout", cfg.split_seed), split("train", cfg.split_seed)
+    ed = edition(cfg.edition)
+    gen = gen or load_generator(lora_rank=0, directory=ed.asset_dir)
+    reward = reward or (ShapesPref2() if ed.number == 2 else load_reward())
+    verifier, k = (ShapesGenEval2() if ed.number == 2 else ShapesGenEval()), cfg.samples
+    held = split("heldout", cfg.split_seed, ed)
+    train = split("train", cfg.split_seed, ed) if ed.number == 1 else calibration_prompts(ed)
     images, rows = sample_and_verify(gen, verifier, held, k, cfg.seed)
     _, train_rows = sample_and_verify(gen, verifier, train, k, cfg.seed + 1)
     gen_scores = reward_scores(reward, images, [r["prompt"] for r in rows])
@@ -150,12 +162,19 @@ def measure(cfg: MeasureConfig, gen=None, reward=None) -> dict:
         f"diversity_heldout_k{k}": round(diversity(rows, k), 4),
         f"train_k{k}": _tags(summarize(train_rows)),
         f"diversity_train_k{k}": round(diversity(train_rows, k), 4),
-        "reward_auc_heldout_renders": round(render_auc(reward, held, cfg.renders, np.random.default_rng(cfg.seed)), 4),
+        "reward_auc_heldout_renders": round(render_auc(reward, held, cfg.renders, np.random.default_rng(cfg.seed),
+                                                       ed), 4),
         "reward_auc_heldout_generator": round(roc_auc(gen_scores, [r["correct"] for r in rows]), 4),
-        "flops_gflops_per_image": model_flops(gen, reward),
+        "flops_gflops_per_image": model_flops(gen, reward, train[0]["prompt"]),
         "config": asdict(cfg),
         "bands": BANDS,
     }
+    if ed.number != 1:
+        for name in ("val", "test"):
+            prompts = {m["prompt"] for m in split(name, cfg.split_seed, ed)}
+            out[f"{name}_k{k}"] = _tags(summarize([r for r in rows if r["prompt"] in prompts]))
+        raw = ShapesGenEval2(calibrated=False).verify(images, [r["prompt"] for r in rows])
+        out[f"heldout_k{k}_template_iou"] = _tags(summarize(raw))
     return out
 
 
@@ -163,8 +182,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.shapes.measure", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="results/shapes/measure.json", help="JSON output (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="noise and render seed (default: 0)")
+    parser.add_argument("--edition", type=int, choices=sorted(EDITIONS), default=1, help="the world's edition")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     args = parser.parse_args(argv)
-    result = measure(MeasureConfig(seed=args.seed))
+    result = measure(MeasureConfig(seed=args.seed, edition=args.edition, threads=args.threads))
     text = json.dumps(result, indent=2)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
