@@ -48,9 +48,21 @@ class StudyConfig:
     preset: str = "tiny-jpeg"
     """Preset giving the base RunConfig and the method's base Config (see ``driftbench list``)."""
     trials: int = 20
-    """Total trials the study should hold when the command ends (complete, pruned or failed)."""
+    """Total trials the study should hold when the command ends (complete, pruned or failed); with a spend
+    budget, the most it may hold."""
+    spend: int = 0
+    """Spend budget of the study in metered optimizer updates, summed over every run of every trial (pruned,
+    stopped and failed ones count what they ran); 0: none, the trial count alone ends the study. No trial starts
+    once it is spent, and a running trial stops (pruned, ``stopped`` = "spend budget") at its first evaluation
+    after it is, so studies given the same budget spend it to within an evaluation interval per worker."""
     seeds: tuple[int, ...] = (0, 1)
-    """Training seeds every trial runs; the objective is their mean (Optuna does not repeat seeds, #433)."""
+    """Training seeds every trial runs; the objective is their mean (Optuna does not repeat seeds, #433). Each
+    seed's run, updates and value are recorded on the trial (``seed_runs``); a retried trial reuses the finished
+    ones."""
+    startup_trials: int = 0
+    """TPE's random start-up trials (0: max(2, planned // 4), planned being the trial count, or with a spend
+    budget the full trials it buys, at most the trial count); Optuna's default of 10 would leave a 16-trial
+    study nearly random."""
     objective: str = ""
     """Reward whose held-out headline (``overall``, else ``mean``) is maximised; empty: the training reward."""
     multi_objective: bool = False
@@ -86,6 +98,7 @@ class StudyConfig:
     """Results root: runs in ``<out>/runs``, the study in ``<out>/studies``."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"trials": at_least(1), "seeds": nonnegative(), "n_workers": at_least(1),
+                                          "spend": nonnegative(), "startup_trials": nonnegative(),
                                           "k": at_least(2, zero=True), "updates": nonnegative(),
                                           "sampler_seed": nonnegative(), "heartbeat": at_least(1),
                                           "grace": nonnegative()}
@@ -104,6 +117,8 @@ class Setup:
     base_method: Any
     overrides: tuple[Override, ...]
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    startup_trials: int = 10
+    """TPE's random start-up trials, resolved from the budget (``StudyConfig.startup_trials``)."""
 
 
 def resolve(cfg: StudyConfig) -> Setup:
@@ -133,12 +148,30 @@ def resolve(cfg: StudyConfig) -> Setup:
     if cfg.k and any(o.name == "k" for o in overrides):
         raise ValueError(f"k is given both fixed (--k {cfg.k}) and searched (space 'k=...'); give one")
     _check_objective(cfg.objective, base_run)
+    startup = resolve_startup(cfg, base_run)  # not in the fingerprint: a study may grow, as with --trials
     base_method = preset.method_config(cfg.method)
     fingerprint = {"method": cfg.method, "preset": cfg.preset, "space": sorted(o.text() for o in overrides),
                    "objective": cfg.objective, "multi_objective": cfg.multi_objective, "k": cfg.k,
                    "updates": cfg.updates, "seeds": list(cfg.seeds), "base": run_key(base_run, base_method),
                    **({"at_best": True} if cfg.at_best else {})}
-    return Setup(base_run=base_run, base_method=base_method, overrides=overrides, fingerprint=fingerprint)
+    return Setup(base_run=base_run, base_method=base_method, overrides=overrides, fingerprint=fingerprint,
+                 startup_trials=startup)
+
+
+def resolve_startup(cfg: StudyConfig, base_run: RunConfig) -> int:
+    """TPE's start-up trials for this budget; a one-line ``ValueError`` for a spend budget that cannot pay for
+    one full trial (every trial would be stopped before it ended)."""
+    planned = cfg.trials
+    if cfg.spend:
+        if not base_run.updates:
+            raise ValueError("--spend counts optimizer updates, but these runs have no update budget (--updates 0); "
+                             "give --updates or --spend 0")
+        full = base_run.updates * len(cfg.seeds)
+        if cfg.spend < full:
+            raise ValueError(f"--spend {cfg.spend} is less than one full trial ({len(cfg.seeds)} seed(s) x "
+                             f"{base_run.updates} updates = {full}); give at least {full}, or 0 for no spend budget")
+        planned = min(planned, cfg.spend // full)
+    return cfg.startup_trials or max(2, planned // 4)
 
 
 def _check_objective(objective: str, run_cfg: RunConfig) -> None:

@@ -19,6 +19,7 @@ from harness.run import run
 from harness.store import Store, read_json, utc_stamp
 from harness.studies.config import Setup, StudyConfig
 from harness.studies.space import SpaceTrial
+from harness.studies.spend import spent
 from harness.studies.storage import counted
 from methods import METHODS
 
@@ -43,32 +44,68 @@ def _run_id(store: Any, name: str, number: int, seed: int) -> str:
     return run_id if not store.run_dir(run_id).exists() else f"{run_id}__{utc_stamp()}"
 
 
+class _Record:
+    """A trial's per-seed records (its ``seed_runs`` user attribute, read by :mod:`harness.studies.spend`),
+    written through to the storage on every change so a study's spend is readable while trials run."""
+
+    def __init__(self, trial: Any):
+        self.trial, self.runs = trial, []
+
+    def set(self, index: int, **fields: Any) -> None:
+        while len(self.runs) <= index:
+            self.runs.append({})
+        self.runs[index].update(fields)
+        self.trial.set_user_attr("seed_runs", self.runs)
+
+
 class _Reporter:
-    """``on_eval`` for seed i of S: reports at step round(100 (i + f) / S) and prunes there."""
+    """``on_eval`` for seed i of S. Records the run's metered updates, value, base value and drift; reports the
+    objective's running estimate (the mean of the finished seeds' values and this seed's value so far, so the
+    last report is the trial's value) at step round(100 (i + f) / S) and prunes there, except at the trial's
+    last evaluation (a trial that ran its whole budget is complete, not pruned); stops the trial once the
+    study's spend budget is spent (``over_budget``)."""
 
     def __init__(self, trial: Any, index: int, n_seeds: int, store: Any, run_id: str, objective: str,
-                 reported: set[int], running_max: bool = False):
+                 reported: set[int], running_max: bool = False, *, done: list[float] | None = None,
+                 record: _Record | None = None, prune: bool = True,
+                 over_budget: Callable[[], bool] | None = None):
         self.trial, self.index, self.n_seeds = trial, index, n_seeds
         self.store, self.run_id, self.objective, self.reported = store, run_id, objective, reported
         self.running_max, self.best = running_max, -math.inf
+        self.done, self.record, self.prune = done if done is not None else [], record, prune
+        self.over_budget = over_budget
 
     def __call__(self, fraction: float, metrics: dict[str, float]) -> None:
         import optuna
 
-        # An evaluation before any update says nothing about the configuration (and for i > 0 it would
-        # land on the previous seed's last step).
-        if fraction <= 0:
-            return
         reward = self.objective or self.store.manifest(self.run_id)["reward"]
         value = objective_value(metrics, reward)
-        self.best = max(self.best, value)  # at_best: the value a checkpoint selected now would have
-        step = round(100 * (self.index + min(fraction, 1.0)) / self.n_seeds)
-        if step in self.reported:
+        # at_best: the value a checkpoint selected now would have. Update 0 (the base) is a candidate, as it is
+        # for the run's selection, so the reports and the objective read the same quantity.
+        self.best = max(self.best, value)
+        current = self.best if self.running_max else value
+        if self.record is not None:
+            rows = self.store.rows(self.run_id, kind="eval")
+            self.record.set(self.index, updates=int(rows[-1]["step"]) if rows else 0, value=current,
+                            base=headline(metrics, reward, base=True), drift=metrics.get(DRIFT_KEY))
+        if fraction <= 0:  # nothing trained yet; for i > 0 it would land on the previous seed's last step
             return
-        self.reported.add(step)
-        self.trial.report(self.best if self.running_max else value, step)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at {step}% of the trial's spend")
+        last = self.index == self.n_seeds - 1 and fraction >= 1.0 - 1e-12
+        step = round(100 * (self.index + min(fraction, 1.0)) / self.n_seeds)
+        if self.prune and step not in self.reported:
+            self.reported.add(step)
+            self.trial.report((sum(self.done) + current) / (len(self.done) + 1), step)
+            if not last and self.trial.should_prune():
+                self._stop("pruned")
+                raise optuna.TrialPruned(f"pruned at {step}% of the trial's spend")
+        if not last and self.over_budget is not None and self.over_budget():
+            self._stop("stopped")
+            self.trial.set_user_attr("stopped", "spend budget")
+            raise optuna.TrialPruned(f"stopped at {step}% of the trial's spend: the study's spend budget is spent")
+
+    def _stop(self, status: str) -> None:
+        if self.record is not None:
+            self.record.set(self.index, status=status)
 
 
 class StudyFull(Exception):
@@ -78,11 +115,12 @@ class StudyFull(Exception):
 def make_objective(cfg: StudyConfig, setup: Setup, *, sampler_seed: int | None = None) -> Callable[[Any], Any]:
     """The Optuna objective: mean held-out objective over ``cfg.seeds`` (and mean pixel drift when
     multi-objective); failures are recorded in the trial's ``error`` user attribute. ``sampler_seed``, the
-    worker's TPE seed, is recorded on each trial."""
+    worker's TPE seed, and the sampler's start-up trials are recorded on each trial."""
     import optuna
 
     def objective(trial: optuna.Trial) -> Any:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("startup_trials", setup.startup_trials)
         if sampler_seed is not None:
             trial.set_user_attr("sampler_seed", sampler_seed)
         try:
@@ -128,8 +166,12 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
     method_cfg = dataclasses.replace(setup.base_method, **params)
     trial.set_user_attr("method_config", config_dict(method_cfg))
     trial.set_user_attr("k", k)
-    values, drifts, run_ids, reported = [], [], [], set()
+    values, drifts, run_ids, reported, record = [], [], [], set(), _Record(trial)
+    trial.set_user_attr("seeds", list(cfg.seeds))
     earlier = _earlier_runs(trial, store)
+    over_budget = None
+    if cfg.spend and not cfg.multi_objective:  # Optuna cannot prune (so cannot stop) a multi-objective trial
+        over_budget = lambda: spent(trial.study.get_trials(deepcopy=False)) >= cfg.spend  # noqa: E731
     for i, seed in enumerate(cfg.seeds):
         # A retried trial picks up the stopped trial's runs: complete ones are reused, others resume from
         # their checkpoints (or restart when they have none).
@@ -139,16 +181,21 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
             resume = ""  # not this configuration's run
         run_id = resume or _run_id(store, cfg.name, trial.number, seed)
         run_cfg = run_cfg.replace(run_id="" if resume else run_id)
-        report = None if cfg.multi_objective else _Reporter(trial, i, len(cfg.seeds), store, run_id,
-                                                            cfg.objective, reported, running_max=cfg.at_best)
+        report = _Reporter(trial, i, len(cfg.seeds), store, run_id, cfg.objective, reported, running_max=cfg.at_best,
+                           done=values, record=record, prune=not cfg.multi_objective, over_budget=over_budget)
         run_ids.append(run_id)
         trial.set_user_attr("run_ids", run_ids)
-        if not resume or store.status(resume) != "complete":
+        record.set(i, seed=seed, run=run_id, status="started", updates=0)
+        reused = bool(resume) and store.status(resume) == "complete"
+        if not reused:
             run(run_cfg, method_cfg, store=store, on_eval=report, progress=False, resume=resume)
         summary = read_json(store.run_dir(run_id) / "summary.json")  # the number in the store
         reward = cfg.objective or store.manifest(run_id)["reward"]
         values.append(float(summary["select/value"]) if cfg.at_best else objective_value(summary, reward))
         drifts.append(float(summary[DRIFT_KEY]))
+        record.set(i, status="complete", reused=reused, updates=int(summary["budget/updates"]), value=values[-1],
+                   base=headline(summary, reward, base=True), select_step=summary.get("select/step"),
+                   drift=drifts[-1])
         trial.set_user_attr("objective", reward)
         trial.set_user_attr("seed_values", values)
         trial.set_user_attr("seed_drift", drifts)

@@ -2,8 +2,9 @@
 
 Writes into ``<out>/studies/<name>/``:
 
-* ``trials.csv``: every trial (number, state, values, parameters, seconds, error: the exception, a stopped
-  worker, a missed heartbeat, or a surplus trial that found the study full);
+* ``trials.csv``: every trial (number, state, values, parameters, seconds, its seeds, each seed's value, the
+  updates its runs metered, why it was stopped, error: the exception, a stopped worker, a missed heartbeat, or
+  a surplus trial that found the study full);
 * ``importances.csv`` / ``.png`` / ``.pdf``: Optuna's parameter importances (PED-ANOVA), per objective;
 * ``slices.png`` / ``.pdf``: the objective against each parameter; ``contours.png`` / ``.pdf``: the objective
   over pairs of the most important numeric parameters;
@@ -34,6 +35,7 @@ from harness.run import run
 from harness.store import Store, read_json, utc_stamp, write_json
 from harness.studies.figures import DRIFT_LABEL, draw, pareto
 from harness.studies.objective import DRIFT_KEY, objective_value
+from harness.studies.spend import seed_runs
 from harness.studies.storage import trial_error
 from harness.studies.study import load_study
 from harness.validate import Bound, at_least, nonnegative
@@ -122,6 +124,11 @@ def _trials_csv(trials: Sequence[Any], path: Path, study_attrs: dict[str, Any]) 
                         "value": values[0] if values else None, "drift": values[1] if len(values) > 1 else None,
                         "seconds": t.duration.total_seconds() if t.duration else None,
                         **{f"param:{k}": v for k, v in t.params.items()},
+                        "seeds": ";".join(str(r.get("seed")) for r in seed_runs(t)),
+                        "seed_values": ";".join(f"{r['value']:.6g}" for r in seed_runs(t)
+                                                if r.get("value") is not None),
+                        "updates": sum(int(r.get("updates") or 0) for r in seed_runs(t)) if seed_runs(t) else None,
+                        "stopped": t.user_attrs.get("stopped", ""),
                         "runs": ";".join(t.user_attrs.get("run_ids", [])), "error": trial_error(t, study_attrs)})
     pd.DataFrame.from_records(records).to_csv(path, index=False)
 

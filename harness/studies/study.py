@@ -5,7 +5,12 @@ through :class:`SpaceTrial`, a proxy whose ``suggest_*`` consult the overrides, 
 they are. A trial builds the method Config, runs every seed of the study with :func:`harness.run.run`
 and returns the mean held-out objective over seeds, read back from the stored run summaries (the value
 Optuna sees is the number in the store). Intermediate values are reported at fixed fractions of the
-trial's total spend, so the pruner compares trials at equal spend (optuna #2441).
+trial's total spend, so the pruner compares trials at equal spend (optuna #2441), and they are the quantity
+the objective reports: the mean of the finished seeds' values and the current seed's so far (at the run's best
+evaluation point with ``at_best``, update 0 included), so the last report is the trial's value; a trial is
+never pruned at its last evaluation. With ``spend`` the study ends when its runs have metered that many
+optimizer updates (``harness/studies/spend.py``), not after a trial count, and TPE's start-up trials are
+sized from that budget.
 
 Storage is a journal file under ``<out>/studies/`` by default (SQLite locks under parallel workers,
 optuna #820); ``--n-workers N`` starts N spawned processes on it that split the remaining trials, so a
@@ -33,6 +38,7 @@ from harness.redact import redact_streams
 from harness.store import RunLock
 from harness.studies.config import Setup, StudyConfig, is_rdb, journal_path, resolve
 from harness.studies.objective import make_objective
+from harness.studies.spend import spent
 from harness.studies.storage import (
     counted,
     create_or_load,
@@ -97,8 +103,8 @@ def optimize(cfg: StudyConfig, setup: Setup, n_trials: int, index: int = 0,
     storage = open_storage(cfg.storage, cfg.out, cfg.name, heartbeat=cfg.heartbeat, grace=cfg.grace)
     existing = len(storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False))
     seed = _sampler_seed(cfg, index, existing)
-    study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed),
-                              pruner=_pruner(cfg, setup))
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=setup.startup_trials)
+    study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=_pruner(cfg, setup))
     objective = make_objective(cfg, setup, sampler_seed=seed)
     prefix = f"[worker {index}] " if cfg.n_workers > 1 else ""
 
@@ -110,6 +116,8 @@ def optimize(cfg: StudyConfig, setup: Setup, n_trials: int, index: int = 0,
         trials = study.get_trials(deepcopy=False)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if len(counted(trials)) + running >= cfg.trials:  # another command on the same study got there
+            break
+        if cfg.spend and spent(trials) >= cfg.spend:  # running trials' spend so far counts
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress], gc_after_trial=False)
         done += 1
@@ -152,15 +160,25 @@ def study(cfg: StudyConfig, log: Callable[[str], None] = print) -> optuna.Study:
     fail_stale(the_study)
     with _requeue_lock(cfg):  # two commands resuming one study must not both re-enqueue a stopped trial
         requeued = requeue_stopped(the_study, rdb=is_rdb(cfg.storage), out=cfg.out, storage=storage)
-    remaining = cfg.trials - len(counted(the_study.get_trials(deepcopy=False)))
-    log(f"study '{cfg.name}' in {storage_label(cfg)}: {cfg.trials - max(remaining, 0)} of {cfg.trials} trials done"
-        + (f", re-enqueued trial(s) {requeued} left by a stopped worker" if requeued else "")
-        + (f"; running {remaining} on {min(cfg.n_workers, remaining)} worker(s)" if remaining > 0 else ""))
+    trials = the_study.get_trials(deepcopy=False)
+    held = len(counted(trials))
+    remaining = cfg.trials - held
+    budget = f"; spent {spent(trials)} of {cfg.spend} updates" if cfg.spend else ""
+    if cfg.spend and spent(trials) >= cfg.spend:
+        remaining, budget = 0, budget + " (the budget is spent)"
+    log(f"study '{cfg.name}' in {storage_label(cfg)}: {min(held, cfg.trials)} of {'at most ' if cfg.spend else ''}"
+        f"{cfg.trials} trials done"
+        + budget + (f", re-enqueued trial(s) {requeued} left by a stopped worker" if requeued else "")
+        + (f"; running {'up to ' if cfg.spend else ''}{remaining} on {min(cfg.n_workers, remaining)} worker(s)"
+           if remaining > 0 else ""))
     if remaining <= 0:
         _check_some_trial_ran(the_study, cfg)
         return the_study
     started = time.perf_counter()
-    shares = [s for s in _split(remaining, cfg.n_workers) if s > 0]
+    # With a spend budget the workers do not know how many trials it buys: each may run all that remain, and
+    # stops when the budget or the trial count is reached.
+    shares = ([remaining] * min(cfg.n_workers, remaining) if cfg.spend else
+              [s for s in _split(remaining, cfg.n_workers) if s > 0])
     if len(shares) == 1:
         optimize(cfg, setup, shares[0], log=log)
     else:
@@ -209,7 +227,8 @@ def _requeue_lock(cfg: StudyConfig):
 
 
 def _log_best(the_study: Any, cfg: StudyConfig, seconds: float, log: Callable[[str], None]) -> None:
-    n = len(counted(the_study.get_trials(deepcopy=False)))
+    trials = the_study.get_trials(deepcopy=False)
+    n = len(counted(trials))
     try:
         if cfg.multi_objective:
             best = f"{len(the_study.best_trials)} Pareto-optimal trial(s)"
@@ -218,7 +237,8 @@ def _log_best(the_study: Any, cfg: StudyConfig, seconds: float, log: Callable[[s
             best = f"best trial {t.number} value {t.value:.5g} [{_params_text(t.params)}]"
     except ValueError:
         best = "no complete trial"
-    log(f"study '{cfg.name}': {n} of {cfg.trials} trials in {seconds:.0f} s; {best}")
+    log(f"study '{cfg.name}': {n} of {cfg.trials} trials in {seconds:.0f} s, {spent(trials)} updates metered"
+        f"{f' of a {cfg.spend}-update budget' if cfg.spend else ''}; {best}")
 
 
 def load_study(name: str, out: str = "results", storage: str = "") -> optuna.Study:
