@@ -246,8 +246,8 @@ TABLE_FIGURES = {
     "__overoptimisation": "{section} ({kind} configurations): over-optimisation, one column per method; rows: "
                           "validation gold, validation proxy and distance from the base, each against the update "
                           "(seed mean ± 1 SD; grey: the other methods). Written by `driftbench table2`.",
-    "__tuning_best_so_far": "{section}: equal-effort tuning, the best validation value so far against trials, one "
-                            "line per method's study. Written by `driftbench table2` from the studies.",
+    "__tuning_best_so_far": "{section}: equal-effort tuning, the best validation value so far against the updates "
+                            "its trials metered (in full runs), one line per method's study. Written by `driftbench table2` from the studies.",
 }
 """Figures ``driftbench table2`` draws beside its table (not from the runs of one tag), by file-name suffix."""
 

@@ -57,7 +57,7 @@ class Table2Config:
     profile: str = "shapes"
     """Which table: "shapes" (the embedded default), "tiny", or on a GPU "sd-turbo" / "sdxl-turbo"."""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    """Training seeds, never used by the tuning (``driftbench tune`` trains with seed 100); intervals are over
+    """Training seeds, never used by the tuning (``driftbench tune`` trains with seeds 100 and 101); intervals are over
     these, paired by seed."""
     test_split: str = "test"
     """Split every run is finally evaluated on, once at its validation-selected checkpoint and once at the end

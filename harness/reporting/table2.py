@@ -171,7 +171,8 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
     entries, unequal = {}, []
     if section.tuned:
         entries = tuned_entries(section.preset, tuned_path)
-        unequal = unequal_effort(entries)
+        root = studies_root(section.preset, tuned_path)
+        unequal = unequal_effort(entries, tuning.spends(section.preset, list(entries), root))  # spend from the studies
     result = tuned_table.compute(section.title, store, run_ids, entries, unequal,
                                  timing.for_section(out, section, store, run_ids))
     by_method: dict[str, list[str]] = {}

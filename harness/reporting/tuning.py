@@ -1,8 +1,9 @@
-"""The tuning report: each method's search space and its best-so-far validation value against trials
-(Lucic et al. 2018), from the stored equal-effort studies.
+"""The tuning report: each method's search space (its dimensions), budget and metered spend, the equal-spend
+check, the seed noise of the objective, the learning rates that did not move it, and the best-so-far validation
+value against spend (Lucic et al. 2018), from the stored equal-effort studies.
 
-A trial's value is its validation objective at the run's best evaluation point; pruned and failed trials
-count as trials spent but bring no value, so the curve stays flat through them.
+A trial's value is its validation objective at the run's best evaluation point; pruned, stopped and failed
+trials spend updates but bring no value, so the curve stays flat through them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.reporting.plots import _style, color, save
+from harness.studies.spend import SPEND_TOLERANCE, flat_trials, seed_sd, study_spend, unequal_spend
 from harness.studies.study import load_study
 from harness.studies.tune import study_name
 
@@ -43,27 +45,108 @@ def best_so_far(the_study: Any) -> list[float]:
     return out
 
 
+def spend_curve(the_study: Any, updates: int, seeds: int) -> list[float]:
+    """The study's spend in full runs after each trial, in trial-number order (the best-so-far figure's x)."""
+    total, out = 0.0, []
+    for t in sorted(the_study.get_trials(deepcopy=False), key=lambda t: t.number):
+        total += study_spend([t], updates, seeds).updates / updates if updates else 1.0
+        out.append(total)
+    return out
+
+
+def spends(section: str, methods: Sequence[str], out: str) -> dict[str, int]:
+    """The updates each method's study metered (estimated for studies made before per-seed records); methods
+    without a study in ``out`` are left out."""
+    found = {}
+    for method in methods:
+        try:
+            the_study = load_study(study_name(section, method), out=out)
+        except ValueError:
+            continue
+        stored = the_study.user_attrs.get("setup", {})
+        updates = int(stored.get("run", {}).get("updates") or 0)
+        seeds = len(stored.get("study", {}).get("seeds") or [0])
+        found[method] = study_spend(the_study.get_trials(deepcopy=False), updates, seeds).updates
+    return found
+
+
 def report(section: str, methods: Sequence[str], out: str, directory: Path) -> tuple[list[str], list[Path]]:
-    """Markdown lines (space sizes, trials, best values) and the best-so-far figure of one section."""
+    """Markdown lines (space dimensions, budget, spend, trials, best values, seed noise and flat learning rates)
+    and the best-so-far figure of one section."""
     from optuna.trial import TrialState
 
-    lines = ["| method | searched parameters | ranges | categorical combinations | trials (complete / pruned / "
-             "failed) | best validation value |", "|---|---|---|---|---|---|"]
-    curves = {}
+    lines = ["| method | dimensions: searched parameters | ranges | categorical combinations | seeds per trial | "
+             "TPE start-up trials | trials (complete / pruned / stopped by budget / failed) | spend: metered updates "
+             "(full runs) | best validation value |", "|---|---|---|---|---|---|---|---|---|"]
+    curves, spends, notes, flat_lines, estimated = {}, {}, [], [], False
     for method in methods:
         the_study = load_study(study_name(section, method), out=out)
         trials = the_study.get_trials(deepcopy=False)
-        states = [sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+        stored = the_study.user_attrs.get("setup", {})
+        seeds = len(stored.get("study", {}).get("seeds") or [0])
+        updates = int(stored.get("run", {}).get("updates") or 0)
+        stopped = sum(t.state == TrialState.PRUNED and "stopped" in t.user_attrs for t in trials)
+        states = [sum(t.state == TrialState.COMPLETE for t in trials),
+                  sum(t.state == TrialState.PRUNED for t in trials) - stopped, stopped,
+                  sum(t.state == TrialState.FAIL for t in trials)]
         size = space_size(the_study)
-        curves[method] = best_so_far(the_study)
-        lines.append(f"| {method} | {', '.join(size['names'])} | {size['ranges']} | {size['combinations']} | "
-                     f"{' / '.join(map(str, states))} | {curves[method][-1]:.3f} |")
+        curves[method] = (spend_curve(the_study, updates, seeds), best_so_far(the_study))
+        used = study_spend(trials, updates, seeds)
+        spends[method], estimated = used.updates, estimated or used.estimated
+        startup = sorted({t.user_attrs["startup_trials"] for t in trials if "startup_trials" in t.user_attrs})
+        budget = stored.get("study", {}).get("spend", 0)
+        lines.append(f"| {method} | {size['parameters']}: {', '.join(size['names'])} | {size['ranges']} | "
+                     f"{size['combinations']} | {seeds} | {', '.join(map(str, startup)) or '10 (default)'} | "
+                     f"{' / '.join(map(str, states))} | {used.updates}{'~' if used.estimated else ''} "
+                     f"({used.full_runs:.1f}){f' of {budget}' if budget else ''} | {curves[method][1][-1]:.3f} |")
+        notes.append(_noise(method, trials))
+        flat_lines.append(_flat(method, trials, seeds))
+    unequal = unequal_spend(spends)
+    lines += ["", ("**UNEQUAL spend**: " + unequal + "." if unequal else
+                   f"Spend is equal within {SPEND_TOLERANCE:.0%} across this section's studies.")
+              + " Spend: the optimizer updates every run of every trial metered, pruned, stopped and failed ones "
+                "included; full runs: that over one run's budget" + (
+                  "; ~: estimated from the trials' last intermediate report (studies made before per-seed records)"
+                  if estimated else "") + "."]
+    lines += ["", "Seed noise of the objective (pooled SD across a trial's training seeds, against the spread between "
+                  "the study's best and median complete trial; the powered-table target is SD <= spread / 3): "
+                  + "; ".join(notes) + "."]
+    lines += ["", "Learning rates that did not move the objective (a trial is flat when its mean gain over the base "
+                  "is within two standard errors of a trial's mean, from the pooled seed SD; exactly 0 with one "
+                  "seed): " + "; ".join(flat_lines) + "."]
     plt = _style()
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for method, values in curves.items():
-        ax.step(range(1, len(values) + 1), values, where="post", color=color(method), label=method)
-    ax.set_xlabel("trials")
+    for method, (spend, values) in curves.items():
+        ax.step(spend, values, where="post", color=color(method), label=method)
+    ax.set_xlabel("metered updates, in full runs (each step: a trial ends)")
     ax.set_ylabel("best validation shapes-GenEval so far")
     ax.set_title(f"equal-effort tuning, {section}", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over the ends
     return lines, save(fig, directory, f"{section}__tuning_best_so_far")
+
+
+def _noise(method: str, trials: Sequence[Any]) -> str:
+    import statistics
+
+    from optuna.trial import TrialState
+
+    sd, dof = seed_sd(trials)
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    spread = max(values) - statistics.median(values) if values else math.nan
+    if not dof:
+        return f"{method} not measured (one seed per trial), spread {spread:.3f}"
+    met = "met" if sd <= spread / 3 else "not met"
+    return f"{method} SD {sd:.3f} ({dof} df), spread {spread:.3f}: {met}"
+
+
+def _flat(method: str, trials: Sequence[Any], seeds: int) -> str:
+    sd, _ = seed_sd(trials)
+    flat = flat_trials(trials, sd, seeds)
+    if not flat.judged:
+        return f"{method}: not recorded (the study predates per-seed base values)"
+    below = (f"every trial with lr <= {flat.below:.2g} ({flat.below_count})" if flat.below_count else
+             "none at the lowest learning rate")
+    listed = ", ".join(f"{f['lr']:.2g}" for f in flat.flat)
+    drift = max((f["drift"] for f in flat.flat if math.isfinite(f["drift"])), default=math.nan)
+    return (f"{method}: {len(flat.flat)} of {flat.judged} flat (|gain| <= {flat.band:.3f}), {below}; lr {listed or '-'}"
+            + (f"; their pixel drift <= {drift:.4f}" if math.isfinite(drift) else ""))

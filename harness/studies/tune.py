@@ -2,11 +2,14 @@
 
 A comparison is only as good as its weakest-tuned baseline (Lucic et al. 2018, "Are GANs Created Equal?").
 For each method of a section this runs one Optuna study over the method's own ``space(trial)`` with
-everything else held equal: the same TPE sampler and sampler seed, the same number of trials and pruner, the
-same per-trial budget and training seeds, the same objective (validation shapes-GenEval, ``overall_disjoint``,
-at the run's best evaluation point) and the same learning-rate range for every method, 1e-5 to 1e-2 on a log
-scale. Tuning runs evaluate the validation split only; the test split is never read (``test_split`` stays
-empty, and ``tests/test_tune.py`` poisons it to prove so).
+everything else held equal: the same TPE sampler, sampler seed and start-up trials, the same spend budget in
+metered optimizer updates (a study ends when its trials, pruned and stopped ones included, have metered it:
+studies are equal in compute, not in trial count) and pruner, the same per-trial budget and training seeds
+(each trial's value is the mean over two seeds by default: one seed's validation value has an SD of about
+0.04, as large as the spread between a study's best and median trials), the same objective (validation
+shapes-GenEval, ``overall_disjoint``, at the run's best evaluation point) and the same learning-rate range for
+every method, 1e-5 to 1e-2 on a log scale. Tuning runs evaluate the validation split only; the test split is
+never read (``test_split`` stays empty, and ``tests/test_tune.py`` poisons it to prove so).
 
 ``write_tuned`` then turns the stored studies into the committed tuned file (``harness/tuned/<profile>.json``):
 for each section and method, the study, the best complete trial's number, its objective value, its method
@@ -26,13 +29,16 @@ from harness.registry import unknown
 from harness.sections import SECTIONS
 from harness.store import Store, write_json
 from harness.studies import study as studies
+from harness.studies.config import resolve
+from harness.studies.spend import study_spend
 from harness.studies.study import StudyConfig, counted, load_study
 from harness.studies.tuned import TUNED_DIR
 from harness.validate import Bound, at_least, nonnegative
 
 LR_SPACE = "lr=1e-5:1e-2:log"
 """The learning-rate range every method gets (an override on top of each ``space``)."""
-"""What must be equal across the studies of one section."""
+DEFAULT_STARTUP = 10
+"""TPE's start-up trials in studies that did not record theirs (Optuna's default, which they ran with)."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,17 @@ class TuneConfig:
     """Section presets to tune (e.g. shapes-pref); empty: every section of the profile."""
     methods: tuple[str, ...] = ()
     """Restrict to these methods (empty: every method of each section)."""
-    trials: int = 16
-    """Trials per study; the same for every method."""
-    seeds: tuple[int, ...] = (100,)
-    """Training seeds of every trial (the reported table uses others)."""
+    spend: int = 1536
+    """Spend budget per study in metered optimizer updates over all its trials' runs (0: none, ``trials`` alone
+    ends a study); the same for every method. 1536 = 8 full trials of 2 seeds x 96 updates, estimated at 79
+    minutes for the Shapes table on 2 cores from the stored tuning's seconds per metered update."""
+    trials: int = 48
+    """Most trials per study (with a spend budget the budget normally ends a study first); the same for every
+    method."""
+    seeds: tuple[int, ...] = (100, 101)
+    """Training seeds of every trial, whose values it averages (the reported table uses others)."""
+    startup_trials: int = 0
+    """TPE's random start-up trials (0: max(2, planned // 4), planned = the full trials the budget buys)."""
     sampler_seed: int = 0
     """TPE seed, the same for every study."""
     pruner: str = "median"
@@ -66,7 +79,8 @@ class TuneConfig:
     """Do not run studies; only rewrite the tuned file from the stored ones."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"trials": at_least(1), "seeds": nonnegative(), "sampler_seed": nonnegative(),
-                                          "n_workers": at_least(1)}
+                                          "n_workers": at_least(1), "spend": nonnegative(),
+                                          "startup_trials": nonnegative()}
     """Valid range of every numeric field (``harness.validate``)."""
 
 
@@ -97,14 +111,17 @@ def objective(cfg: TuneConfig, section: str) -> str:
 
 def study_config(cfg: TuneConfig, section: str, method: str):
     return StudyConfig(name=study_name(section, method), method=method, preset=section, trials=cfg.trials,
-                       seeds=cfg.seeds, objective=objective(cfg, section), at_best=True, pruner=cfg.pruner,
-                       n_workers=cfg.n_workers, space=(LR_SPACE,), sampler_seed=cfg.sampler_seed, out=cfg.out)
+                       spend=cfg.spend, startup_trials=cfg.startup_trials, seeds=cfg.seeds,
+                       objective=objective(cfg, section), at_best=True, pruner=cfg.pruner, n_workers=cfg.n_workers,
+                       space=(LR_SPACE,), sampler_seed=cfg.sampler_seed, out=cfg.out)
 
 
 def tune(cfg: TuneConfig, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) every study, then write the tuned file; returns its path."""
 
     pairs = plan(cfg)
+    for section, method in pairs:  # every study's setup (budget, seeds, space) is checked before any runs
+        resolve(study_config(cfg, section, method))
     if not cfg.write_only:
         for i, (section, method) in enumerate(pairs):
             log(f"[{i + 1}/{len(pairs)}] {study_name(section, method)}")
@@ -129,8 +146,15 @@ def effort(cfg: TuneConfig, section: str, the_study: Any) -> dict[str, Any]:
 
     run = presets.get(section).run
     attrs = the_study.user_attrs
-    return {"trials": len(counted(the_study.get_trials(deepcopy=False))), "updates": run.updates,
-            "seeds": list(cfg.seeds), "sampler_seed": cfg.sampler_seed, "pruner": cfg.pruner, "space_lr": LR_SPACE,
+    trials = the_study.get_trials(deepcopy=False)
+    stored = attrs.get("setup", {}).get("study", {})
+    used = study_spend(trials, run.updates, len(stored.get("seeds") or cfg.seeds))
+    startup = sorted({t.user_attrs["startup_trials"] for t in trials if "startup_trials" in t.user_attrs})
+    return {"trials": stored.get("trials", cfg.trials), "trials_run": len(counted(trials)),
+            "spend_budget": stored.get("spend", 0), "spend": used.updates, "spend_estimated": used.estimated,
+            "startup_trials": startup[0] if len(startup) == 1 else (startup or DEFAULT_STARTUP),
+            "updates": run.updates, "seeds": list(stored.get("seeds") or cfg.seeds), "sampler_seed": cfg.sampler_seed,
+            "pruner": cfg.pruner, "space_lr": LR_SPACE,
             "objective": objective(cfg, section), "k": run.k, "prompts_per_step": run.prompts_per_step,
             "eval_at": list(run.eval_at), "eval_seeds": run.eval_seeds, "eval_split": run.eval_split,
             "fingerprint": attrs.get("fingerprint")}

@@ -12,19 +12,26 @@ from typing import Any
 
 from harness.config import from_dict
 from harness.registry import unknown
+from harness.studies.spend import unequal_spend
 from harness.validate import check
 from methods import METHODS
 
 TUNED_DIR = Path(__file__).resolve().parent.parent / "tuned"
-EFFORT_KEYS = ("trials", "updates", "seeds", "sampler_seed", "pruner", "space_lr", "objective", "k",
-               "prompts_per_step", "eval_at", "eval_seeds", "eval_split")
-"""What a section's studies must share for their tuning to count as equal effort."""
+EFFORT_KEYS = ("trials", "spend_budget", "startup_trials", "updates", "seeds", "sampler_seed", "pruner", "space_lr",
+               "objective", "k", "prompts_per_step", "eval_at", "eval_seeds", "eval_split")
+"""What a section's studies must share for their tuning to count as equal effort; besides these, the updates
+they metered (``spend``) must agree within ``SPEND_TOLERANCE``."""
 
 
-def unequal_effort(entries: dict[str, dict[str, Any]]) -> list[str]:
-    """Keys of ``EFFORT_KEYS`` on which a section's methods were tuned differently (empty: equal)."""
+def unequal_effort(entries: dict[str, dict[str, Any]], spends: dict[str, float] | None = None) -> list[str]:
+    """Keys of ``EFFORT_KEYS`` on which a section's methods were tuned differently, and the spend when the
+    updates the studies metered differ by more than 10% (empty: equal). ``spends``: the updates read from the
+    studies themselves (``harness.reporting.tuning.spends``), which stand in for the file's."""
     efforts = {m: e["effort"] for m, e in entries.items()}
-    return [k for k in EFFORT_KEYS if len({json.dumps(e.get(k), sort_keys=True) for e in efforts.values()}) > 1]
+    keys = [k for k in EFFORT_KEYS if len({json.dumps(e.get(k), sort_keys=True) for e in efforts.values()}) > 1]
+    spends = {m: e["spend"] for m, e in efforts.items() if isinstance(e.get("spend"), (int, float))} | (spends or {})
+    spend = unequal_spend(spends) if len(spends) == len(efforts) else ""  # files written before spend was kept
+    return keys + ([spend] if spend else [])
 
 
 def tuned_configs(section: str, path: str | Path | None = None, profile: str = "shapes") -> dict[str, Any]:
