@@ -362,3 +362,15 @@ def test_tiny_tuning_records_spend_seeds_and_startup_in_the_tuned_file_and_repor
         assert 8 <= effort["spend"] <= 8 + 2 and effort["spend_estimated"] is False
     text = "\n".join(report("test-spend", ["drpo", "dpo1"], str(tmp_path), tmp_path / "plots")[0])
     assert "Spend is equal within 10%" in text and "drpo SD " in text and "(2 df)" in text
+
+
+@pytest.mark.unit
+def test_the_tuning_objective_is_the_verifier_of_the_sections_edition():
+    from harness.studies.config import resolve
+    from harness.studies.tune import TuneConfig, objective, study_config
+
+    assert objective(TuneConfig(profile="shapes"), "shapes-pref") == "shapes-geneval"
+    assert objective(TuneConfig(profile="shapes2"), "shapes2-pref") == "shapes2-geneval"
+    assert objective(TuneConfig(profile="shapes2", objective="shapes2-pref"), "shapes2-pref") == "shapes2-pref"
+    cfg = TuneConfig(profile="shapes2")  # edition 2's studies resolve (shapes-geneval is not evaluated there)
+    assert resolve(study_config(cfg, "shapes2-geneval", "drpo")).startup_trials == 2

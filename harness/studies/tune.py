@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar
 from harness import presets
 from harness.registry import unknown
 from harness.sections import SECTIONS
+from harness.shapes.editions import PROFILE_EDITIONS, reward_name
 from harness.store import Store, write_json
 from harness.studies import study as studies
 from harness.studies.config import resolve
@@ -106,7 +107,12 @@ def plan(cfg: TuneConfig) -> list[tuple[str, str]]:
 
 
 def objective(cfg: TuneConfig, section: str) -> str:
-    return cfg.objective or ("shapes-geneval" if cfg.profile.startswith("shapes") else presets.get(section).run.reward)
+    """The validation objective: ``cfg.objective``, else the GenEval verifier of the section's Shapes edition
+    (shapes-geneval, shapes2-geneval), else the section's training reward."""
+    run = presets.get(section).run
+    if cfg.objective:
+        return cfg.objective
+    return reward_name("shapes-geneval", PROFILE_EDITIONS[run.profile]) if run.profile in PROFILE_EDITIONS else run.reward
 
 
 def study_config(cfg: TuneConfig, section: str, method: str):
