@@ -374,3 +374,35 @@ def test_the_tuning_objective_is_the_verifier_of_the_sections_edition():
     assert objective(TuneConfig(profile="shapes2", objective="shapes2-pref"), "shapes2-pref") == "shapes2-pref"
     cfg = TuneConfig(profile="shapes2")  # edition 2's studies resolve (shapes-geneval is not evaluated there)
     assert resolve(study_config(cfg, "shapes2-geneval", "drpo")).startup_trials == 2
+
+
+@pytest.mark.unit
+def test_the_tuned_table_marks_a_section_whose_studies_spent_unequally(tmp_path):
+    """A tuned section written by table2 from hand-made runs and studies: the tuned file keeps no spend (it was
+    written before spend was kept), the studies' own spend (45 and 65 updates) marks the section UNEQUAL in the
+    table and in its tuning report, which lists each study's space dimensions."""
+    import json
+
+    from harness.reporting.table2 import write_table
+    from harness.sections import Section
+    from harness.store import Store
+    from tests.test_reporting import _fake_run
+
+    ids = []
+    for seed, (a, b) in enumerate(((0.30, 0.20), (0.32, 0.25), (0.31, 0.21))):
+        ids.append(_fake_run(tmp_path, f"drpo-{seed}", "drpo", seed, "shapes-pref", a, a - 0.01, 0.2, 0.6))
+        ids.append(_fake_run(tmp_path, f"dpo1-{seed}", "dpo1", seed, "shapes-pref", b, b + 0.02, 0.2, 0.4))
+    runs = {"drpo": [_run("d0", 0.30), _run("d1", 0.26, seed=1), _run("d2", 0.1, updates=5, status="pruned")],
+            "dpo1": [_run("p0", 0.25), _run("p1", 0.27, seed=1), _run("p2", 0.25, updates=25)]}
+    for method, records in runs.items():
+        _stored_study(tmp_path / "tuning", f"tune-sec-{method}", [_trial(runs=records[:2]), _trial(
+            "PRUNED", runs=records[2:], steps={25: 0.1})])
+    effort = {"trials": 2, "seeds": [100, 101], "updates": 10}
+    entry = {"trial": 0, "value": 0.28, "config": {}, "effort": effort, "studies_root": str(tmp_path / "tuning")}
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"profile": "shapes", "sections": {"sec": {"drpo": entry, "dpo1": entry}}}))
+    text = write_table([(Section("tuned sec", "sec", ("drpo", "dpo1"), tuned=True), ids)], Store(tmp_path), tmp_path,
+                       elapsed=0.0, tuned_path=tuned).read_text()
+    assert ("**UNEQUAL tuning effort** across this section's studies: spend 25 to 45 metered updates (+80%, more "
+            "than 10%: drpo to dpo1) differ.") in text
+    assert "**UNEQUAL spend**: spend 25 to 45 metered updates" in text and "| drpo | 1: lr | 1 | 1 | 2 |" in text
