@@ -100,6 +100,12 @@ class RunConfig:
     """Noise seeds per test prompt."""
     test_seed_base: int = TEST_SEED_BASE
     """Test image j of prompt i uses noise seed test_seed_base + 1000 i + j (disjoint from eval_seed_base)."""
+    curve_split: str = ""
+    """Also evaluate this split at every evaluation point, on the test noise (``test_seed_base``), for the
+    over-optimisation curves alone: selection and tuning never read it, so a table that names "test" draws its
+    curves on prompts and noise no choice saw. Empty: none."""
+    curve_seeds: int = 4
+    """Noise seeds per prompt of the curve split (its first images are the test split's)."""
     lora_rank: int = 0
     """LoRA rank; 0 means the profile's default (16 for SD-Turbo, as in the paper)."""
     weight_decay: float = 1e-2
@@ -140,7 +146,7 @@ class RunConfig:
         "max_seconds": nonnegative(), "max_flops": nonnegative(), "seed": within(0, SEED_MAX), "eval_at": within(0, 1),
         "eval_seeds": at_least(1), "eval_prompt_limit": nonnegative(), "lora_rank": within(0, LORA_RANK_MAX),
         "weight_decay": nonnegative(), "grad_clip": positive(), "checkpoint_every": nonnegative(),
-        "eval_seed_base": within(0, SEED_MAX), "test_seeds": at_least(1), "test_seed_base": within(0, SEED_MAX),
+        "eval_seed_base": within(0, SEED_MAX), "test_seeds": at_least(1), "curve_seeds": at_least(1), "test_seed_base": within(0, SEED_MAX),
         "paper_processes": nonnegative(), "tag": Length(TAG_MAX), "reward_options": Length(OPTION_MAX),
     }
     """Valid range of every numeric field (``harness.validate``), checked before any component is built."""
@@ -243,7 +249,7 @@ NOT_IN_KEY = ("out", "run_id", "log_with", "paper_processes")
 """Fields that say where a run is stored, what it is called, where it is mirrored and what it was designed
 for; they do not change what it computes."""
 
-ADDED_FIELDS = {"mixed_precision": "fp16", "init_from": ""}
+ADDED_FIELDS = {"mixed_precision": "fp16", "init_from": "", "curve_split": "", "curve_seeds": 4}
 """Fields added after results were first stored, with their defaults: at the default they are left out of
 :func:`run_key` (stored runs keep their keys), and a stored manifest without one reads as the default."""
 

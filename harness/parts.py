@@ -39,5 +39,8 @@ class Parts:
     ctx: Context
     state: Any
     optimizer: torch.optim.Optimizer
+    curve: EvalSet | None = None
+    """The curve split (``RunConfig.curve_split``), evaluated at every evaluation point beside ``evals``; never
+    selected on."""
     init: dict[str, Any] | None = None
     """The stored run the trainable weights started from (``RunConfig.init_from``), as the manifest records it."""

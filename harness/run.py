@@ -65,6 +65,8 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
                     cfg.eval_seed_base, eval_rewards)
     test = EvalSet("test", world.prompts(cfg.test_split), cfg.test_seeds, cfg.test_seed_base,
                    eval_rewards) if cfg.test_split else None
+    curve = EvalSet("curve", world.prompts(cfg.curve_split), cfg.curve_seeds, cfg.test_seed_base,
+                    eval_rewards) if cfg.curve_split else None
     check_select_metric(cfg, eval_rewards)  # against the built rewards' names: the one check that waits for them
     meter = Meter(world.generator.device, count_flops=cfg.count_flops)
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),
@@ -78,7 +80,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     return Parts(cfg=cfg, method=method, method_cfg=method_cfg, world=world, reward=reward,
                  eval_rewards=eval_rewards, needs=needs,
                  train_prompts=world.prompts(cfg.prompts), evals=evals, test=test, budget=cfg.budget(), meter=meter,
-                 ctx=ctx, state=state, optimizer=optimizer, init=init)
+                 ctx=ctx, state=state, optimizer=optimizer, init=init, curve=curve)
 
 
 def _precision_options(name: str, options: dict[str, str] | None, dtype: torch.dtype) -> dict[str, str]:
@@ -325,6 +327,9 @@ def _loop(parts: Parts, store: Store, run_id: str, start, on_eval, progress: boo
         if pending and fraction >= pending[0] - 1e-12:
             tick = time.perf_counter()
             metrics, images = parts.evals.evaluate(gen)
+            if parts.curve is not None:  # beside the row, never offered to selection (which reads eval/ keys)
+                metrics = {**metrics, **parts.curve.evaluate(gen)[0]}
+                store.append_scores(run_id, scores_record(parts.curve, spend.updates, "curve"))
             clock["eval"] += time.perf_counter() - tick
             store.append(run_id, {"kind": "eval", "step": spend.updates, "fraction": fraction, **_budget_row(spend),
                                   **metrics})

@@ -1,9 +1,10 @@
 """Over-optimisation curves (Gao, Schulman and Hilton 2022): proxy and gold reward against the distance
 from the base generator, from the evaluation rows every run stores.
 
-The proxy is the training reward, the gold is shapes-GenEval's ``overall_disjoint``, both on the validation
-split at every evaluation point, and the distance is ``harness.evaluation.distances``' ``latent_rms`` on the
-same noise. Curves are seed means at each evaluation point (every run of a section evaluates at the same
+The proxy is the training reward, the gold is shapes-GenEval's ``overall_disjoint``, both at every evaluation
+point on the runs' curve split (``RunConfig.curve_split``: the table names "test", a split selection never reads)
+or, for runs without one, on the validation split selection reads; the distance is ``harness.evaluation.
+distances``' ``latent_rms`` on the same noise. Curves are seed means at each evaluation point (every run of a section evaluates at the same
 updates); bands are one standard deviation over seeds.
 """
 
@@ -20,7 +21,9 @@ from harness.reporting.plots import _style, color, save
 from harness.reporting.stats import interpolate_at
 from harness.store import Store
 
-DISTANCE = "eval/drift/latent_rms"
+DISTANCE = "drift/latent_rms"
+SPLIT_NAMES = {"curve": "the curve split (test prompts and noise; selection never reads it)",
+               "eval": "validation, the split selection reads"}
 
 
 @dataclass
@@ -38,12 +41,14 @@ class Curve:
     """The base's per-image std of the proxy on the validation set (the unit of the proxy-gold gap)."""
     gold_scale: float
     seeds: int
+    prefix: str = "eval"
+    """Which rows' split the curve reads: "curve" or "eval" (``SPLIT_NAMES``)."""
 
 
-def _metric(row: dict, reward: str) -> float:
+def _metric(row: dict, reward: str, prefix: str = "eval") -> float:
     for name in ("overall_disjoint", "overall", "mean"):
-        if f"eval/{reward}/{name}" in row:
-            return float(row[f"eval/{reward}/{name}"])
+        if f"{prefix}/{reward}/{name}" in row:
+            return float(row[f"{prefix}/{reward}/{name}"])
     return math.nan
 
 
@@ -58,11 +63,15 @@ def curve(store: Store, method: str, run_ids: Sequence[str], proxy: str, gold: s
     def stack(fn) -> np.ndarray:
         return np.array([[fn(rows[s]) for s in steps] for rows in per_run], dtype=float)  # (seeds, points)
 
-    dist, g, p = stack(lambda r: r[DISTANCE]), stack(lambda r: _metric(r, gold)), stack(lambda r: _metric(r, proxy))
+    # Every run of a section has the curve split or none has: one prefix for all of them.
+    prefix = "curve" if steps and all(f"curve/{DISTANCE}" in rows[s] for rows in per_run for s in steps) else "eval"
+    dist = stack(lambda r: r[f"{prefix}/{DISTANCE}"])
+    g, p = stack(lambda r: _metric(r, gold, prefix)), stack(lambda r: _metric(r, proxy, prefix))
     first = per_run[0][steps[0]] if steps else {}
     return Curve(method=method, updates=np.array(steps), distance=dist.mean(0), gold=g.mean(0), gold_std=g.std(0),
-                 proxy=p.mean(0), proxy_std=p.std(0), proxy_scale=float(first.get(f"eval/{proxy}/base_std", math.nan)),
-                 gold_scale=float(first.get(f"eval/{gold}/base_std", math.nan)), seeds=len(per_run))
+                 proxy=p.mean(0), proxy_std=p.std(0),
+                 proxy_scale=float(first.get(f"{prefix}/{proxy}/base_std", math.nan)),
+                 gold_scale=float(first.get(f"{prefix}/{gold}/base_std", math.nan)), seeds=len(per_run), prefix=prefix)
 
 
 def at_distance(c: Curve, budget: float) -> float:

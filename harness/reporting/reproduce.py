@@ -64,6 +64,11 @@ class Table2Config:
     (profiles without splits, such as sd-turbo, skip it)."""
     test_seeds: int = 16
     """Noise seeds per test prompt (the test noise base is disjoint from the validation noise)."""
+    curve_split: str = "test"
+    """Split every run also evaluates at each evaluation point for the over-optimisation curves (selection never
+    reads it); empty: none, and the curves sit on validation."""
+    curve_seeds: int = 4
+    """Noise seeds per prompt of the curve split (the first of the test split's)."""
     tuned_file: str = ""
     """Tuned configurations for tuned sections; empty: ``harness/tuned/<profile>.json``."""
     methods: tuple[str, ...] = ()
@@ -108,7 +113,8 @@ class Table2Config:
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": Bound(low=0, distinct=True), "jobs": at_least(1), "bench_images": at_least(1),
                                           "bench_limit": nonnegative(), "test_seeds": at_least(1),
-                                          "timing_repeats": nonnegative(), "timing_warmup": nonnegative()}
+                                          "timing_repeats": nonnegative(), "timing_warmup": nonnegative(),
+                                          "curve_seeds": at_least(1)}
     """Valid range of every numeric field (``harness.validate``)."""
 
 
@@ -120,7 +126,8 @@ def _test_overrides(cfg: Table2Config, preset: Preset) -> dict[str, Any]:
     """The final evaluation on the test split, for profiles that have one."""
     if not cfg.test_split or preset.run.profile not in ("shapes", "shapes2", "tiny", "tiny-xl"):
         return {}
-    return {"test_split": cfg.test_split, "test_seeds": cfg.test_seeds}
+    curve = {"curve_split": cfg.curve_split, "curve_seeds": cfg.curve_seeds} if cfg.curve_split else {}
+    return {"test_split": cfg.test_split, "test_seeds": cfg.test_seeds, **curve}
 
 
 def same_code(manifest: dict[str, Any], method: str) -> bool:

@@ -183,10 +183,13 @@ def tested_section(section: Section, store: Store, run_ids: list[str], out: Path
     stem = f"{section.preset}__{'tuned' if section.tuned else 'defaults'}__overoptimisation"
     figure = overopt.figure(curves, proxy, gold, out / "plots", stem, section.title)
     rows = overopt.summary(curves)
-    lines = ["", f"Over-optimisation on validation, the split selection reads (the runs evaluate test only at the "
-             f"selected checkpoint and at the end, so no test curve exists; proxy {proxy}, gold {gold}; seed means; "
-             f"gold at the common distance is interpolated between the two measured points around it, never "
-             f"extrapolated; figure `{figure[0].relative_to(out).as_posix()}`):", "", *overopt.table(rows)]
+    where = overopt.SPLIT_NAMES[curves[0].prefix] if curves else overopt.SPLIT_NAMES["eval"]
+    lines = ["", f"Over-optimisation on {where} (proxy {proxy}, gold {gold}; seed means; gold at the common "
+             f"distance is interpolated between the two measured points around it, never extrapolated; figure "
+             f"`{figure[0].relative_to(out).as_posix()}`):", "", *overopt.table(rows)]
+    if curves and curves[0].prefix == "eval":
+        lines.insert(2, "These runs evaluated no curve split (`--curve-split`), so the curves sit on the split "
+                        "selection reads.")
     over = [{"section": section.title, **r} for r in rows]
     if section.tuned:
         root = studies_root(section.preset, tuned_path)
