@@ -67,6 +67,9 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
                    eval_rewards) if cfg.test_split else None
     curve = EvalSet("curve", world.prompts(cfg.curve_split), cfg.curve_seeds, cfg.test_seed_base,
                     eval_rewards) if cfg.curve_split else None
+    if world.check_splits is not None:  # the curve split is read by no choice: it may be the test split itself
+        sets = {"train": world.prompts(cfg.prompts), "eval": evals.prompts, "test": test.prompts if test else []}
+        world.check_splits({name: prompts for name, prompts in sets.items() if prompts})
     check_select_metric(cfg, eval_rewards)  # against the built rewards' names: the one check that waits for them
     meter = Meter(world.generator.device, count_flops=cfg.count_flops)
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),

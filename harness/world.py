@@ -49,6 +49,9 @@ class World:
     """A cheaper decoder (latents -> images in [0, 1]) for the small-decoder reward economy, if any."""
     check_prompt: Callable[[str], None] | None = None
     """Raises ValueError for a prompt this world cannot use (checked on prompt files before any run starts)."""
+    check_splits: Callable[[dict[str, list[str]]], None] | None = None
+    """Raises a one-line ValueError naming both prompts when two of a run's prompt sets (train, eval, test; splits
+    or files) state the same task, for worlds whose splits are disjoint by task (the Shapes world's edition 2)."""
     _features: dict[str, FeatureMap] = field(default_factory=dict)
 
     def features(self, space: str) -> FeatureMap:

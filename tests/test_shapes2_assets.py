@@ -64,3 +64,18 @@ def test_a_short_drpo_run_on_edition_2_trains_and_evaluates_with_its_verifier(tm
     assert all("eval/shapes2-geneval/overall_disjoint" in r for r in evals)
     with pytest.raises(ValueError, match="use 'shapes2-geneval'"):
         run(RunConfig(**{**cfg.__dict__, "evals": ("shapes-geneval",), "run_id": "e2b"}), progress=False)
+
+
+def test_a_prompt_file_restating_a_test_task_is_refused_in_one_line(tmp_path):
+    held = next(m for m in split("test", 0, E.SECOND) if m["tag"] == "two_object")
+    a, b = (c["class"] for c in held["include"])
+    restated = f"a photo of {'an' if b[0] in 'aeiou' or b.startswith('hour') else 'a'} {b} and " \
+               f"{'an' if a[0] in 'aeiou' or a.startswith('hour') else 'a'} {a}"
+    prompts = tmp_path / "train.txt"
+    prompts.write_text(f"{split('train', 0, E.SECOND)[40]['prompt']}\n{restated}\n")
+    cfg = RunConfig(method="drpo", profile="shapes2", reward="shapes2-pref", evals=("shapes2-geneval",), k=4,
+                    prompts_per_step=1, updates=1, eval_seeds=1, test_split="test", prompts=str(prompts),
+                    out=str(tmp_path), run_id="leak")
+    with pytest.raises(ValueError, match="state the same task") as err:
+        run(cfg, METHODS.get("drpo").Config(m=2), progress=False)
+    assert restated in str(err.value) and held["prompt"] in str(err.value) and "\n" not in str(err.value)

@@ -18,7 +18,7 @@ from harness.profiles import DEFAULT_REWARDS
 from harness.shapes.editions import FIRST, SECOND, Edition
 from harness.shapes.generator import load_features, load_generator, load_image_encoder
 from harness.shapes.offline import ShapesOffline
-from harness.shapes.prompts import SPLITS, parse_prompt, split
+from harness.shapes.prompts import SPLITS, check_disjoint_tasks, parse_prompt, split
 from harness.world import World, device_for, latent_token_features, pixel_features, raw_latent_features
 
 LORA_RANK = 8
@@ -60,8 +60,15 @@ def build(cfg: RunConfig, ed: Edition = FIRST) -> World:
                                     "pixel": pixel_features},
                  sample_prompts=tag_balanced(tags, ed), lora_rank=cfg.lora_rank or LORA_RANK,
                  check_prompt=partial(parse_prompt, ed=ed),
+                 check_splits=partial(_check_splits, ed=ed) if ed.split_rule == "task" else None,
                  offline=ShapesOffline(load_image_encoder(device=device, directory=folder), seed=cfg.split_seed,
                                        ed=ed))
+
+
+def _check_splits(sets: dict[str, list[str]], ed: Edition) -> None:
+    """A run's prompt sets of edition ``ed`` share no canonical task (``prompts.check_disjoint_tasks``): a prompt
+    file that restates a validation or test task is refused in one line naming both prompts."""
+    check_disjoint_tasks({name: [parse_prompt(p, ed) for p in prompts] for name, prompts in sets.items()})
 
 
 def build_second(cfg: RunConfig) -> World:
