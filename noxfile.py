@@ -5,6 +5,7 @@
     nox -s trackers               every --log-with tracker, each record read back with the tracker's own API
     nox -s reproduce_table2       the main comparison on the embedded default; `-- --profile tiny` for the toy table
     nox -s tune_table2            re-run the equal-effort tuning the main comparison reads (harness/tuned/shapes.json)
+    nox -s limitations            the paper's three limitations (smoke plan; `-- --scale full` for the real study)
     nox -s plots                  redraw every figure from stored results
     nox -s lint                   ruff
     nox -s paper_smoke            every method at full SD-Turbo size with random weights on CPU, checkpoint, resume and
@@ -80,6 +81,15 @@ def tune_table2(session: nox.Session) -> None:
     # (two seeds per trial, equal spend) cannot resume them, so it writes its own results root.
     out = [] if any(a == "--out" or a.startswith("--out=") for a in session.posargs) else ["--out", "results/tune2"]
     session.run("python", "-m", "harness", "tune", *out, *session.posargs)
+
+
+@nox.session
+def limitations(session: nox.Session) -> None:
+    """The paper's three limitations answered from stored runs (resumable): without arguments the CI-sized smoke plan
+    (`--scale smoke`, a few minutes, results/limitations-smoke.md); `-- --scale full` the real study on the second
+    Shapes edition (results/limitations.md; hours of CPU, estimated at the end of the smoke report)."""
+    install(session)
+    session.run("python", "-m", "harness", "limitations", *(session.posargs or ["--scale", "smoke"]))
 
 
 @nox.session

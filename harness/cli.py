@@ -90,6 +90,9 @@ COMMANDS: dict[str, Command] = {
                      "harness.reporting.power:power", "harness.reporting.power:PowerConfig"),
     "intervals": Command("a paired headline difference's seed interval beside its prompt-bootstrap interval",
                          "harness.reporting.bootstrap:intervals", "harness.reporting.bootstrap:IntervalsConfig"),
+    "limitations": Command("the paper's three limitations from stored runs: sweeps, prompt effects, best-of-K, offline->online",
+                           "harness.reporting.limitations:limitations",
+                           "harness.reporting.limitations_plan:LimitationsConfig", launch=False),
     "best-of-k": Command("a reference without training: K samples per image, the target reward's best kept, gold-evaluated",
                          "harness.best_of_k:best_of_k", "harness.best_of_k:BestOfKConfig", launch=False),
 }
