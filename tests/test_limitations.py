@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
+from harness.config import run_key
 from harness.reporting.bootstrap import Intervals
 from harness.reporting.limitations_data import Rates, plan_seconds, prompt_claim, seed_claim
 from harness.reporting.limitations_plan import (
@@ -24,7 +25,10 @@ from harness.reporting.limitations_plan import (
     scale_of,
 )
 from harness.reporting.limitations_report import _study
+from harness.reporting.reproduce import Table2Config, plan
 from harness.reporting.stats import mdd, paired
+from harness.sections import SECTIONS
+from harness.store import Store
 from harness.validate import unbounded
 
 
@@ -177,3 +181,14 @@ def test_the_smoke_plan_end_to_end_and_resumable(tmp_path, capsys):
             sorted(p.name for p in (out / "references/runs").iterdir())) == stored
     assert "it trained 0 run(s) and computed 0 best-of-K reference(s)" in report.read_text()
     assert _report_lines(report) == first
+
+
+def test_the_full_plans_base_point_and_baselines_are_the_tables_runs(tmp_path):
+    table = Table2Config(profile="shapes2-defaults", out=str(tmp_path))
+    jobs = plan(SECTIONS["shapes2-defaults"][:1], table, Store(tmp_path))
+    theirs = {run_key(j.run_cfg, j.method_cfg) for j in jobs}
+    cfg = LimitationsConfig(scale="full", base="preset")
+    scale = scale_of(cfg)
+    mine = {run_key(p.run.replace(seed=s), p.method_cfg) for p in plan_points(cfg, scale, resolve(cfg, scale))
+            if p.part in ("base", "baseline") for s in scale.seeds}
+    assert mine == theirs and len(mine) == 6 * 5
