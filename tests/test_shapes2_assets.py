@@ -55,7 +55,7 @@ def test_an_editions_reward_refuses_the_other_editions_config():
 
 def test_a_short_drpo_run_on_edition_2_trains_and_evaluates_with_its_verifier(tmp_path):
     cfg = RunConfig(method="drpo", profile="shapes2", reward="shapes2-pref", evals=("shapes2-geneval",), k=4,
-                    prompts_per_step=1, updates=2, eval_at=(0.0, 1.0), eval_seeds=1, eval_prompt_limit=6,
+                    prompts_per_step=1, updates=2, eval_at=(0.0, 1.0), eval_seeds=1,
                     out=str(tmp_path), run_id="e2")
     run(cfg, METHODS.get("drpo").Config(m=2), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "runs" / "e2" / "metrics.jsonl").read_text().splitlines()]

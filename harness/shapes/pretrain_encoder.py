@@ -31,6 +31,10 @@ from harness.shapes.pretrain_common import (
 from harness.shapes.prompts import split
 from harness.shapes.render import render_batch
 
+POOL_PROMPTS = 96
+"""Edition 2: training prompts (tag-balanced, with repeats) whose generator latents form the MAE's pool; edition 1
+uses its 95 training prompts."""
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -115,6 +119,8 @@ def pretrain_encoder(cfg: EncoderConfig, out: str | Path | None = None) -> Path:
     start = time.perf_counter()
     gen = load_generator(lora_rank=0, directory=out)
     train = split("train", cfg.split_seed, edition(cfg.edition))
+    if cfg.edition != 1:  # 5,976 training prompts: a tag-balanced draw keeps the pool at edition 1's size
+        train = tag_balanced(train, POOL_PROMPTS, np.random.default_rng([cfg.seed, 3]))
     pool = generator_latents(gen, [m["prompt"] for m in train], cfg.pool_per_prompt,
                              cfg.seed)
     encoder = ResNetEncoder(LATENT_SHAPE[0], cfg.base_width, cfg.layers)
