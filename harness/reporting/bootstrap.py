@@ -26,7 +26,6 @@ prompts per tag the percentile interval is narrower than the truth (the bootstra
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 
-from harness.reporting.power import gold_weights
+from harness.reporting.power import gold_weights, match_runs
 from harness.reporting.stats import ALPHA, Paired, paired
 from harness.shapes.editions import geneval_edition
 from harness.shapes.prompts import parse_prompt
@@ -225,14 +224,7 @@ class IntervalsConfig:
 def _matching(store: Store, patterns: Sequence[str], flag: str) -> list[str]:
     if not patterns:
         raise ValueError(f"intervals needs {flag}: run ids or patterns")
-    ids = store.run_ids()
-    out: list[str] = []
-    for pattern in patterns:
-        hits = [r for r in ids if fnmatch.fnmatchcase(r, pattern)]
-        if not hits:
-            raise ValueError(f"no complete run matches '{pattern}' in {store.runs_dir}")
-        out += [h for h in hits if h not in out]
-    return out
+    return match_runs(store, patterns, status="complete")
 
 
 def intervals(cfg: IntervalsConfig) -> Path:

@@ -51,7 +51,7 @@ import fnmatch
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -160,13 +160,15 @@ class Group:
         return self.y.mean(axis=2) @ self.weights
 
 
-def _match(store: Store, patterns: tuple[str, ...]) -> list[str]:
-    ids = store.run_ids(status=None)
+def match_runs(store: Store, patterns: Sequence[str], status: str | None = None) -> list[str]:
+    """The run ids (with ``status``; None: any) matching any of the shell patterns, in first-match order; a pattern
+    that matches none is a one-line ValueError."""
+    ids = store.run_ids(status=status)
     out: list[str] = []
     for pattern in patterns:
         hits = [r for r in ids if fnmatch.fnmatchcase(r, pattern)]
         if not hits:
-            raise ValueError(f"no run matches '{pattern}' in {store.runs_dir}")
+            raise ValueError(f"no {status + ' ' if status else ''}run matches '{pattern}' in {store.runs_dir}")
         out += [h for h in hits if h not in out]
     return out
 
@@ -190,7 +192,7 @@ def _differ(a: dict, b: dict, prefix: str = "") -> str:
 
 def load_group(store: Store, patterns: tuple[str, ...], split: str, reward: str) -> Group:
     """The matched runs' per-image scores of ``split``, checked to be one configuration at >= 2 seeds."""
-    run_ids = _match(store, patterns)
+    run_ids = match_runs(store, patterns)
     first = store.manifest(run_ids[0])
     seeds: dict[int, str] = {}
     for run_id in run_ids:
