@@ -117,8 +117,9 @@ def figure(curves: Sequence[Curve], proxy: str, gold: str, directory: Path, stem
     plt = _style()
     n = max(len(curves), 1)
     fig, axes = plt.subplots(3, n, figsize=(1.9 * n + 1.2, 5.6), sharex=True, sharey="row", squeeze=False)
-    rows = ((f"gold: validation\n{gold}", lambda c: (c.gold, c.gold_std)),
-            (f"proxy: validation\n{proxy}", lambda c: (c.proxy, c.proxy_std)),
+    split = "test (curve split)" if curves and curves[0].prefix == "curve" else "validation"
+    rows = ((f"gold: {split}\n{gold}", lambda c: (c.gold, c.gold_std)),
+            (f"proxy: {split}\n{proxy}", lambda c: (c.proxy, c.proxy_std)),
             ("distance from the base\n(latent RMS / base std)", lambda c: (c.distance, None)))
     for j, c in enumerate(curves):
         for i, (label, get) in enumerate(rows):
