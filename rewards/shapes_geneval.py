@@ -158,6 +158,10 @@ class ShapesGenEval2(ShapesGenEval):
     calibrated_default = True
 
 
+VERIFIERS = {1: ShapesGenEval, 2: ShapesGenEval2}
+"""Each Shapes edition's verifier class, by edition number."""
+
+
 class ShapesGenEval2Clauses(ShapesGenEvalClauses):
     """"shapes2-geneval-clauses": edition 2's verifier with partial credit."""
 

@@ -242,6 +242,10 @@ class ShapesPref2(ShapesPref):
     edition = SECOND
 
 
+PREFS = {1: ShapesPref, 2: ShapesPref2}
+"""Each Shapes edition's learned reward class, by edition number."""
+
+
 def load_reward(device: str | torch.device = "cpu") -> ShapesPref:
     """The committed pretrained shapes-pref (``harness/assets/shapes/reward.safetensors``), checksum-verified."""
     return ShapesPref(device=device)

@@ -34,7 +34,7 @@ from harness.shapes.editions import FIRST, Edition, edition
 from harness.shapes.generator import load_generator
 from harness.shapes.prompts import TAGS, all_prompts, split
 from harness.shapes.render import CANVAS, damage, render_batch
-from rewards.shapes_geneval import ShapesGenEval, ShapesGenEval2
+from rewards.shapes_geneval import VERIFIERS
 
 VARIANTS = ("clean", "blur", "noise", "blur+noise", "blob")
 PER_TAG = 40
@@ -141,8 +141,7 @@ def base_scores(split_name: str = "val", seeds: int = 8, ed: Edition = FIRST) ->
     metas = all_prompts(ed) if split_name == "all" else split(split_name, 0, ed)
     images, prompts, _ = generate(gen, [m["prompt"] for m in metas], seeds, reference=True,
                                   seed_base=EVAL_SEED_BASE)
-    verifier = ShapesGenEval2 if ed.number == 2 else ShapesGenEval
-    return {name: verifier(calibrated=on).breakdown(images, prompts) for name, on in (("off", False), ("on", True))}
+    return {name: VERIFIERS[ed.number](calibrated=on).breakdown(images, prompts) for name, on in (("off", False), ("on", True))}
 
 
 def main(argv: list[str] | None = None) -> int:

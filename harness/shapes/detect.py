@@ -143,7 +143,7 @@ def _fit(alpha: np.ndarray, win: tuple[int, int, int, int], shapes: tuple[str, .
         area, ox, oy = shape_geometry(shape)
         side = math.sqrt(mass / area)
         # Edition 1's shapes keep their exact arithmetic (side / 6), so its stored scores keep every bit.
-        cx, cy = (mx, my - side / 6) if shape == "triangle" else (mx - ox * side if ox else mx, my - oy * side if oy else my)
+        cx, cy = mx - ox * side, (my - side / 6 if shape == "triangle" else my - oy * side)
         tpl = coverage(shape, cx, cy, side, win)
         iou = float(np.minimum(alpha, tpl).sum() / np.maximum(alpha, tpl).sum())
         if iou > best[1]:

@@ -34,8 +34,8 @@ from harness.shapes.editions import EDITIONS, FIRST, Edition, edition
 from harness.shapes.generator import load_generator
 from harness.shapes.prompts import split
 from harness.shapes.render import render_batch
-from rewards.shapes_geneval import ShapesGenEval, ShapesGenEval2
-from rewards.shapes_pref import ShapesPref2, load_reward
+from rewards.shapes_geneval import VERIFIERS
+from rewards.shapes_pref import PREFS
 
 BANDS = {"overall": (0.25, 0.65), "tag_max_except_single": 0.9, "reward_auc_min": 0.9, "flop_ratio_min": 5.0}
 """The bands the project relies on (see the module docstring)."""
@@ -149,8 +149,8 @@ def measure(cfg: MeasureConfig, gen=None, reward=None) -> dict:
     torch.set_num_threads(cfg.threads)
     ed = edition(cfg.edition)
     gen = gen or load_generator(lora_rank=0, directory=ed.asset_dir)
-    reward = reward or (ShapesPref2() if ed.number == 2 else load_reward())
-    verifier, k = (ShapesGenEval2() if ed.number == 2 else ShapesGenEval()), cfg.samples
+    reward = reward or PREFS[ed.number]()
+    verifier, k = VERIFIERS[ed.number](), cfg.samples
     held = split("heldout", cfg.split_seed, ed)
     train = split("train", cfg.split_seed, ed) if ed.number == 1 else calibration_prompts(ed)
     images, rows = sample_and_verify(gen, verifier, held, k, cfg.seed)
@@ -173,7 +173,7 @@ def measure(cfg: MeasureConfig, gen=None, reward=None) -> dict:
         for name in ("val", "test"):
             prompts = {m["prompt"] for m in split(name, cfg.split_seed, ed)}
             out[f"{name}_k{k}"] = _tags(summarize([r for r in rows if r["prompt"] in prompts]))
-        raw = ShapesGenEval2(calibrated=False).verify(images, [r["prompt"] for r in rows])
+        raw = VERIFIERS[ed.number](calibrated=False).verify(images, [r["prompt"] for r in rows])
         out[f"heldout_k{k}_template_iou"] = _tags(summarize(raw))
     return out
 

@@ -19,7 +19,7 @@ from harness.shapes.generator import load_generator
 from harness.shapes.pretrain_common import record_time, save_asset, seed_all, tag_balanced, train_loop
 from harness.shapes.prompts import split
 from harness.shapes.render import DAMAGE_KINDS, damage, render_batch
-from rewards.shapes_geneval import ShapesGenEval, ShapesGenEval2
+from rewards.shapes_geneval import VERIFIERS
 from rewards.shapes_pref import GRID, PrefConfig, PrefModel
 
 POOL_PROMPTS = 96
@@ -83,7 +83,7 @@ def labelled_generator_pool(gen_dir: str | Path, prompts: Sequence[str], per_pro
     """Samples of the pretrained generator on ``prompts`` with the verifier's 0/1 labels (edition ``ed``'s
     verifier: ``shapes-geneval`` or ``shapes2-geneval``): images (N, 3, 64, 64), their prompts, labels (N,)."""
 
-    verifier = ShapesGenEval2() if ed.number == 2 else ShapesGenEval()
+    verifier = VERIFIERS[ed.number]()
     gen = load_generator(lora_rank=0, directory=gen_dir)
     rows = [p for p in prompts for _ in range(per_prompt)]
     seeds = [seed * 1_000_003 + i for i in range(len(rows))]

@@ -15,7 +15,7 @@ import numpy as np
 
 from harness.config import RunConfig
 from harness.profiles import DEFAULT_REWARDS
-from harness.shapes.editions import FIRST, SECOND, Edition
+from harness.shapes.editions import FIRST, SECOND, Edition, reward_name
 from harness.shapes.generator import load_features, load_generator, load_image_encoder
 from harness.shapes.offline import ShapesOffline
 from harness.shapes.prompts import SPLITS, check_disjoint_tasks, parse_prompt, split
@@ -51,10 +51,9 @@ def build(cfg: RunConfig, ed: Edition = FIRST) -> World:
     gen = load_generator(lora_rank=cfg.lora_rank or LORA_RANK, device=device, directory=folder)
     splits = {name: split(name, cfg.split_seed, ed) for name in SPLITS}
     tags = {m["prompt"]: m["tag"] for metas in splits.values() for m in metas}
-    prefix = "shapes" if ed.number == 1 else f"shapes{ed.number}"
     return World(name=ed.profile, generator=gen,
                  splits={name: [m["prompt"] for m in metas] for name, metas in splits.items()},
-                 default_reward=DEFAULT_REWARDS[ed.profile], default_evals=(f"{prefix}-geneval", f"{prefix}-pref"),
+                 default_reward=DEFAULT_REWARDS[ed.profile], default_evals=(reward_name("shapes-geneval", ed), reward_name("shapes-pref", ed)),
                  feature_factories={"encoder": lambda: load_features(device=device, directory=folder),
                                     "latent": raw_latent_features, "latent-tokens": latent_token_features,
                                     "pixel": pixel_features},

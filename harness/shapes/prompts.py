@@ -129,18 +129,21 @@ def split(name: str, seed: int = 0, ed: Edition = FIRST) -> list[dict]:
     ``SHARED_TAGS`` (single_object), whose prompts are in all of them. "train" and "heldout" are unchanged from
     the two-split layout the edition-1 assets were pretrained on.
 
-    Edition 2 (``split_rule`` "task"): see ``_task_split``; no canonical task is in two splits.
+    Edition 2 (``split_rule`` "task"): see ``_task_layout``; no canonical task is in two splits.
     Deterministic given ``seed``.
     """
     if name not in SPLITS:
         raise unknown("split", name, list(SPLITS))
     prompts = all_prompts(ed)
-    val, test = _task_split(ed.number, seed) if ed.split_rule == "task" else _prompt_split(prompts, seed)
-    chosen = {"val": val, "test": test, "heldout": val | test}.get(name)
+    if ed.split_rule == "task":
+        val, test, held = _task_layout(ed.number, seed)
+    else:
+        (val, test), held = _prompt_split(prompts, seed), frozenset()
+    held_out = val | test
+    chosen = {"val": val, "test": test, "heldout": held_out}.get(name)
     if chosen is None:  # train: everything not held out (edition 2: no wording of a held-out task either)
-        held = _held_tasks(ed.number, seed) if ed.split_rule == "task" else frozenset()
         return [m for m in prompts if is_shared(m) or
-                (m["prompt"] not in val | test and (not held or canonical_task(m) not in held))]
+                (m["prompt"] not in held_out and (not held or canonical_task(m) not in held))]
     return [m for m in prompts if m["prompt"] in chosen or is_shared(m)]
 
 
@@ -209,15 +212,6 @@ def _task_layout(number: int, seed: int) -> tuple[frozenset[str], frozenset[str]
                 target.add(options[rng.integers(len(options))])
                 held.add(task)
     return frozenset(val), frozenset(test), frozenset(held)
-
-
-def _task_split(number: int, seed: int) -> tuple[set[str], set[str]]:
-    val, test, _ = _task_layout(number, seed)
-    return set(val), set(test)
-
-
-def _held_tasks(number: int, seed: int) -> frozenset[tuple]:
-    return _task_layout(number, seed)[2]
 
 
 # -- canonical tasks ------------------------------------------------------------------------------------------
