@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 from typing import Iterator, Mapping, Sequence
 
@@ -32,6 +33,15 @@ from harness.shapes.model import (
 def pooled_code(noise: Tensor) -> Tensor:
     """noise (B, 4, 16, 16) -> u (B, 64): CODE_POOL x the 4x4 block means, exactly N(0, I) for N(0, I) noise."""
     return (CODE_POOL * F.avg_pool2d(noise, CODE_POOL)).flatten(1)
+
+
+def component_pick(noise: Tensor) -> Tensor:
+    """noise (B, 4, 16, 16) -> (B,) uniform in [0, 1), independent of ``pooled_code``: the first element's offset
+    from its block mean is N(0, 15/16) and uncorrelated with every block mean (so, being Gaussian, independent),
+    and its normal CDF is uniform."""
+    block = CODE_POOL * CODE_POOL
+    resid = noise[:, 0, 0, 0] - noise[:, 0, :CODE_POOL, :CODE_POOL].mean(dim=(1, 2))
+    return 0.5 * (1 + torch.erf(resid / math.sqrt(2 * (block - 1) / block)))
 
 
 class ShapesGenerator:
@@ -78,7 +88,7 @@ class ShapesGenerator:
     def latents(self, noise: Tensor, cond: Cond) -> Tensor:
         """noise (B, 4, 16, 16) -> scaled latent x0 (B, 4, 16, 16); differentiable in ``trainable()``."""
         net = self._reference_net if self._in_reference and self._reference_net is not None else self.net
-        return net(pooled_code(noise), cond.tensors) * self.cfg.scaling_factor
+        return net(pooled_code(noise), cond.tensors, component_pick(noise)) * self.cfg.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
         """latents (B, 4, 16, 16) -> images (B, 3, 64, 64) in [0, 1]; frozen, differentiable in ``latents``."""

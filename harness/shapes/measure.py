@@ -39,6 +39,9 @@ from rewards.shapes_pref import PREFS
 
 BANDS = {"overall": (0.25, 0.65), "tag_max_except_single": 0.9, "reward_auc_min": 0.9, "flop_ratio_min": 5.0}
 """The bands the project relies on (see the module docstring)."""
+TAG_BAND = (0.05, 0.85)
+"""Edition 2: every disjoint tag's base score on val and on test, so that every tag can move both ways (issue 18)."""
+DISJOINT = ("two_object", "counting", "colors", "position", "color_attr")
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,9 @@ def measure(cfg: MeasureConfig, gen=None, reward=None) -> dict:
         for name in ("val", "test"):
             prompts = {m["prompt"] for m in split(name, cfg.split_seed, ed)}
             out[f"{name}_k{k}"] = _tags(summarize([r for r in rows if r["prompt"] in prompts]))
+        out["tag_band"] = list(TAG_BAND)
+        out["outside_tag_band"] = {f"{name}/{tag}": out[f"{name}_k{k}"][tag] for name in ("val", "test")
+                                   for tag in DISJOINT if not TAG_BAND[0] <= out[f"{name}_k{k}"][tag] <= TAG_BAND[1]}
         raw = VERIFIERS[ed.number](calibrated=False).verify(images, [r["prompt"] for r in rows])
         out[f"heldout_k{k}_template_iou"] = _tags(summarize(raw))
     return out

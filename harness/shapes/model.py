@@ -1,8 +1,8 @@
 """The Shapes world's one-step text-to-image generator, split the way SD-Turbo is split.
 
     prompt --[frozen TextEncoder]--> tokens (B, L, d), mask (B, L), pooled (B, d)
-    noise eps (B, 4, 16, 16) --> u = 4 * avg_pool(eps, 4) (B, 64), exactly N(0, I_64)
-    [trainable ShapesNet]  z = mu(text) + sigma(text) * u  -->  FiLM + cross-attention conv decoder
+    noise eps (B, 4, 16, 16) --> u = 4 * avg_pool(eps, 4) (B, 64), exactly N(0, I_64), and a uniform ``pick``
+    [trainable ShapesNet]  z = mu_k(text) + sigma_k(text) * u, k the prior component ``pick`` selects  -->  FiLM + cross-attention conv decoder
                            4x4 -> 8x8 -> 16x16  -->  latent x0 (B, 4, 16, 16) (times ``scaling_factor``)
     [frozen LatentDecoder] latent (B, 4, 16, 16) --> image (B, 3, 64, 64) in [0, 1]
 
@@ -61,6 +61,10 @@ class NetConfig:
     """Heads of the cross-attention blocks and of the prior's attention pooling."""
     prior_queries: int = 4
     """Learned queries of the prior's attention pooling over the text tokens."""
+    prior_components: int = 1
+    """Components of the Gaussian-mixture prior p(z | text); 1 is a single Gaussian (edition 1). A prompt whose
+    objects take one of several colours or places has a multi-modal code; one Gaussian puts mass between the
+    modes, which decodes to blended colours and faint spurious objects."""
 
 
 @dataclass(frozen=True)
@@ -235,9 +239,11 @@ class ShapesNet(nn.Module):
         c4, c8, c16 = cfg.channels
         self.queries = nn.Parameter(torch.randn(cfg.prior_queries, d_text) * 0.02)
         self.prior_pool = Attention(d_text, d_text, d_text, cfg.attn_heads)
+        # One component keeps edition 1's head (2 * code_dim outputs) bit for bit; more add one logit each.
+        n_out = 2 * cfg.code_dim * cfg.prior_components + (cfg.prior_components if cfg.prior_components > 1 else 0)
         self.prior_head = nn.Sequential(nn.LayerNorm(cfg.prior_queries * d_text),
                                         nn.Linear(cfg.prior_queries * d_text, 256), nn.SiLU(),
-                                        nn.Linear(256, 2 * cfg.code_dim))
+                                        nn.Linear(256, n_out))
         self.cond_mlp = nn.Sequential(nn.Linear(cfg.code_dim + d_text, cfg.cond_dim), nn.SiLU(),
                                       nn.Linear(cfg.cond_dim, cfg.cond_dim))
         self.to_map = nn.Linear(cfg.cond_dim, c4 * 16)
@@ -248,13 +254,17 @@ class ShapesNet(nn.Module):
         self.out_norm = nn.GroupNorm(_groups(c16), c16)
         self.out = nn.Conv2d(c16, LATENT_SHAPE[0], 3, padding=1)
 
-    def prior(self, text: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(mu, logvar), each (B, code_dim); logvar clamped to LOGVAR_RANGE."""
+    def prior(self, text: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits (B, C), mu (B, C, code_dim), logvar (B, C, code_dim)) of the mixture prior, C =
+        ``prior_components``; logvar clamped to LOGVAR_RANGE, logits all 0 when C is 1."""
         tokens = text["tokens"]
         q = self.queries.expand(tokens.shape[0], -1, -1)
         pooled = self.prior_pool(q, tokens, text["mask"]).flatten(1)
-        mu, logvar = self.prior_head(pooled).chunk(2, dim=1)
-        return mu, logvar.clamp(*LOGVAR_RANGE)
+        b, c, d = tokens.shape[0], self.cfg.prior_components, self.cfg.code_dim
+        out = self.prior_head(pooled)
+        logits = out[:, 2 * c * d:] if c > 1 else out.new_zeros(b, 1)
+        mu, logvar = out[:, :2 * c * d].reshape(b, c, 2 * d).chunk(2, dim=2)
+        return logits, mu, logvar.clamp(*LOGVAR_RANGE)
 
     def decode_code(self, z: Tensor, text: Mapping[str, Tensor]) -> Tensor:
         """Code z (B, code_dim) -> raw latent (B, 4, 16, 16)."""
@@ -266,10 +276,18 @@ class ShapesNet(nn.Module):
         h = self.attn16(self.res16(F.interpolate(h, scale_factor=2.0), c), tokens, mask)
         return self.out(F.silu(self.out_norm(h)))
 
-    def forward(self, u: Tensor, text: Mapping[str, Tensor]) -> Tensor:
-        """u (B, code_dim) standard normal -> raw latent (B, 4, 16, 16)."""
-        mu, logvar = self.prior(text)
-        return self.decode_code(mu + (0.5 * logvar).exp() * u, text)
+    def forward(self, u: Tensor, text: Mapping[str, Tensor], pick: Tensor | None = None) -> Tensor:
+        """u (B, code_dim) standard normal and ``pick`` (B,) uniform in [0, 1) -> raw latent (B, 4, 16, 16).
+        ``pick`` chooses the prior's component by inverse CDF of its weights (ignored with one component), so a
+        sample is one deterministic function of the noise."""
+        logits, mu, logvar = self.prior(text)
+        if logits.shape[1] == 1:
+            k = torch.zeros(u.shape[0], dtype=torch.long, device=u.device)
+        else:
+            cdf = logits.softmax(dim=1).cumsum(dim=1)
+            k = (cdf < pick[:, None]).sum(dim=1).clamp(max=logits.shape[1] - 1)
+        rows = torch.arange(u.shape[0], device=u.device)
+        return self.decode_code(mu[rows, k] + (0.5 * logvar[rows, k]).exp() * u, text)
 
 
 # -- frozen decoder ----------------------------------------------------------------------------------------

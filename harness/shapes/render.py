@@ -99,9 +99,9 @@ def _place(items: Sequence[tuple[str, str]], rng: np.random.Generator) -> tuple[
 
 def _items(meta: Mapping, kind: str | None, rng: np.random.Generator, ed: Edition) -> list[list]:
     """The [shape, colour] of every object the scene holds, grouped per include clause, after corruption ``kind``
-    (None for a correct scene). Unnamed colours are random per object, from edition ``ed``'s colours."""
+    (None for a correct scene). Unnamed colours follow edition ``ed``'s ``open_colour`` rule."""
     names = list(ed.colors)
-    groups = [[[c["class"], c.get("color") or names[rng.integers(len(names))]] for _ in range(c["count"])]
+    groups = [[[c["class"], c.get("color") or ed.open_colour_of(c["class"], rng)] for _ in range(c["count"])]
               for c in meta["include"]]
     named = {c["class"] for c in meta["include"]}
     # Corrupt the positioned clause when there is one: breaking its target (group 0) would fail both clauses.
@@ -109,10 +109,15 @@ def _items(meta: Mapping, kind: str | None, rng: np.random.Generator, ed: Editio
     if kind in ("missing", "fewer"):
         groups[g].pop()
     elif kind == "more":
-        groups[g].append([groups[g][0][0], names[rng.integers(len(names))]])
+        shape = groups[g][0][0]
+        extra = ed.shape_colour(shape) if ed.open_colour == "shape" else names[rng.integers(len(names))]
+        groups[g].append([shape, meta["include"][g].get("color") or extra if ed.open_colour == "shape" else extra])
     elif kind == "shape":
         unnamed = [s for s in ed.shapes if s not in named]
         groups[g][0][0] = unnamed[rng.integers(len(unnamed))]
+        if ed.open_colour == "shape" and not meta["include"][g].get("color"):
+            # The wrong shape in the right shape's colour would be a colour cue, not a shape error.
+            groups[g][0][1] = ed.shape_colour(groups[g][0][0])
     elif kind == "color":
         named_color = meta["include"][g]["color"]
         others = [c for c in names if c != named_color]
