@@ -82,3 +82,12 @@ def test_edition_1_keeps_random_open_colours():
     meta = next(m for m in split("train", 0, E.FIRST) if m["tag"] == "single_object")
     colours = {sample_scene(meta, rng, ed=E.FIRST).objects[0].color for _ in range(40)}
     assert E.FIRST.open_colour == "random" and colours == set(E.FIRST.colors)
+
+
+def test_pretrain_set_refuses_an_unknown_field_in_one_line(capsys):
+    from harness.shapes.pretrain import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generator", "--set", "bogus=1"])
+    assert exit_info.value.code == 2
+    assert "--set bogus: no such field of generator; choose from ae_steps" in capsys.readouterr().err

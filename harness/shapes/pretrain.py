@@ -27,6 +27,7 @@ rewritten after each job.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import dataclass, fields, replace
@@ -37,8 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from evals.geneval import summarize
 from harness.shapes.editions import EDITIONS, edition
-from harness.shapes.generator import model_state
+from harness.shapes.generator import ShapesGenerator, model_state
+from harness.shapes.measure import sample_and_verify
 from harness.shapes.model import (
     LATENT_SHAPE,
     ImageEncoder,
@@ -61,6 +64,7 @@ from harness.shapes.pretrain_encoder import EncoderConfig, pretrain_encoder
 from harness.shapes.pretrain_reward import RewardConfig, pretrain_reward
 from harness.shapes.prompts import all_prompts, split
 from harness.shapes.render import render_batch
+from rewards.shapes_geneval import VERIFIERS
 
 # -- generator: autoencoder, then a conditional VAE in its latent space --------------------------------------
 
@@ -99,6 +103,10 @@ class GeneratorConfig:
     """The Shapes world's edition (``harness.shapes.editions``): its prompts, renders and asset folder."""
     threads: int = 2
     """torch CPU threads."""
+    eval_every: int = 0
+    """Every this many conditional-VAE steps (and at the last), print the EMA net's validation shapes-GenEval per
+    tag (8 images per prompt) as one JSON line; read-only (torch's RNG state is restored), so the asset is the
+    same. 0: off."""
     model: ModelConfig = ModelConfig()
     """Architecture; the vocabulary and the scaling factor are filled in by the job."""
 
@@ -218,6 +226,30 @@ def train_cvae(cfg: GeneratorConfig, encoder: ImageEncoder, decoder: LatentDecod
     return model, ema
 
 
+def validation_probe(cfg: GeneratorConfig, decoder: LatentDecoder, scaling: float
+                     ) -> Callable[[int, Cvae, Ema], None] | None:
+    """``train_cvae``'s ``on_step`` for ``cfg.eval_every`` (None when 0): the EMA generator's validation scores."""
+    if not cfg.eval_every:
+        return None
+    ed, start = edition(cfg.edition), time.perf_counter()
+    val, verifier = split("val", cfg.split_seed, ed), VERIFIERS[ed.number]()
+
+    def probe(step: int, model: Cvae, ema: Ema) -> None:
+        if (step + 1) % cfg.eval_every and step + 1 != cfg.steps:
+            return
+        rng_state = torch.get_rng_state()
+        shadow = ema.shadow
+        gen = ShapesGenerator(replace(cfg.model, scaling_factor=scaling),
+                              model_state(shadow.text_encoder, shadow.net, decoder), lora_rank=0)
+        _, rows = sample_and_verify(gen, verifier, val, 8, 0)
+        tags = {k: round(v, 3) for k, v in summarize(rows).items() if k not in ("correct_images", "correct_prompts")}
+        print(json.dumps({"step": step + 1, "minutes": round((time.perf_counter() - start) / 60, 1), **tags}),
+              flush=True)
+        torch.set_rng_state(rng_state)
+
+    return probe
+
+
 def pretrain_generator(cfg: GeneratorConfig, out: str | Path | None = None) -> Path:
     """Both phases; saves the text encoder, the EMA net and the frozen decoder as ``generator`` in ``out``
     (default: the edition's asset folder)."""
@@ -227,7 +259,7 @@ def pretrain_generator(cfg: GeneratorConfig, out: str | Path | None = None) -> P
     rng = seed_all(cfg.seed, cfg.threads)
     start = time.perf_counter()
     encoder, decoder, scaling = train_autoencoder(cfg, rng)
-    _, ema = train_cvae(cfg, encoder, decoder, scaling, rng)
+    _, ema = train_cvae(cfg, encoder, decoder, scaling, rng, on_step=validation_probe(cfg, decoder, scaling))
     best = ema.shadow.eval()
     model_cfg = replace(cfg.model, scaling_factor=scaling)
     state = model_state(best.text_encoder, best.net, decoder)
@@ -261,14 +293,16 @@ JOBS = {"generator": (GeneratorConfig, pretrain_generator), "encoder": (EncoderC
 
 
 def run_jobs(names: Iterable[str], out: str | Path | None, *, steps: int | None = None, seed: int | None = None,
-             edition_number: int = 1, threads: int | None = None) -> None:
+             edition_number: int = 1, threads: int | None = None, settings: dict[str, object] | None = None) -> None:
     """Run the named jobs in dependency order with their default configs, overriding ``steps`` and ``seed``, for
-    the Shapes world's edition ``edition_number``; ``out`` None writes to the edition's asset folder."""
+    the Shapes world's edition ``edition_number``; ``settings`` (dotted keys) override any field of the jobs that
+    have it. ``out`` None writes to the edition's asset folder."""
     out = out or edition(edition_number).asset_dir
     for name in (n for n in JOBS if n in set(names)):
         config_cls, job = JOBS[name]
         overrides = dict(EDITION_OVERRIDES.get(edition_number, {}).get(name, {}))
         overrides.update({k: v for k, v in (("steps", steps), ("seed", seed), ("threads", threads)) if v is not None})
+        overrides.update({k: v for k, v in (settings or {}).items() if hasattr(config_cls, k.partition(".")[0])})
         cfg = with_overrides(config_cls(), {**overrides, "edition": edition_number})
         print(f"pretrain {name}: {', '.join(f'{f.name}={getattr(cfg, f.name)}' for f in fields(cfg) if f.name != 'model')}")
         path = job(cfg, out)
@@ -287,9 +321,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--edition", type=int, choices=sorted(EDITIONS), default=1,
                         help="the Shapes world's edition (default: %(default)s)")
     parser.add_argument("--out", default=None, help="asset folder (default: the edition's, harness/assets/shapes[2])")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="generator: print validation shapes-GenEval every N conditional-VAE steps (default: off)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, dotted for nested ones (e.g. model.net.prior_components=1);"
+                             " the value is read as JSON, else as a string")
     args = parser.parse_args(argv)
-    run_jobs(list(JOBS) if args.job == "all" else [args.job], args.out, steps=args.steps, seed=args.seed,
-             edition_number=args.edition, threads=args.threads)
+    settings = dict(_setting(item, parser) for item in args.set)
+    names = list(JOBS) if args.job == "all" else [args.job]
+    known = sorted({f.name for name in names for f in fields(JOBS[name][0])})
+    for key in settings:
+        if key.partition(".")[0] not in known:
+            parser.error(f"--set {key}: no such field of {', '.join(names)}; choose from {', '.join(known)}")
+    if args.eval_every:
+        settings["eval_every"] = args.eval_every
+    run_jobs(names, args.out, steps=args.steps, seed=args.seed, edition_number=args.edition, threads=args.threads,
+             settings=settings)
+
+
+def _setting(item: str, parser: argparse.ArgumentParser) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        parser.error(f"--set takes KEY=VALUE, got '{item}'")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 if __name__ == "__main__":
