@@ -32,7 +32,7 @@ from evals.geneval import summarize
 from harness.shapes.calibrate import calibration_prompts
 from harness.shapes.editions import EDITIONS, FIRST, Edition, edition
 from harness.shapes.generator import load_generator
-from harness.shapes.prompts import split
+from harness.shapes.prompts import DISJOINT_TAGS, split
 from harness.shapes.render import render_batch
 from rewards.shapes_geneval import VERIFIERS
 from rewards.shapes_pref import PREFS
@@ -41,7 +41,6 @@ BANDS = {"overall": (0.25, 0.65), "tag_max_except_single": 0.9, "reward_auc_min"
 """The bands the project relies on (see the module docstring)."""
 TAG_BAND = (0.05, 0.85)
 """Edition 2: every disjoint tag's base score on val and on test, so that every tag can move both ways (issue 18)."""
-DISJOINT = ("two_object", "counting", "colors", "position", "color_attr")
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ def measure(cfg: MeasureConfig, gen=None, reward=None) -> dict:
             out[f"{name}_k{k}"] = _tags(summarize([r for r in rows if r["prompt"] in prompts]))
         out["tag_band"] = list(TAG_BAND)
         out["outside_tag_band"] = {f"{name}/{tag}": out[f"{name}_k{k}"][tag] for name in ("val", "test")
-                                   for tag in DISJOINT if not TAG_BAND[0] <= out[f"{name}_k{k}"][tag] <= TAG_BAND[1]}
+                                   for tag in DISJOINT_TAGS if not TAG_BAND[0] <= out[f"{name}_k{k}"][tag] <= TAG_BAND[1]}
         raw = VERIFIERS[ed.number](calibrated=False).verify(images, [r["prompt"] for r in rows])
         out[f"heldout_k{k}_template_iou"] = _tags(summarize(raw))
     return out

@@ -302,7 +302,8 @@ def run_jobs(names: Iterable[str], out: str | Path | None, *, steps: int | None 
         config_cls, job = JOBS[name]
         overrides = dict(EDITION_OVERRIDES.get(edition_number, {}).get(name, {}))
         overrides.update({k: v for k, v in (("steps", steps), ("seed", seed), ("threads", threads)) if v is not None})
-        overrides.update({k: v for k, v in (settings or {}).items() if hasattr(config_cls, k.partition(".")[0])})
+        known = {f.name for f in fields(config_cls)}
+        overrides.update({k: v for k, v in (settings or {}).items() if k.partition(".")[0] in known})
         cfg = with_overrides(config_cls(), {**overrides, "edition": edition_number})
         print(f"pretrain {name}: {', '.join(f'{f.name}={getattr(cfg, f.name)}' for f in fields(cfg) if f.name != 'model')}")
         path = job(cfg, out)

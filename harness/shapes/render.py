@@ -109,9 +109,8 @@ def _items(meta: Mapping, kind: str | None, rng: np.random.Generator, ed: Editio
     if kind in ("missing", "fewer"):
         groups[g].pop()
     elif kind == "more":
-        shape = groups[g][0][0]
-        extra = ed.shape_colour(shape) if ed.open_colour == "shape" else names[rng.integers(len(names))]
-        groups[g].append([shape, meta["include"][g].get("color") or extra if ed.open_colour == "shape" else extra])
+        # Only counting is corrupted with "more", and it names no colour: the extra object's colour is open.
+        groups[g].append([groups[g][0][0], ed.open_colour_of(groups[g][0][0], rng)])
     elif kind == "shape":
         unnamed = [s for s in ed.shapes if s not in named]
         groups[g][0][0] = unnamed[rng.integers(len(unnamed))]
