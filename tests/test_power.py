@@ -93,9 +93,9 @@ def _fake_run(store: Store, run_id: str, seed: int, y: np.ndarray, prompts: list
     (path / "summary.json").write_text(json.dumps({"test/shapes-geneval/overall_disjoint":
                                                    float(y.mean(axis=1) @ weights)}))
     if scores:
-        record = {"which": "test", "step": 4, "prompts": prompts, "seeds": y.shape[1], "seed_base": 7,
-                  "scores": {"shapes-geneval": [float(v) for v in y.ravel()]}}
-        (path / "scores.jsonl").write_text(json.dumps(record) + "\n")
+        records = [{"which": which, "step": 4, "prompts": prompts, "seeds": y.shape[1], "seed_base": 7,
+                    "scores": {"shapes-geneval": [float(v) for v in y.ravel()]}} for which in ("eval", "test")]
+        (path / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _binary(n: int, m: int, k: int, seed: int = 0) -> np.ndarray:
@@ -119,6 +119,8 @@ def test_power_report_from_stored_runs(tmp_path):
     csv = path.with_suffix(".csv").read_text().splitlines()
     assert csv[0].startswith("kind,name") and sum(line.startswith("mdd,") for line in csv) == 2 * 3 * 3
     assert sum(line.startswith("mdd_observed,") for line in csv) == 2 and "observed sd(d) |" in text
+    beside = power(PowerConfig(runs=("a-s*",), split="eval", seeds=(5,), out=str(tmp_path)))
+    assert beside.name == "power-eval.md" and "split 'eval'" in beside.read_text() and path.read_text() == text
 
 
 @pytest.mark.parametrize("case, message", [

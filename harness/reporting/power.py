@@ -90,7 +90,8 @@ class PowerConfig:
     power: float = 0.8
     """Power 1 - beta."""
     out: str = "results"
-    """Results root: runs are read from <out>/runs; the report goes to <out>/power.md and .csv."""
+    """Results root: runs are read from <out>/runs; the report goes to <out>/power.md and .csv (power-<split>.md and
+    .csv for a split other than test, so the two reports sit side by side)."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "seeds": at_least(2), "prompts_per_tag": at_least(1, zero=True), "images": at_least(1, zero=True),
@@ -323,7 +324,8 @@ def _paired(a: Group, b: Group) -> np.ndarray:
 
 
 def power(cfg: PowerConfig) -> Path:
-    """Write ``<out>/power.md`` and ``power.csv``; returns the markdown's path."""
+    """Write ``<out>/power.md`` and ``power.csv`` (``power-<split>`` for a split other than test); returns the
+    markdown's path."""
     import pandas as pd
 
     check(cfg)
@@ -333,7 +335,7 @@ def power(cfg: PowerConfig) -> Path:
     group = load_group(store, cfg.runs, cfg.split, cfg.reward)
     versus = load_group(store, cfg.versus, cfg.split, cfg.reward) if cfg.versus else None
     lines, rows = analyse(cfg, group, versus)
-    path = Path(cfg.out) / "power.md"
+    path = Path(cfg.out) / ("power.md" if cfg.split == "test" else f"power-{cfg.split}.md")
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines) + "\n"
     write_atomic(path.with_suffix(".csv"), lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))

@@ -27,12 +27,11 @@ def chosen_methods(sections: Sequence[Any], methods: Sequence[str]) -> None:
 
 
 def seeds(values: Sequence[int]) -> None:
-    """Seeds are distinct: a paired interval over a repeated seed would count one run twice."""
+    """Seeds are distinct: a paired interval over a repeated seed would count one run twice (none given: the
+    profile's design, ``reproduce.DESIGNS``)."""
     repeated = sorted({s for s in values if list(values).count(s) > 1})
     if repeated:
         raise ValueError(f"table2 --seeds repeats {', '.join(map(str, repeated))}; each seed must be given once")
-    if not values:
-        raise ValueError("table2 --seeds is empty; give at least one training seed")
 
 
 def tuned_inputs(sections: Sequence[Any], methods: Sequence[str], tuned_file: str, profile: str) -> None:

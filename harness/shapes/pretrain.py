@@ -81,6 +81,8 @@ class GeneratorConfig:
     """Adam learning rate after warm-up (both phases)."""
     warmup: int = 50
     """Linear warm-up steps (both phases)."""
+    lr_decay: int = 0
+    """Phase 2: the last this many CVAE steps lower the learning rate linearly towards 0 (0: constant)."""
     clip: float = 1.0
     """Gradient-norm clip."""
     latent_sigma: float = 0.35
@@ -222,7 +224,7 @@ def train_cvae(cfg: GeneratorConfig, encoder: ImageEncoder, decoder: LatentDecod
             on_step(step, model, ema)
 
     train_loop("generator", cfg.steps, list(model.parameters()), loss_fn, lr=cfg.lr, warmup=cfg.warmup,
-               clip=cfg.clip, on_step=after)
+               clip=cfg.clip, on_step=after, decay=cfg.lr_decay)
     return model, ema
 
 

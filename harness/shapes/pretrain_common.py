@@ -75,11 +75,12 @@ def record_time(out: str | Path, name: str, seconds: float, steps: int) -> None:
 
 def train_loop(name: str, steps: int, params: list[nn.Parameter], loss_fn: Callable[[int], tuple[Tensor, dict]],
                *, lr: float, warmup: int, clip: float | None = None, weight_decay: float = 0.0,
-               on_step: Callable[[int], None] | None = None) -> None:
+               on_step: Callable[[int], None] | None = None, decay: int = 0) -> None:
     """AdamW (Adam when ``weight_decay`` is 0) with linear warm-up and optional norm clipping over
-    ``loss_fn(step) -> (loss, logs)``, with a tqdm bar; ``on_step(step)`` runs after each update."""
+    ``loss_fn(step) -> (loss, logs)``, with a tqdm bar; ``on_step(step)`` runs after each update. ``decay`` > 0
+    lowers the rate linearly over the last ``decay`` steps, to 1/decay of it at the last step."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps, warmup, decay))
     bar = tqdm(range(steps), desc=name, mininterval=10)
     for step in bar:
         loss, logs = loss_fn(step)
@@ -92,6 +93,13 @@ def train_loop(name: str, steps: int, params: list[nn.Parameter], loss_fn: Calla
         bar.set_postfix(logs, refresh=False)
         if on_step is not None:
             on_step(step)
+
+
+def lr_factor(step: int, steps: int, warmup: int, decay: int = 0) -> float:
+    """The learning-rate multiplier of update ``step`` (0-based) of ``steps``: linear warm-up over ``warmup``
+    updates, constant, then (``decay`` > 0) linear decay over the last ``decay`` updates, ending at 1/decay."""
+    factor = min(1.0, (step + 1) / warmup)
+    return min(factor, (steps - step) / decay) if decay else factor
 
 
 def reconstruction_loss(encoder: ImageEncoder, decoder: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:

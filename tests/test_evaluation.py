@@ -1,0 +1,54 @@
+"""The evaluation set's base side: computed once, and reused for images that are the base's bit for bit."""
+
+import pytest
+import torch
+
+from harness.config import RunConfig
+from harness.evaluation import EvalSet, generate
+from harness.profiles import PROFILES
+from harness.shapes.pretrain_common import lr_factor
+from rewards import build
+
+
+class Counting:
+    """A reward wrapper that counts the images it scores."""
+
+    def __init__(self, reward):
+        self.reward, self.images = reward, 0
+        self.name, self.version, self.differentiable = reward.name, reward.version, reward.differentiable
+
+    def score(self, images, prompts):
+        self.images += images.shape[0]
+        return self.reward.score(images, prompts)
+
+
+def test_unchanged_weights_reuse_the_base_scores_and_changed_weights_are_scored():
+    world = PROFILES.get("tiny")(RunConfig(profile="tiny", device="cpu"))
+    reward = Counting(build("jpeg"))
+    evals = EvalSet("eval", world.prompts("test")[:3], 2, 123, {"jpeg": reward})
+    fresh, _ = evals.evaluate(world.generator)  # a fresh adapter: the base's images
+    assert reward.images == 6  # the base once, not the same images twice
+    assert fresh["eval/jpeg/mean"] == fresh["eval/jpeg/base_mean"] and fresh["eval/drift/pixel_rms"] == 0.0
+    with torch.no_grad():
+        for p in world.generator.trainable():
+            p.add_(0.05 * torch.randn_like(p))
+    moved, _ = evals.evaluate(world.generator)
+    assert reward.images == 12 and moved["eval/drift/pixel_rms"] > 0
+    assert moved["eval/jpeg/mean"] != moved["eval/jpeg/base_mean"]
+    images, prompts, _ = generate(world.generator, evals.prompts, evals.seeds, seed_base=evals.seed_base)
+    assert evals.last_scores["jpeg"] == pytest.approx([float(v) for v in reward.reward.score(images, prompts)])
+
+
+def test_lr_factor_warms_up_holds_and_decays_over_the_last_steps():
+    assert [lr_factor(s, 10, 2) for s in range(10)] == [0.5] + [1.0] * 9  # no decay: constant after warm-up
+    assert [lr_factor(s, 10, 2, decay=4) for s in range(10)] == [0.5, 1, 1, 1, 1, 1, 1.0, 0.75, 0.5, 0.25]
+
+
+def test_table_design_fills_only_what_is_left_empty():
+    from harness.reporting.reproduce import Table2Config, with_design
+
+    assert with_design(Table2Config()).seeds == (0, 1, 2, 3, 4)
+    second = with_design(Table2Config(profile="shapes2"))
+    assert (second.seeds, second.test_seeds, second.curve_seeds) == (tuple(range(9)), 8, 2)
+    mine = with_design(Table2Config(profile="shapes2", seeds=(3,), test_seeds=5))
+    assert (mine.seeds, mine.test_seeds, mine.curve_seeds) == ((3,), 5, 2)
