@@ -11,6 +11,7 @@ per point.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -97,12 +98,32 @@ class EvalSet:
         for name, reward in self.rewards.items():
             judge = HeldoutReward(reward)
             if name not in self._base_scores:
-                self._base_scores[name] = judge.score(base_images, prompts)
+                self._base_scores[name] = shared_base_scores(reward, base_images, prompts)
             trained = self._base_scores[name] if unchanged else judge.score(images, prompts)
             self.last_scores[name] = [float(v) for v in trained[0]]
             for metric, value in judge.compare(trained, self._base_scores[name]).items():
                 out[f"{self.prefix}/{name}/{metric}"] = value
         return out, images
+
+
+_SHARED_BASE: dict[tuple[str, int, str, str], tuple[Tensor, dict[str, float]]] = {}
+"""Base-side scores every run of one process shares (a table's or a study's worker runs many runs on the same base
+and noise): keyed by the reward's name, version and ``fingerprint`` and a digest of the exact pixels and prompts."""
+
+
+def shared_base_scores(reward: Any, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, dict[str, float]]:
+    """``HeldoutReward(reward).score(images, prompts)``, computed once per process for a reward that declares a
+    ``fingerprint`` (a string that changes with anything its scores depend on besides the images and prompts: its
+    weights, its options); a reward without one is scored every time."""
+    fingerprint = getattr(reward, "fingerprint", None)
+    if fingerprint is None:
+        return HeldoutReward(reward).score(images, prompts)
+    digest = hashlib.sha256(images.detach().float().cpu().contiguous().numpy().tobytes())
+    digest.update(repr((tuple(images.shape), list(prompts))).encode())
+    key = (reward.name, reward.version, str(fingerprint), digest.hexdigest())
+    if key not in _SHARED_BASE:
+        _SHARED_BASE[key] = HeldoutReward(reward).score(images, prompts)
+    return _SHARED_BASE[key]
 
 
 def scores_record(evals: EvalSet, step: int, which: str) -> dict[str, Any]:

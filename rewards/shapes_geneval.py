@@ -103,6 +103,12 @@ class ShapesGenEval:
         self.binary = not fraction
         self.calibrated = _flag(self.name, "calibrated", calibrated)
 
+    @property
+    def fingerprint(self) -> str:
+        """What the scores depend on besides the images and prompts (``harness.evaluation.shared_base_scores``):
+        the detector is code, so its options."""
+        return f"fraction={self.fraction},calibrated={self.calibrated}"
+
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """Scores (B,) float32 for images (B, 3, H, W) in [0, 1] and B Shapes prompts."""
         return score_shapes(images, self._metadatas(prompts), fraction=self.fraction, calibrated=self.calibrated,

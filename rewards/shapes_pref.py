@@ -26,6 +26,7 @@ checks >= 5x).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Mapping, Sequence
@@ -224,6 +225,11 @@ class ShapesPref:
         if state is not None:
             self.model.load_state_dict(state)
         self.model.to(self.device).eval().requires_grad_(False)
+        digest = hashlib.sha256()
+        for key, value in sorted(self.model.state_dict().items()):
+            digest.update(key.encode() + value.detach().float().cpu().contiguous().numpy().tobytes())
+        self.fingerprint = f"{digest.hexdigest()}@{self.device}"
+        """The weights' digest and the device: base-side scores are shared across runs only for the same weights."""
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """images (B, 3, 64, 64) in [0, 1], B prompts -> scores (B,), differentiable w.r.t. ``images``."""

@@ -52,3 +52,29 @@ def test_table_design_fills_only_what_is_left_empty():
     assert (second.seeds, second.test_seeds, second.curve_seeds) == (tuple(range(9)), 8, 2)
     mine = with_design(Table2Config(profile="shapes2", seeds=(3,), test_seeds=5))
     assert (mine.seeds, mine.test_seeds, mine.curve_seeds) == ((3,), 5, 2)
+
+
+def test_base_scores_are_shared_across_runs_only_for_the_same_reward_pixels_and_prompts():
+    from harness.evaluation import shared_base_scores
+    from rewards.shapes_pref import PrefConfig, ShapesPref
+
+    images, prompts = torch.rand(4, 3, 64, 64), ["a photo of a circle"] * 4
+    calls = []
+
+    class Fingerprinted(ShapesPref):
+        def score(self, images, prompts):
+            calls.append(self.fingerprint)
+            return super().score(images, prompts)
+
+    torch.manual_seed(0)
+    a, b = Fingerprinted(PrefConfig()), Fingerprinted(PrefConfig())  # two initialisations: different weights
+    same_as_a = Fingerprinted(PrefConfig(), state=a.model.state_dict())
+    first = shared_base_scores(a, images, prompts)
+    assert torch.equal(shared_base_scores(same_as_a, images, prompts)[0], first[0]) and len(calls) == 1
+    shared_base_scores(b, images, prompts)  # other weights
+    shared_base_scores(a, images.flip(-1), prompts)  # other pixels
+    shared_base_scores(a, images, ["a photo of a square"] * 4)  # other prompts
+    assert len(calls) == 4 and a.fingerprint != b.fingerprint
+    plain = Counting(build("jpeg"))  # declares no fingerprint: scored every time
+    shared_base_scores(plain, images, prompts), shared_base_scores(plain, images, prompts)
+    assert plain.images == 8
