@@ -2,7 +2,8 @@
 
 Beside the presets (``harness/presets.py``) because a section is a preset plus a list of methods; read by
 ``driftbench table2`` (``harness/reporting/reproduce.py``) and by ``driftbench tune``, which tunes every
-method of a tuned section with equal effort.
+method of a tuned section with equal effort. ``DESIGNS`` holds each profile's evaluation design (seeds, test
+and curve images), which the table and the limitations study share.
 """
 
 from __future__ import annotations
@@ -58,3 +59,12 @@ SECTIONS: dict[str, tuple[Section, ...]] = {
                            PAPER_METHODS),),
 }
 """Table sections per profile."""
+
+DESIGN = {"seeds": (0, 1, 2, 3, 4), "test_seeds": 16, "curve_seeds": 4}
+"""The evaluation design a table uses where its flags are left empty."""
+DESIGNS: dict[str, dict[str, object]] = {"shapes2": {"seeds": tuple(range(9)), "test_seeds": 8, "curve_seeds": 2}}
+"""Per profile, where it differs from ``DESIGN``. Edition 2 (issue 18): in the committed pilot
+(``results/power-pilot2/power.md``) the training seed is 88% of the test gold's variance and the observed sd of a
+seed-paired difference is 0.019, so a 95% paired half-width of 0.015 needs 9 seeds (t(0.975, 8) x 0.019 / 3 =
+0.0146), while 8 test images instead of 16 move the minimum detectable difference at 5 seeds from 0.0312 to 0.0317:
+evaluation goes where it is cheap to cut and seeds where power comes from."""

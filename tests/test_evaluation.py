@@ -52,6 +52,8 @@ def test_table_design_fills_only_what_is_left_empty():
     assert (second.seeds, second.test_seeds, second.curve_seeds) == (tuple(range(9)), 8, 2)
     mine = with_design(Table2Config(profile="shapes2", seeds=(3,), test_seeds=5))
     assert (mine.seeds, mine.test_seeds, mine.curve_seeds) == ((3,), 5, 2)
+    defaults = with_design(Table2Config(profile="shapes2-defaults"))
+    assert (defaults.seeds, defaults.test_seeds) == (tuple(range(9)), 8)
 
 
 def test_base_scores_are_shared_across_runs_only_for_the_same_reward_pixels_and_prompts():

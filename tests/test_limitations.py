@@ -51,7 +51,7 @@ def test_the_full_plan_by_hand():
     points = plan_points(cfg, scale, res)
     run0 = res.runs["drpo"]
     assert (run0.profile, run0.k, run0.prompts_per_step, run0.updates, run0.test_split, run0.test_seeds) == \
-        ("shapes2", 16, 2, 96, "test", 16)
+        ("shapes2", 16, 2, 96, "test", 8)
     by = {}
     for p in points:
         by.setdefault(p.part, []).append(p)
@@ -191,4 +191,4 @@ def test_the_full_plans_base_point_and_baselines_are_the_tables_runs(tmp_path):
     scale = scale_of(cfg)
     mine = {run_key(p.run.replace(seed=s), p.method_cfg) for p in plan_points(cfg, scale, resolve(cfg, scale))
             if p.part in ("base", "baseline") for s in scale.seeds}
-    assert mine == theirs and len(mine) == 6 * 5
+    assert mine <= theirs and len(mine) == 6 * 5 and len(theirs) == 6 * 9  # the table's seeds 0-4 of 0-8

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from harness.config import K_MAX, RunConfig
 from harness.presets import get as get_preset
+from harness.sections import DESIGNS
 from harness.studies.tuned import tuned_configs
 from harness.validate import Bound, at_least, within
 
@@ -81,10 +82,12 @@ SCALES: dict[str, Scale] = {
                    lam=(0.0, 0.2), features=("latent", "latent-tokens", "encoder"), best_of_k=(1, 2), offline_updates=2, split="test",
                    study="shapes-drpo-sensitivity", reps=500),
     # The real study (issue 22) on the second Shapes edition: the section's full budget (96 updates of
-    # 2 prompts x K 16), 5 seeds per point, the test split at 16 images per prompt and the test curve at 4 as the
-    # table has them (so the base point and the baselines are the table's runs, reused by key).
-    "full": Scale(profile="shapes2", preset="shapes2-pref", methods=_METHODS, seeds=(0, 1, 2, 3, 4), test_seeds=16,
-                  run=dict(curve_split="test", curve_seeds=4), method_changes={}, bandwidth=(0.25, 0.5, 1.0, 2.0, 4.0), k=(8, 16, 24, 32), m=(2, 4, 6, 8),
+    # 2 prompts x K 16), 5 seeds per point, the test split at 8 images per prompt and the test curve at 2 as the
+    # table has them (``reproduce.DESIGNS``; so the base point and the baselines are the table's runs of seeds 0-4,
+    # reused by key).
+    "full": Scale(profile="shapes2", preset="shapes2-pref", methods=_METHODS, seeds=(0, 1, 2, 3, 4),
+                  test_seeds=int(DESIGNS["shapes2"]["test_seeds"]),
+                  run=dict(curve_split="test", curve_seeds=int(DESIGNS["shapes2"]["curve_seeds"])), method_changes={}, bandwidth=(0.25, 0.5, 1.0, 2.0, 4.0), k=(8, 16, 24, 32), m=(2, 4, 6, 8),
                   lam=(0.0, 0.2, 0.5, 1.0), features=("encoder", "latent-tokens", "latent"), best_of_k=(1, 4, 16),
                   offline_updates=96, split="test_selected", study="shapes2-drpo-sensitivity", reps=4000),
 }
@@ -100,7 +103,7 @@ class LimitationsConfig:
     seeds: tuple[int, ...] = ()
     """Training seeds of every point (empty: the scale's: smoke 0 1, full 0-4)."""
     test_seeds: int = 0
-    """Test images per prompt (0: the scale's: smoke 2, full 16, as the table)."""
+    """Test images per prompt (0: the scale's: smoke 2, full 8, as the table)."""
     base: Literal["auto", "tuned", "preset"] = "auto"
     """The configurations swept around: "tuned" (the tuned file's section), "preset", or "auto" (tuned where
     the tuned file has the section and method, else the preset)."""

@@ -39,7 +39,7 @@ from harness.registry import unknown
 from harness.reporting.preflight import check_table2
 from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
 from harness.run import run
-from harness.sections import SECTIONS, Section
+from harness.sections import DESIGN, DESIGNS, SECTIONS, Section
 from harness.store import RunLock, Store, read_json, source_hash
 from harness.studies.tuned import tuned_configs
 from harness.validate import Bound, at_least, nonnegative
@@ -58,7 +58,7 @@ class Table2Config:
     """Which table: "shapes" (the embedded default), "tiny", or on a GPU "sd-turbo" / "sdxl-turbo"."""
     seeds: tuple[int, ...] = ()
     """Training seeds, never used by the tuning (``driftbench tune`` trains with seeds 100 and 101); intervals are over
-    these, paired by seed. Empty: the profile's (``DESIGNS``: 0-4; 0-8 on shapes2)."""
+    these, paired by seed. Empty: the profile's (``harness.sections.DESIGNS``: 0-4; 0-8 on shapes2)."""
     test_split: str = "test"
     """Split every run is finally evaluated on, once at its validation-selected checkpoint and once at the end
     (profiles without splits, such as sd-turbo, skip it)."""
@@ -120,19 +120,9 @@ class Table2Config:
     """Valid range of every numeric field (``harness.validate``)."""
 
 
-DESIGN = {"seeds": (0, 1, 2, 3, 4), "test_seeds": 16, "curve_seeds": 4}
-"""The evaluation design a table uses where its flags are left empty."""
-DESIGNS: dict[str, dict[str, Any]] = {"shapes2": {"seeds": tuple(range(9)), "test_seeds": 8, "curve_seeds": 2}}
-"""Per profile, where it differs from ``DESIGN``. Edition 2 (issue 18): in the committed pilot
-(``results/power-pilot2/power.md``) the training seed is 88% of the test gold's variance and the observed sd of a
-seed-paired difference is 0.019, so a 95% paired half-width of 0.015 needs 9 seeds (t(0.975, 8) x 0.019 / 3 =
-0.0146), while 8 test images instead of 16 move the minimum detectable difference at 5 seeds from 0.0312 to 0.0317:
-evaluation goes where it is cheap to cut and seeds where power comes from."""
-
-
 def with_design(cfg: Table2Config) -> Table2Config:
     """``cfg`` with its empty seeds, test seeds and curve seeds filled in from the profile's design."""
-    design = {**DESIGN, **DESIGNS.get(cfg.profile, {})}
+    design = {**DESIGN, **DESIGNS.get(_tuned_profile(cfg.profile), {})}  # shapes2-defaults: shapes2's
     return replace(cfg, **{k: v for k, v in design.items() if not getattr(cfg, k)})
 
 
