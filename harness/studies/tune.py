@@ -185,7 +185,6 @@ def write_tuned(cfg: TuneConfig, pairs: list[tuple[str, str]], log: Callable[[st
         log(f"{section} / {method}: trial {trial.number}, validation {objective(cfg, section)} {trial.value:.4f}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
-    log(f"wrote {path}")
     return path
 
 
