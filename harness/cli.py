@@ -56,7 +56,7 @@ COMMANDS: dict[str, Command] = {
     "table2": Command("run or resume the main comparison and write results/table2.md and .csv",
                       "harness.reporting.reproduce:reproduce", "harness.reporting.reproduce:Table2Config"),
     "tune": Command("equal-effort Optuna studies of every method of a table, and the tuned file the table reads",
-                    "harness.studies.tune:tune", "harness.studies.tune:TuneConfig", launch=False),
+                    "harness.reporting.tuning:tune_and_report", "harness.studies.tune:TuneConfig", launch=False),
     "run-time": Command("where one run's wall-clock goes (start-up, training phases, evaluation)",
                         "harness.compute.run_time:measure", "harness.compute.run_time:RunTimeConfig"),
     "pretrain": Command("pretrain the Shapes world's generator, encoder and reward assets",

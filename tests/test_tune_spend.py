@@ -248,6 +248,21 @@ def test_tuning_report_lists_dimensions_spend_unequal_noise_and_flat_learning_ra
 
 
 @pytest.mark.unit
+def test_the_tune_commands_report_file_holds_every_sections_report_and_figure(tmp_path):
+    from harness.reporting.tuning import report, write_report
+
+    _stored_study(tmp_path, "tune-s-a", [_trial(lr=1e-3, runs=[_run("a0", 0.3), _run("a1", 0.26, seed=1)])])
+    _stored_study(tmp_path, "tune-t-a", [_trial(lr=1e-4, runs=[_run("c0", 0.2), _run("c1", 0.22, seed=1)])])
+    path = write_report({"s": ["a"], "t": ["a"]}, str(tmp_path), "tuning-x", ["# intro"])
+    text = path.read_text()
+    assert path.name == "tuning-x.md" and text.startswith("# intro\n\n## s\n")
+    for section in ("s", "t"):
+        assert "\n".join(report(section, ["a"], str(tmp_path), tmp_path / "plots")[0]) in text
+        assert f"](plots/{section}__tuning_best_so_far.png)" in text
+        assert (tmp_path / "plots" / f"{section}__tuning_best_so_far.png").stat().st_size > 0
+
+
+@pytest.mark.unit
 def test_tuning_report_on_a_study_made_before_the_records_says_what_it_estimates(tmp_path):
     from harness.reporting.tuning import report
 

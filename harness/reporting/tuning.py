@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.reporting.plots import _style, color, save
+from harness.store import write_atomic
 from harness.studies.spend import SPEND_TOLERANCE, flat_trials, seed_sd, study_spend, unequal_spend
 from harness.studies.study import load_study
-from harness.studies.tune import study_name
+from harness.studies.tune import TuneConfig, objective, plan, study_name, tune
 
 
 def space_size(the_study: Any) -> dict[str, Any]:
@@ -68,6 +69,34 @@ def spends(section: str, methods: Sequence[str], out: str) -> dict[str, int]:
         seeds = len(stored.get("study", {}).get("seeds") or [0])
         found[method] = study_spend(the_study.get_trials(deepcopy=False), updates, seeds).updates
     return found
+
+
+def tune_and_report(cfg: TuneConfig) -> tuple[Path, Path]:
+    """``driftbench tune``: the equal-effort studies and the tuned file (``harness.studies.tune``), then the tuning
+    report of every section, ``<out>/tuning-<profile>.md`` with its figures in ``<out>/plots``."""
+    tuned = tune(cfg)
+    pairs = plan(cfg)
+    sections = {section: [m for s, m in pairs if s == section] for section, _ in pairs}
+    intro = [f"# Equal-effort tuning, profile {cfg.profile}", "",
+             f"`driftbench tune --profile {cfg.profile} --out {cfg.out}`: the studies in `{cfg.out}/studies`, the tuned "
+             f"file `{tuned}`. Per trial, the objective at the run's best validation point, averaged over training seeds "
+             f"{', '.join(map(str, cfg.seeds))}; objective per section: "
+             + "; ".join(f"{s} {objective(cfg, s)}" for s in sections) + "."]
+    return tuned, write_report(sections, cfg.out, f"tuning-{cfg.profile}", intro)
+
+
+def write_report(sections: dict[str, Sequence[str]], out: str, name: str, intro: Sequence[str]) -> Path:
+    """``<out>/<name>.md``: ``intro``, then :func:`report` of each section (its methods' studies in ``out``) with
+    its best-so-far figure in ``<out>/plots``."""
+    lines = list(intro)
+    for section, methods in sections.items():
+        body, figures = report(section, methods, out, Path(out) / "plots")
+        lines += ["", f"## {section}", "", *body, "",
+                  *(f"![best validation value so far, {section}](plots/{p.name})" for p in figures if p.suffix == ".png")]
+    path = Path(out) / f"{name}.md"
+    text = "\n".join(lines) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+    return path
 
 
 def report(section: str, methods: Sequence[str], out: str, directory: Path) -> tuple[list[str], list[Path]]:
