@@ -9,6 +9,7 @@ trials spend updates but bring no value, so the curve stays flat through them.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,7 +80,7 @@ def tune_and_report(cfg: TuneConfig) -> tuple[Path, Path]:
     sections = {section: [m for s, m in pairs if s == section] for section, _ in pairs}
     intro = [f"# Equal-effort tuning, profile {cfg.profile}", "",
              f"`driftbench tune --profile {cfg.profile} --out {cfg.out}`: the studies in `{cfg.out}/studies`, the tuned "
-             f"file `{tuned}`. Per trial, the objective at the run's best validation point, averaged over training seeds "
+             f"file `{os.path.relpath(tuned)}`. Per trial, the objective at the run's best validation point, averaged over training seeds "
              f"{', '.join(map(str, cfg.seeds))}; objective per section: "
              + "; ".join(f"{s} {objective(cfg, s)}" for s in sections) + "."]
     return tuned, write_report(sections, cfg.out, f"tuning-{cfg.profile}", intro)
