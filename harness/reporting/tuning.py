@@ -108,11 +108,12 @@ def report(section: str, methods: Sequence[str], out: str, directory: Path) -> t
     lines = ["| method | dimensions: searched parameters | ranges | categorical combinations | seeds per trial | "
              "TPE start-up trials | trials (complete / pruned / stopped by budget / failed) | spend: metered updates "
              "(full runs) | best validation value |", "|---|---|---|---|---|---|---|---|---|"]
-    curves, spends, notes, flat_lines, estimated = {}, {}, [], [], False
+    curves, spends, notes, flat_lines, estimated, objectives = {}, {}, [], [], False, set()
     for method in methods:
         the_study = load_study(study_name(section, method), out=out)
         trials = the_study.get_trials(deepcopy=False)
         stored = the_study.user_attrs.get("setup", {})
+        objectives.add(stored.get("study", {}).get("objective") or "shapes-geneval")
         seeds = len(stored.get("study", {}).get("seeds") or [0])
         updates = int(stored.get("run", {}).get("updates") or 0)
         stopped = sum(t.state == TrialState.PRUNED and "stopped" in t.user_attrs for t in trials)
@@ -149,7 +150,7 @@ def report(section: str, methods: Sequence[str], out: str, directory: Path) -> t
     for method, (spend, values) in curves.items():
         ax.step(spend, values, where="post", color=color(method), label=method)
     ax.set_xlabel("metered updates, in full runs (each step: a trial ends)")
-    ax.set_ylabel("best validation shapes-GenEval so far")
+    ax.set_ylabel(f"best validation {' / '.join(sorted(objectives))} so far")
     ax.set_title(f"equal-effort tuning, {section}", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over the ends
     return lines, save(fig, directory, f"{section}__tuning_best_so_far")
