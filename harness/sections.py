@@ -60,10 +60,20 @@ SECTIONS: dict[str, tuple[Section, ...]] = {
 }
 """Table sections per profile."""
 
-DESIGN = {"seeds": (0, 1, 2, 3, 4), "test_seeds": 16, "curve_seeds": 4}
-"""The evaluation design a table uses where its flags are left empty."""
-DESIGNS: dict[str, dict[str, object]] = {"shapes2": {"seeds": tuple(range(9)), "test_seeds": 8, "curve_seeds": 2}}
-"""Per profile, where it differs from ``DESIGN``. Edition 2 (issue 18): in the committed pilot
+@dataclass(frozen=True)
+class Design:
+    """A table's evaluation design: what ``driftbench table2`` takes where its flags are left empty."""
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Training seeds."""
+    test_seeds: int = 16
+    """Test images per prompt."""
+    curve_seeds: int = 4
+    """Images per prompt of the over-optimisation curve's split."""
+
+
+DESIGNS: dict[str, Design] = {"shapes2": Design(seeds=tuple(range(9)), test_seeds=8, curve_seeds=2)}
+"""Per profile, where it differs from ``Design()``. Edition 2 (issue 18): in the committed pilot
 (``results/power-pilot2/power.md``) the training seed is 88% of the test gold's variance and the observed sd of a
 seed-paired difference is 0.019, so a 95% paired half-width of 0.015 needs 9 seeds (t(0.975, 8) x 0.019 / 3 =
 0.0146), while 8 test images instead of 16 move the minimum detectable difference at 5 seeds from 0.0312 to 0.0317:

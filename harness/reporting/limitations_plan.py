@@ -83,11 +83,11 @@ SCALES: dict[str, Scale] = {
                    study="shapes-drpo-sensitivity", reps=500),
     # The real study (issue 22) on the second Shapes edition: the section's full budget (96 updates of
     # 2 prompts x K 16), 5 seeds per point, the test split at 8 images per prompt and the test curve at 2 as the
-    # table has them (``reproduce.DESIGNS``; so the base point and the baselines are the table's runs of seeds 0-4,
-    # reused by key).
+    # table has them (``harness.sections.DESIGNS``; so the base point and the baselines are the table's runs of
+    # seeds 0-4, reused by key).
     "full": Scale(profile="shapes2", preset="shapes2-pref", methods=_METHODS, seeds=(0, 1, 2, 3, 4),
-                  test_seeds=int(DESIGNS["shapes2"]["test_seeds"]),
-                  run=dict(curve_split="test", curve_seeds=int(DESIGNS["shapes2"]["curve_seeds"])), method_changes={}, bandwidth=(0.25, 0.5, 1.0, 2.0, 4.0), k=(8, 16, 24, 32), m=(2, 4, 6, 8),
+                  test_seeds=DESIGNS["shapes2"].test_seeds,
+                  run=dict(curve_split="test", curve_seeds=DESIGNS["shapes2"].curve_seeds), method_changes={}, bandwidth=(0.25, 0.5, 1.0, 2.0, 4.0), k=(8, 16, 24, 32), m=(2, 4, 6, 8),
                   lam=(0.0, 0.2, 0.5, 1.0), features=("encoder", "latent-tokens", "latent"), best_of_k=(1, 4, 16),
                   offline_updates=96, split="test_selected", study="shapes2-drpo-sensitivity", reps=4000),
 }

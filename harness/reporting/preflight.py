@@ -28,7 +28,7 @@ def chosen_methods(sections: Sequence[Any], methods: Sequence[str]) -> None:
 
 def seeds(values: Sequence[int]) -> None:
     """Seeds are distinct: a paired interval over a repeated seed would count one run twice (none given: the
-    profile's design, ``reproduce.DESIGNS``)."""
+    profile's design, ``harness.sections.DESIGNS``)."""
     repeated = sorted({s for s in values if list(values).count(s) > 1})
     if repeated:
         raise ValueError(f"table2 --seeds repeats {', '.join(map(str, repeated))}; each seed must be given once")

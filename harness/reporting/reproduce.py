@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -39,7 +39,7 @@ from harness.registry import unknown
 from harness.reporting.preflight import check_table2
 from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
 from harness.run import run
-from harness.sections import DESIGN, DESIGNS, SECTIONS, Section
+from harness.sections import DESIGNS, SECTIONS, Design, Section
 from harness.store import RunLock, Store, read_json, source_hash
 from harness.studies.tuned import tuned_configs
 from harness.validate import Bound, at_least, nonnegative
@@ -122,8 +122,8 @@ class Table2Config:
 
 def with_design(cfg: Table2Config) -> Table2Config:
     """``cfg`` with its empty seeds, test seeds and curve seeds filled in from the profile's design."""
-    design = {**DESIGN, **DESIGNS.get(_tuned_profile(cfg.profile), {})}  # shapes2-defaults: shapes2's
-    return replace(cfg, **{k: v for k, v in design.items() if not getattr(cfg, k)})
+    design = DESIGNS.get(_tuned_profile(cfg.profile), Design())  # shapes2-defaults: shapes2's
+    return replace(cfg, **{k: v for k, v in asdict(design).items() if not getattr(cfg, k)})
 
 
 def _tuned_profile(profile: str) -> str:
