@@ -39,7 +39,7 @@ def check_run(cfg: RunConfig, method_cfg: Any = None) -> tuple[Any, Any, Needs]:
     cfg.validate()
     PROFILES.check(cfg.profile)
     reward_name = cfg.reward or DEFAULT_REWARDS[cfg.profile]
-    for name in dict.fromkeys([reward_name, *cfg.evals]):
+    for name in dict.fromkeys([reward_name, *cfg.evals, *cfg.eval_split_rewards]):
         reward_registry.REWARDS.check(name)
         check_world(cfg.profile, name)
     method = METHODS.get(cfg.method)

@@ -90,6 +90,11 @@ class RunConfig:
     """Use only the first N evaluation prompts (0: all)."""
     eval_seed_base: int = EVAL_SEED_BASE
     """Evaluation image j of prompt i uses noise seed eval_seed_base + 1000 i + j (the same for every method)."""
+    eval_split_rewards: tuple[str, ...] = ()
+    """Rewards scored on the evaluation split (empty: all of them: the training reward and ``evals``). A table whose
+    evaluation split only selects names its selection reward alone: on Shapes edition 2 the proxy on validation was
+    a quarter of a run's evaluation time and informed nothing (the test split and its curve still score every
+    reward)."""
     select_metric: str = ""
     """Checkpoint selection: REWARD or REWARD/METRIC on the evaluation split (e.g. shapes-geneval, whose
     headline is overall_disjoint); the best evaluation point's weights are kept. Empty: the final weights."""
@@ -249,7 +254,8 @@ NOT_IN_KEY = ("out", "run_id", "log_with", "paper_processes")
 """Fields that say where a run is stored, what it is called, where it is mirrored and what it was designed
 for; they do not change what it computes."""
 
-ADDED_FIELDS = {"mixed_precision": "fp16", "init_from": "", "curve_split": "", "curve_seeds": 4}
+ADDED_FIELDS = {"mixed_precision": "fp16", "init_from": "", "curve_split": "", "curve_seeds": 4,
+                "eval_split_rewards": []}
 """Fields added after results were first stored, with their defaults: at the default they are left out of
 :func:`run_key` (stored runs keep their keys), and a stored manifest without one reads as the default."""
 

@@ -31,7 +31,7 @@ from harness.lifecycle import StopSignals, open_run, record_end
 from harness.parts import Parts
 from harness.precision import reward_options
 from harness.profiles import PROFILES
-from harness.selection import check_select_metric, evaluate_test
+from harness.selection import check_select_metric, eval_split_rewards, evaluate_test
 from harness.store import Store
 from harness.trackers import Mirrored
 from harness.world import World, dtype_for
@@ -61,8 +61,9 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
         if name != reward_name:
             built = reward_registry.build(name, options.get(name))
             eval_rewards.setdefault(built.name, built)
+    split_rewards = eval_split_rewards(cfg, eval_rewards)
     evals = EvalSet("eval", world.prompts(cfg.eval_split)[: cfg.eval_prompt_limit or None], cfg.eval_seeds,
-                    cfg.eval_seed_base, eval_rewards)
+                    cfg.eval_seed_base, split_rewards)
     test = EvalSet("test", world.prompts(cfg.test_split), cfg.test_seeds, cfg.test_seed_base,
                    eval_rewards) if cfg.test_split else None
     curve = EvalSet("curve", world.prompts(cfg.curve_split), cfg.curve_seeds, cfg.test_seed_base,
@@ -70,7 +71,7 @@ def prepare(cfg: RunConfig, method_cfg: Any = None) -> Parts:
     if world.check_splits is not None:  # the curve split is read by no choice: it may be the test split itself
         sets = {"train": world.prompts(cfg.prompts), "eval": evals.prompts, "test": test.prompts if test else []}
         world.check_splits({name: prompts for name, prompts in sets.items() if prompts})
-    check_select_metric(cfg, eval_rewards)  # against the built rewards' names: the one check that waits for them
+    check_select_metric(cfg, split_rewards)  # against the built rewards' names: the one check that waits for them
     meter = Meter(world.generator.device, count_flops=cfg.count_flops)
     ctx = Context(k=cfg.k, reward=reward, decode=lambda x: _decode(meter, world, x),
                   features=lambda space: _features(meter, world, space), rng=torch.Generator(),

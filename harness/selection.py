@@ -29,6 +29,18 @@ def check_select_metric(cfg: RunConfig, eval_rewards: dict[str, Any]) -> None:
         raise unknown("select_metric reward", reward, list(eval_rewards))
 
 
+def eval_split_rewards(cfg: RunConfig, eval_rewards: dict[str, Any]) -> dict[str, Any]:
+    """The built rewards the evaluation split scores: ``cfg.eval_split_rewards`` of ``eval_rewards`` (all when
+    empty); a name that is not a built evaluation reward is a one-line error naming the valid ones."""
+    if not cfg.eval_split_rewards:
+        return eval_rewards
+    for name in cfg.eval_split_rewards:
+        if name not in eval_rewards:
+            raise ValueError(f"--eval-split-rewards '{name}' is not an evaluation reward of this run; valid: "
+                             f"{', '.join(eval_rewards)} (the training reward and --evals)")
+    return {name: reward for name, reward in eval_rewards.items() if name in cfg.eval_split_rewards}
+
+
 @dataclass
 class Selection:
     """The best evaluation point so far by ``select_metric`` (ties keep the earlier point) and its weights."""

@@ -39,3 +39,24 @@ def test_runs_without_a_curve_split_draw_their_curves_on_validation(tmp_path):
     run(tiny_run(tmp_path, run_id="v"), METHODS.get("drpo").Config(m=1), progress=False)
     curve = overopt.curve(Store(str(tmp_path)), "drpo", ["v"], "jpeg", "jpeg")
     assert curve.prefix == "eval" and "validation" in overopt.SPLIT_NAMES[curve.prefix]
+
+
+def test_eval_split_rewards_leave_the_other_rewards_to_the_test_split_and_its_curve(tmp_path):
+    cfg = tiny_run(tmp_path, run_id="r", evals=("jpeg", "colorfulness"), eval_split_rewards=("jpeg",),
+                   test_split="test", test_seeds=1, curve_split="test", curve_seeds=1, select_metric="jpeg")
+    summary = run(cfg, METHODS.get("drpo").Config(m=1), progress=False)
+    evals = _rows(tmp_path / "runs" / "r" / "metrics.jsonl", "eval")
+    assert all("eval/jpeg/mean" in r and not any(k.startswith("eval/colorfulness/") for k in r) for r in evals)
+    assert all("curve/colorfulness/mean" in r for r in evals)
+    assert "test/colorfulness/mean" in summary and "test_selected/colorfulness/mean" in summary
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(eval_split_rewards=("colorfulness",)), "'colorfulness'"),  # built, but not an evaluation reward here
+    (dict(eval_split_rewards=("jpeg",), evals=("jpeg", "colorfulness"), select_metric="colorfulness"),
+     "select_metric reward 'colorfulness'"),
+])
+def test_eval_split_rewards_name_built_rewards_and_keep_the_selection_reward(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        run(tiny_run(tmp_path, run_id="bad", **changes), METHODS.get("drpo").Config(m=1), progress=False)
+    assert not (tmp_path / "runs" / "bad" / "summary.json").exists()

@@ -29,9 +29,10 @@ def test_unchanged_weights_reuse_the_base_scores_and_changed_weights_are_scored(
     fresh, _ = evals.evaluate(world.generator)  # a fresh adapter: the base's images
     assert reward.images == 6  # the base once, not the same images twice
     assert fresh["eval/jpeg/mean"] == fresh["eval/jpeg/base_mean"] and fresh["eval/drift/pixel_rms"] == 0.0
+    noise = torch.Generator().manual_seed(0)  # a fixed move: JPEG size cannot see some small random ones
     with torch.no_grad():
         for p in world.generator.trainable():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.5 * torch.randn(p.shape, generator=noise))
     moved, _ = evals.evaluate(world.generator)
     assert reward.images == 12 and moved["eval/drift/pixel_rms"] > 0
     assert moved["eval/jpeg/mean"] != moved["eval/jpeg/base_mean"]
@@ -49,11 +50,11 @@ def test_table_design_fills_only_what_is_left_empty():
 
     assert with_design(Table2Config()).seeds == (0, 1, 2, 3, 4)
     second = with_design(Table2Config(profile="shapes2"))
-    assert (second.seeds, second.test_seeds, second.curve_seeds) == (tuple(range(9)), 8, 2)
+    assert (second.seeds, second.test_seeds, second.curve_seeds) == (tuple(range(9)), 4, 2)
     mine = with_design(Table2Config(profile="shapes2", seeds=(3,), test_seeds=5))
     assert (mine.seeds, mine.test_seeds, mine.curve_seeds) == ((3,), 5, 2)
     defaults = with_design(Table2Config(profile="shapes2-defaults"))
-    assert (defaults.seeds, defaults.test_seeds) == (tuple(range(9)), 8)
+    assert (defaults.seeds, defaults.test_seeds) == (tuple(range(9)), 4)
 
 
 def test_base_scores_are_shared_across_runs_only_for_the_same_reward_pixels_and_prompts():

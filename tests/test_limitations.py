@@ -51,7 +51,7 @@ def test_the_full_plan_by_hand():
     points = plan_points(cfg, scale, res)
     run0 = res.runs["drpo"]
     assert (run0.profile, run0.k, run0.prompts_per_step, run0.updates, run0.test_split, run0.test_seeds) == \
-        ("shapes2", 16, 2, 96, "test", 8)
+        ("shapes2", 16, 2, 96, "test", 4)
     by = {}
     for p in points:
         by.setdefault(p.part, []).append(p)

@@ -82,7 +82,7 @@ SCALES: dict[str, Scale] = {
                    lam=(0.0, 0.2), features=("latent", "latent-tokens", "encoder"), best_of_k=(1, 2), offline_updates=2, split="test",
                    study="shapes-drpo-sensitivity", reps=500),
     # The real study (issue 22) on the second Shapes edition: the section's full budget (96 updates of
-    # 2 prompts x K 16), 5 seeds per point, the test split at 8 images per prompt and the test curve at 2 as the
+    # 2 prompts x K 16), 5 seeds per point, the test split at 4 images per prompt and the test curve at 2 as the
     # table has them (``harness.sections.DESIGNS``; so the base point and the baselines are the table's runs of
     # seeds 0-4, reused by key).
     "full": Scale(profile="shapes2", preset="shapes2-pref", methods=_METHODS, seeds=(0, 1, 2, 3, 4),
@@ -103,7 +103,7 @@ class LimitationsConfig:
     seeds: tuple[int, ...] = ()
     """Training seeds of every point (empty: the scale's: smoke 0 1, full 0-4)."""
     test_seeds: int = 0
-    """Test images per prompt (0: the scale's: smoke 2, full 8, as the table)."""
+    """Test images per prompt (0: the scale's: smoke 2, full 4, as the table)."""
     base: Literal["auto", "tuned", "preset"] = "auto"
     """The configurations swept around: "tuned" (the tuned file's section), "preset", or "auto" (tuned where
     the tuned file has the section and method, else the preset)."""

@@ -64,7 +64,7 @@ class Table2Config:
     (profiles without splits, such as sd-turbo, skip it)."""
     test_seeds: int = 0
     """Noise seeds per test prompt (the test noise base is disjoint from the validation noise); 0: the profile's
-    (16; 8 on shapes2)."""
+    (16; 4 on shapes2)."""
     curve_split: str = "test"
     """Split every run also evaluates at each evaluation point for the over-optimisation curves (selection never
     reads it); empty: none, and the curves sit on validation."""
