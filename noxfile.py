@@ -4,7 +4,7 @@
     nox -s faults                 the fault-injection suite alone (kills, full disk, bad input, server load)
     nox -s trackers               every --log-with tracker, each record read back with the tracker's own API
     nox -s reproduce_table2       the main comparison on the embedded default; `-- --profile tiny` for the toy table
-    nox -s tune_table2            re-run the equal-effort tuning the main comparison reads (harness/tuned/shapes.json)
+    nox -s tune_table2            re-run the equal-effort tuning the main comparison reads (harness/tuned/shapes2.json)
     nox -s limitations            the paper's three limitations (smoke plan; `-- --scale full` for the real study)
     nox -s plots                  redraw every figure from stored results
     nox -s lint                   ruff
@@ -69,7 +69,8 @@ def trackers(session: nox.Session) -> None:
 
 @nox.session
 def reproduce_table2(session: nox.Session) -> None:
-    """Run (or resume) the main comparison and write results/table2.md and .csv."""
+    """Run (or resume) the main comparison on the Shapes world's edition 2 and write results/table2-shapes2.md and
+    .csv (`-- --profile shapes` for edition 1's results/table2.md)."""
     install(session)
     session.run("python", "-m", "harness", "table2", *session.posargs)
 
@@ -77,11 +78,12 @@ def reproduce_table2(session: nox.Session) -> None:
 @nox.session
 def tune_table2(session: nox.Session) -> None:
     """Re-run the equal-effort tuning of every method of the main table (resumable) and rewrite
-    harness/tuned/shapes.json, which reproduce_table2 reads."""
+    harness/tuned/shapes2.json, which reproduce_table2 reads (`-- --profile shapes` for edition 1's)."""
     install(session)
-    # The committed studies (results/studies/) are one-seed, trial-count studies: a re-tuning under today's protocol
-    # (two seeds per trial, equal spend) cannot resume them, so it writes its own results root.
-    out = [] if any(a == "--out" or a.startswith("--out=") for a in session.posargs) else ["--out", "results/tune2"]
+    # The committed studies (results/tune2/studies/) ran before validation scored only the selection reward, so their
+    # base runs have other keys and a study refuses to resume them: a re-tuning writes its own results root (its
+    # trials compute what the committed ones did: only validation's proxy scores, which nothing read, are gone).
+    out = [] if any(a == "--out" or a.startswith("--out=") for a in session.posargs) else ["--out", "results/retune"]
     session.run("python", "-m", "harness", "tune", *out, *session.posargs)
 
 

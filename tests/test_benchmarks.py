@@ -680,7 +680,7 @@ def test_table2_passes_the_model_and_prompt_files_to_the_paper_sections(tmp_path
               Store(tmp_path))
     assert xl[0].run_cfg.k == 16 and xl[0].run_cfg.updates == 5000 and xl[0].run_cfg.model == "/x"
     # The tiny table's run configs are untouched by the new fields (stored runs keep their keys).
-    tiny = plan(SECTIONS["tiny"], Table2Config(seeds=(0,)), Store(tmp_path))
+    tiny = plan(SECTIONS["tiny"], Table2Config(profile="tiny", seeds=(0,)), Store(tmp_path))
     assert tiny[0].run_cfg.model == "" and tiny[0].run_cfg.prompts == "train"
     with pytest.raises(ValueError, match="needs --model and --prompts"):
         check_real(Table2Config(profile="sd-turbo"))

@@ -29,6 +29,26 @@ def test_minimum_detectable_difference_by_hand():
 
 
 @pytest.mark.unit
+def test_seeds_for_a_half_width_by_hand():
+    # sd 0.019: n = 8 gives 2.3646 x 0.019 / sqrt(8) = 0.01588 > 0.015; n = 9 gives 2.3060 x 0.019 / 3 = 0.01461
+    assert stats.seeds_for_half_width(0.019, 0.015) == 9
+    assert stats.seeds_for_half_width(0.0, 0.015) == 2
+    assert stats.seeds_for_half_width(math.nan, 0.015) == 0 and stats.seeds_for_half_width(1.0, 1e-4, most=50) == 0
+
+
+@pytest.mark.unit
+def test_the_power_target_line_names_each_miss_with_the_seeds_it_needs():
+    from harness.reporting.tuned_table import Comparison, SectionResult, power_target
+
+    hit, miss = stats.paired([0.01, 0.012, 0.011, 0.013]), stats.paired([0.05, -0.03, 0.02, 0.0])
+    res = SectionResult("s", "proxy", "gold", "drpo", ["proxy", "gold"], [], [], [
+        Comparison("dpo1", "gold", hit), Comparison("pso", "gold", miss), Comparison("pso", "proxy", miss)], [])
+    line = power_target(res)[-1]
+    assert "met by 1 of 2 (dpo1)" in line and f"missed by pso ({miss.half:.4f}" in line
+    assert f"{stats.seeds_for_half_width(miss.sd, 0.015)} seeds would need" in line
+
+
+@pytest.mark.unit
 def test_paired_test_by_hand():
     # d = 0.1, 0.2, 0.3, 0.2, 0.2: mean 0.2, sd sqrt(0.02 / 4) = 0.070711, se 0.031623, t = 6.3246 (df 4)
     t = stats.paired([0.1, 0.2, 0.3, 0.2, 0.2])
@@ -85,7 +105,7 @@ def test_table2_checks_names_and_seeds_before_compute(tmp_path, methods, seeds, 
 
     sections = SECTIONS["shapes"][1:]  # shapes-geneval: drpo, dpo1, pso, ngrpo
     with pytest.raises(ValueError, match=message.replace("?", r"\?")):
-        check_table2(Table2Config(methods=methods, seeds=seeds, out=str(tmp_path)), sections, "shapes")
+        check_table2(Table2Config(profile="shapes", methods=methods, seeds=seeds, out=str(tmp_path)), sections, "shapes")
 
 
 @pytest.mark.unit
@@ -101,7 +121,7 @@ def test_table2_reads_the_studies_where_the_tuned_file_says(tmp_path):
     entry = {"trial": 0, "value": 0.2, "config": {}, "studies_root": str(tmp_path / "tuning")}
     tuned = tmp_path / "tuned.json"
     tuned.write_text(json.dumps({"profile": "shapes", "sections": {"shapes-pref": {"draft": entry}}}))
-    cfg = Table2Config(methods=("draft",), tuned_file=str(tuned), out=str(tmp_path / "elsewhere"))
+    cfg = Table2Config(profile="shapes", methods=("draft",), tuned_file=str(tuned), out=str(tmp_path / "elsewhere"))
     with pytest.raises(FileNotFoundError, match="tune-shapes-pref-draft in .*tuning/studies"):
         check_table2(cfg, SECTIONS["shapes"], "shapes")
     (tmp_path / "tuning" / "studies").mkdir(parents=True)

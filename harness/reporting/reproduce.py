@@ -54,8 +54,9 @@ BENCHMARK = "pickapic-parti"
 class Table2Config:
     """``driftbench table2`` / ``nox -s reproduce_table2``."""
 
-    profile: str = "shapes"
-    """Which table: "shapes" (the embedded default), "tiny", or on a GPU "sd-turbo" / "sdxl-turbo"."""
+    profile: str = "shapes2"
+    """Which table: "shapes2" (the embedded default: the Shapes world's edition 2, split by canonical task),
+    "shapes" (edition 1), "tiny", or on a GPU "sd-turbo" / "sdxl-turbo"."""
     seeds: tuple[int, ...] = ()
     """Training seeds, never used by the tuning (``driftbench tune`` trains with seeds 100 and 101); intervals are over
     these, paired by seed. Empty: the profile's (``harness.sections.DESIGNS``: 0-4; 0-8 on shapes2)."""

@@ -52,6 +52,19 @@ def mdd(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
     return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
 
 
+def seeds_for_half_width(sd: float, target: float, alpha: float = ALPHA, most: int = 1000) -> int:
+    """The fewest seeds n >= 2 whose paired 95% t half-width, t(1 - alpha/2, n-1) * sd / sqrt(n), is at most
+    ``target`` at this SD of the differences; 0 when it cannot be said (no SD) or needs more than ``most``."""
+    from scipy import stats
+
+    if not (math.isfinite(sd) and target > 0):
+        return 0
+    for n in range(2, most + 1):
+        if stats.t.ppf(1 - alpha / 2, n - 1) * sd / math.sqrt(n) <= target:
+            return n
+    return 0
+
+
 def paired(differences: Sequence[float], alpha: float = ALPHA) -> Paired:
     """The paired t-interval and test of per-seed differences (a - b on seed s)."""
     from scipy import stats

@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from harness.reporting import missing, timing
-from harness.reporting.stats import Paired
+from harness.reporting.stats import Paired, seeds_for_half_width
 from harness.reporting.stats import paired as paired_test
 from harness.reporting.tables import fmt, headline, t_interval
 from harness.store import Store
 from methods import METHODS
 
+HALF_WIDTH_TARGET = 0.015
+"""The 95% half-width every paired gold Δ of a tuned table should reach (issue 18: a table that separates methods
+that differ by 0.02 in gold); the table says which Δs miss it and how many seeds their observed SD would need."""
 GOLDS = ("shapes-geneval", "shapes2-geneval")
 """The gold verifiers: shapes-GenEval of the Shapes world's edition 1 or 2."""
 
@@ -234,12 +237,28 @@ def render(res: SectionResult) -> tuple[list[str], list[dict[str, Any]]]:
               f"adjusted by Holm's step-down correction over the family of every paired Δ vs {ref} in this table "
               f"(all sections); MDD: the minimum paired difference this table detects with 80% power at α = 0.05 "
               f"from the observed SD of the differences, shown wherever the interval spans zero."]
+    lines += power_target(res)
     lines += carried_over(res)
     lines += tag_table(res, records)
     lines += timing.cost_line(res.cost, res.clock)
     lines += timing.note(res.clock)
     lines += res.notes
     return lines, records
+
+
+def power_target(res: SectionResult, target: float = HALF_WIDTH_TARGET) -> list[str]:
+    """Which paired gold Δs reach the half-width target, and for each that does not, its half-width, the observed
+    SD of its differences and the seeds that SD would need."""
+    gold = [c for c in res.comparisons if c.reward == res.gold]
+    if not gold:
+        return []
+    met = [c.method for c in gold if math.isfinite(c.test.half) and c.test.half <= target]
+    missed = [f"{c.method} ({c.test.half:.4f}; SD of the differences {c.test.sd:.4f} over {c.test.n} seeds, which "
+              f"{seeds_for_half_width(c.test.sd, target) or 'more than 1000'} seeds would need)"
+              for c in gold if c.method not in met]
+    return ["", f"Power target: a 95% half-width of at most {target} on every paired Δ vs {res.ref} ({res.gold}); met "
+                f"by {len(met)} of {len(gold)}" + (f" ({', '.join(met)})" if met else "")
+            + (f"; missed by {', '.join(missed)}." if missed else ".")]
 
 
 def carried_over(res: SectionResult) -> list[str]:

@@ -46,8 +46,9 @@ DEFAULT_STARTUP = 10
 class TuneConfig:
     """``driftbench tune``: one equal-effort Optuna study per method of each table section."""
 
-    profile: str = "shapes"
-    """Table profile whose sections are tuned (see ``driftbench table2 --help``)."""
+    profile: str = "shapes2"
+    """Table profile whose sections are tuned (see ``driftbench table2 --help``; "shapes2", the embedded default,
+    or "shapes", edition 1)."""
     sections: tuple[str, ...] = ()
     """Section presets to tune (e.g. shapes-pref); empty: every section of the profile."""
     methods: tuple[str, ...] = ()
