@@ -49,6 +49,10 @@ def test_eval_split_rewards_leave_the_other_rewards_to_the_test_split_and_its_cu
     assert all("eval/jpeg/mean" in r and not any(k.startswith("eval/colorfulness/") for k in r) for r in evals)
     assert all("curve/colorfulness/mean" in r for r in evals)
     assert "test/colorfulness/mean" in summary and "test_selected/colorfulness/mean" in summary
+    from harness.reporting.plots import reward_curves
+
+    made = reward_curves(Store(str(tmp_path)), "t", ["r"], tmp_path / "plots")  # validation held jpeg alone
+    assert [stem for stem, _ in made] == ["t__jpeg__vs_updates_flops_seconds"]
 
 
 @pytest.mark.parametrize("changes, message", [

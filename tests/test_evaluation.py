@@ -50,11 +50,20 @@ def test_table_design_fills_only_what_is_left_empty():
 
     assert with_design(Table2Config(profile="shapes")).seeds == (0, 1, 2, 3, 4)
     second = with_design(Table2Config(profile="shapes2"))
-    assert (second.seeds, second.test_seeds, second.curve_seeds) == (tuple(range(9)), 4, 2)
+    assert (second.seeds, second.test_seeds, second.curve_seeds) == (tuple(range(8)), 4, 2)
     mine = with_design(Table2Config(profile="shapes2", seeds=(3,), test_seeds=5))
     assert (mine.seeds, mine.test_seeds, mine.curve_seeds) == ((3,), 5, 2)
     defaults = with_design(Table2Config(profile="shapes2-defaults"))
-    assert (defaults.seeds, defaults.test_seeds) == (tuple(range(9)), 4)
+    assert (defaults.seeds, defaults.test_seeds) == (tuple(range(8)), 4)
+
+
+def test_a_table_reads_its_own_profiles_tuned_file():
+    from harness.reporting.reproduce import Table2Config, tuned_file
+
+    assert tuned_file(Table2Config(profile="shapes2")).name == "shapes2.json"
+    assert tuned_file(Table2Config(profile="shapes2-defaults")).name == "shapes2.json"
+    assert tuned_file(Table2Config(profile="shapes")).name == "shapes.json"
+    assert str(tuned_file(Table2Config(profile="shapes2", tuned_file="x/t.json"))) == "x/t.json"
 
 
 def test_base_scores_are_shared_across_runs_only_for_the_same_reward_pixels_and_prompts():

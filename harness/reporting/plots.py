@@ -97,14 +97,18 @@ def reward_curves(store: Store, tag: str, run_ids: Sequence[str], directory: Pat
     plt = _style()
     manifest = store.manifest(run_ids[0])
     rewards = [manifest["reward"]] + sorted(r for r in manifest["versions"]["evals"] if r != manifest["reward"])
+    scored = manifest["run"].get("eval_split_rewards") or rewards  # validation may score only the selection reward
     made = []
-    for reward in rewards:
-        data = curves(store, run_ids, reward)
+    for reward in [r for r in rewards if r in scored]:
+        data = {m: [r for r in runs if r] for m, runs in curves(store, run_ids, reward).items()}
+        data = {m: runs for m, runs in data.items() if runs}
+        if not data:
+            continue
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
         for ax, (axis, (_, label)) in zip(axes, X_AXES.items()):
             col = list(X_AXES).index(axis)
             for method in sorted(data, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
-                runs = [r for r in data[method] if r]
+                runs = data[method]
                 n = min(len(r) for r in runs)
                 xs = np.array([[p[col] for p in r[:n]] for r in runs]).mean(0) / (1e12 if axis == "flops" else 1)
                 ys = np.array([[p[3] for p in r[:n]] for r in runs])

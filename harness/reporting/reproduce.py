@@ -41,7 +41,7 @@ from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
 from harness.run import run
 from harness.sections import DESIGNS, SECTIONS, Design, Section
 from harness.store import RunLock, Store, read_json, source_hash
-from harness.studies.tuned import tuned_configs
+from harness.studies.tuned import TUNED_DIR, tuned_configs
 from harness.validate import Bound, at_least, nonnegative
 from methods import METHODS
 
@@ -59,7 +59,7 @@ class Table2Config:
     "shapes" (edition 1), "tiny", or on a GPU "sd-turbo" / "sdxl-turbo"."""
     seeds: tuple[int, ...] = ()
     """Training seeds, never used by the tuning (``driftbench tune`` trains with seeds 100 and 101); intervals are over
-    these, paired by seed. Empty: the profile's (``harness.sections.DESIGNS``: 0-4; 0-8 on shapes2)."""
+    these, paired by seed. Empty: the profile's (``harness.sections.DESIGNS``: 0-4; 0-7 on shapes2)."""
     test_split: str = "test"
     """Split every run is finally evaluated on, once at its validation-selected checkpoint and once at the end
     (profiles without splits, such as sd-turbo, skip it)."""
@@ -129,6 +129,11 @@ def with_design(cfg: Table2Config) -> Table2Config:
 
 def _tuned_profile(profile: str) -> str:
     return profile.split("-")[0]
+
+
+def tuned_file(cfg: Table2Config) -> Path:
+    """The tuned file a table reads: ``--tuned-file``, else its profile's (``shapes2-defaults``: shapes2's)."""
+    return Path(cfg.tuned_file) if cfg.tuned_file else TUNED_DIR / f"{_tuned_profile(cfg.profile)}.json"
 
 
 def _test_overrides(cfg: Table2Config, preset: Preset) -> dict[str, Any]:
@@ -387,7 +392,7 @@ def reproduce(cfg: Table2Config) -> Path:
         extra = paper_table(cfg.profile, results)
     name = "table2" if cfg.profile == "shapes" else f"table2-{cfg.profile}"
     path = write_table(sections, store, Path(cfg.out), elapsed=time.time() - started, extra=extra, name=name,
-                       tuned_path=Path(cfg.tuned_file) if cfg.tuned_file else None)
+                       tuned_path=tuned_file(cfg))
     if cfg.plots:
         from harness.reporting.plots import PlotsConfig, plots
 

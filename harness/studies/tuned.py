@@ -67,7 +67,7 @@ def tuned_entries(section: str, path: str | Path | None = None, profile: str = "
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a tuned file ({err})") from None
     if section not in sections:
-        raise unknown(f"section of {path.name}", section, list(sections))
+        raise ValueError(f"{path}: {unknown('tuned section', section, list(sections))}")
     return sections[section]
 
 
