@@ -249,7 +249,7 @@ def study_figures(root: Path) -> list[tuple[str, str]]:
 TABLE_FIGURES = {
     "__overoptimisation": "{section} ({kind} configurations): over-optimisation, one column per method; rows: "
                           "gold, proxy and distance from the base on the runs' curve split (test prompts and noise, "
-                          "4 images per prompt; validation for runs without one), each against the update "
+                          "the first images of the test split; validation for runs without one), each against the update "
                           "(seed mean ± 1 SD; grey: the other methods). Written by `driftbench table2`.",
     "__tuning_best_so_far": "{section}: equal-effort tuning, the best validation value so far against the updates "
                             "its trials metered (in full runs), one line per method's study. Written by `driftbench table2` from the studies.",
