@@ -41,7 +41,7 @@ from harness.reporting.table2 import PAPER_TABLES, paper_table, write_table
 from harness.run import run
 from harness.sections import DESIGNS, SECTIONS, Design, Section
 from harness.store import RunLock, Store, read_json, source_hash
-from harness.studies.tuned import TUNED_DIR, tuned_configs
+from harness.studies.tuned import tuned_configs, tuned_path
 from harness.validate import Bound, at_least, nonnegative
 from methods import METHODS
 
@@ -133,7 +133,7 @@ def _tuned_profile(profile: str) -> str:
 
 def tuned_file(cfg: Table2Config) -> Path:
     """The tuned file a table reads: ``--tuned-file``, else its profile's (``shapes2-defaults``: shapes2's)."""
-    return Path(cfg.tuned_file) if cfg.tuned_file else TUNED_DIR / f"{_tuned_profile(cfg.profile)}.json"
+    return tuned_path(_tuned_profile(cfg.profile), cfg.tuned_file)
 
 
 def _test_overrides(cfg: Table2Config, preset: Preset) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from harness.studies import study as studies
 from harness.studies.config import resolve
 from harness.studies.spend import study_spend
 from harness.studies.study import StudyConfig, counted, load_study
-from harness.studies.tuned import TUNED_DIR
+from harness.studies.tuned import tuned_path
 from harness.validate import Bound, at_least, nonnegative
 
 LR_SPACE = "lr=1e-5:1e-2:log"
@@ -170,7 +170,7 @@ def effort(cfg: TuneConfig, section: str, the_study: Any) -> dict[str, Any]:
 def write_tuned(cfg: TuneConfig, pairs: list[tuple[str, str]], log: Callable[[str], None] = print) -> Path:
     """Write the tuned file from the stored studies (existing entries of other sections are kept)."""
 
-    path = Path(cfg.tuned_file) if cfg.tuned_file else TUNED_DIR / f"{cfg.profile}.json"
+    path = tuned_path(cfg.profile, cfg.tuned_file)
     data = json.loads(path.read_text()) if path.is_file() else {"profile": cfg.profile, "sections": {}}
     for section, method in pairs:
         the_study = load_study(study_name(section, method), out=cfg.out)

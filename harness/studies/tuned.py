@@ -34,10 +34,15 @@ def unequal_effort(entries: dict[str, dict[str, Any]], spends: dict[str, float] 
     return keys + ([spend] if spend else [])
 
 
+def tuned_path(profile: str, path: str | Path | None = None) -> Path:
+    """The tuned file: ``path`` when given, else the profile's committed one (``harness/tuned/<profile>.json``)."""
+    return Path(path) if path else TUNED_DIR / f"{profile}.json"
+
+
 def tuned_configs(section: str, path: str | Path | None = None, profile: str = "shapes") -> dict[str, Any]:
     """{method: validated Config} of a section from the tuned file; raises a one-line error naming an
     unknown section, method or field, or a value of the wrong type."""
-    path = Path(path) if path else TUNED_DIR / f"{profile}.json"
+    path = tuned_path(profile, path)
     entries = tuned_entries(section, path, profile)
     return {m: method_config(m, entry.get("config"), f"tuned file {path}: {section}.{m}") for m, entry in entries.items()}
 
@@ -58,7 +63,7 @@ def studies_root(section: str, path: str | Path | None = None, profile: str = "s
 
 def tuned_entries(section: str, path: str | Path | None = None, profile: str = "shapes") -> dict[str, dict]:
     """The raw entries (study, trial, value, config, commit, effort) of one section of the tuned file."""
-    path = Path(path) if path else TUNED_DIR / f"{profile}.json"
+    path = tuned_path(profile, path)
     if not path.is_file():
         raise FileNotFoundError(f"no tuned file at {path}; run `driftbench tune --profile {profile}`")
     try:
