@@ -61,13 +61,14 @@ def test_the_full_plan_by_hand():
     assert [p.images for p in by["k-prompts"]] == [16, 32, 48, 64]
     assert [p.value for p in by["lambda"]] == ["0", "0.2", "0.5", "1"]  # the preset's 0.2 is the base
     assert [p.method_cfg.grouping for p in by["features"]] == ["prompt", "prompt", "position"]
+    assert [p.method_cfg.reference for p in by["reference"]] == ["drift", "none", "perceptual"]
     assert [p.value for p in by["baseline"]] == ["dpo1", "pso", "ngrpo", "draft", "vggflow"]
     assert by["offline"][0].run.offline_data and by["offline"][0].method_cfg.anchors == "offline"
-    # Distinct configurations: the base, 4 + 2 + 3 + 3 + 3 + 2 sweep points away from it, 5 baselines, offline,
-    # online; x 5 seeds.
+    # Distinct configurations: the base, 4 + 2 + 3 + 3 + 3 + 2 + 2 sweep points away from it, 5 baselines,
+    # offline, online; x 5 seeds.
     _, runs, refs = plan_seconds(points, scale.seeds, scale.test_seeds, (1, 4, 16), "shapes2",
                                  Rates(0.0, {"drpo": 0.0}, 0.0, 0.0, "zero"))
-    assert (runs, refs) == ((1 + 17 + 5 + 2) * 5, 3)
+    assert (runs, refs) == ((1 + 19 + 5 + 2) * 5, 3)
 
 
 def test_the_time_model_by_hand():
@@ -113,7 +114,7 @@ def test_the_sensitivity_study_is_quoted_when_stored_and_named_when_not(tmp_path
     (folder / "importances.csv").write_text("parameter,importance,low,high\nradius_scale,0.41,0.20,0.63\nm,0.05,0.00,0.12\n")
     (folder / "best.json").write_text(json.dumps({"value": 0.31, "params": {"m": 4}}))
     text = "\n".join(_study(plan))
-    assert "| parameter | importance | low | high |" in text and "| radius_scale | 0.41 | 0.20 | 0.63 |" in text
+    assert "| parameter | importance | low | high |" in text and "| radius_scale | 0.41 | 0.2 | 0.63 |" in text
     assert "Best trial: value 0.31" in text and "Not run" not in text
 
 
@@ -155,7 +156,7 @@ def test_the_smoke_plan_end_to_end_and_resumable(tmp_path, capsys):
                     "## Limitation 3: offline to online", "**Verdict: ", "## Time", "Estimated time of the full plan"):
         assert heading in text, heading
     assert "corresponds to matched prompts" in text
-    for factor in ("bandwidth", "k-images", "k-prompts", "m", "lambda", "features"):
+    for factor in ("bandwidth", "k-images", "k-prompts", "m", "lambda", "reference", "features"):
         assert f"| {factor} | " in text
     for name in ("sweeps", "per_prompt", "best_of_k", "offline_online"):
         assert (out / "limitations-smoke" / f"{name}.png").is_file()

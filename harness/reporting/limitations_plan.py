@@ -30,9 +30,9 @@ from harness.validate import Bound, at_least, within
 
 PARTS = ("sweeps", "prompts", "best-of-k", "offline")
 """The report's parts: one-factor sweeps, prompt selection, best-of-K, offline -> online."""
-FACTORS = ("bandwidth", "k-images", "k-prompts", "m", "lambda", "features")
+FACTORS = ("bandwidth", "k-images", "k-prompts", "m", "lambda", "reference", "features")
 """The swept factors: the radius scale of the preference field's kernel, K at matched images, K at matched
-prompts, M, lambda (the reference drift's weight) and the feature space."""
+prompts, M, lambda (the reference drift's weight), the reference objective and the feature space."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class Scale:
     k: tuple[int, ...]
     m: tuple[int, ...]
     lam: tuple[float, ...]
+    reference: tuple[str, ...]
+    """Reference objectives (``drpo.Config.reference``): the sensitivity study cannot search it (DrPO's
+    ``space()`` has no such parameter), so the sweeps measure it."""
     features: tuple[str, ...]
     best_of_k: tuple[int, ...]
     """Best-of-K references on the test split (the run's K, the matched one, is always added; K = 1 is the base)."""
@@ -64,6 +67,9 @@ class Scale:
     "test" (the final weights)."""
     study: str
     """Name of DrPO's sensitivity study (``driftbench study``) whose stored report is quoted."""
+    study_trials: int
+    """Its trials, all drawn at random (``--startup-trials`` = ``--trials``: uniform coverage of the space, which
+    importances need, rather than TPE's crowding near the best) and none pruned."""
     reps: int
     """Prompt-bootstrap replicates."""
 
@@ -79,8 +85,8 @@ SCALES: dict[str, Scale] = {
                             eval_prompt_limit=4, checkpoint_every=0),
                    method_changes={m: {"lr": 1e-2, **({"m": 2} if m in ("drpo", "dpo1") else {})} for m in _METHODS},
                    bandwidth=(0.5, 1.0), k=(4, 8), m=(1, 2),
-                   lam=(0.0, 0.2), features=("latent", "latent-tokens", "encoder"), best_of_k=(1, 2), offline_updates=2, split="test",
-                   study="shapes-drpo-sensitivity", reps=500),
+                   lam=(0.0, 0.2), reference=("drift", "none"), features=("latent", "latent-tokens", "encoder"), best_of_k=(1, 2), offline_updates=2, split="test",
+                   study="shapes-drpo-sensitivity", study_trials=8, reps=500),
     # The real study (issue 22) on the second Shapes edition: the section's full budget (96 updates of
     # 2 prompts x K 16), 5 seeds per point, the test split at 4 images per prompt and the test curve at 2 as the
     # table has them (``harness.sections.DESIGNS``; so the base point and the baselines are the table's runs of
@@ -88,8 +94,9 @@ SCALES: dict[str, Scale] = {
     "full": Scale(profile="shapes2", preset="shapes2-pref", methods=_METHODS, seeds=(0, 1, 2, 3, 4),
                   test_seeds=DESIGNS["shapes2"].test_seeds,
                   run=dict(curve_split="test", curve_seeds=DESIGNS["shapes2"].curve_seeds), method_changes={}, bandwidth=(0.25, 0.5, 1.0, 2.0, 4.0), k=(8, 16, 24, 32), m=(2, 4, 6, 8),
-                  lam=(0.0, 0.2, 0.5, 1.0), features=("encoder", "latent-tokens", "latent"), best_of_k=(1, 4, 16),
-                  offline_updates=96, split="test_selected", study="shapes2-drpo-sensitivity", reps=4000),
+                  lam=(0.0, 0.2, 0.5, 1.0), reference=("drift", "perceptual", "none"), features=("encoder", "latent-tokens", "latent"), best_of_k=(1, 4, 16),
+                  offline_updates=96, split="test_selected", study="shapes2-drpo-sensitivity", study_trials=36,
+                  reps=4000),
 }
 
 
@@ -111,7 +118,7 @@ class LimitationsConfig:
     """Tuned file for --base tuned/auto; empty: ``harness/tuned/<profile>.json``."""
     parts: tuple[Literal["sweeps", "prompts", "best-of-k", "offline"], ...] = PARTS
     """Which parts to run and report."""
-    factors: tuple[Literal["bandwidth", "k-images", "k-prompts", "m", "lambda", "features"], ...] = FACTORS
+    factors: tuple[Literal["bandwidth", "k-images", "k-prompts", "m", "lambda", "reference", "features"], ...] = FACTORS
     """Which factors the sweeps part varies."""
     k: tuple[int, ...] = ()
     """K values of both K sweeps (empty: the scale's)."""
@@ -253,6 +260,9 @@ def sweep_points(scale: Scale, res: Resolved, factors: tuple[str, ...]) -> list[
         elif factor == "lambda":
             for lam in _with_base(scale.lam, drpo.lam):
                 points.append(Point(factor, f"{lam:g}", "drpo", run0, dataclasses.replace(drpo, lam=lam)))
+        elif factor == "reference":
+            for objective in _with_base(scale.reference, drpo.reference):
+                points.append(Point(factor, objective, "drpo", run0, dataclasses.replace(drpo, reference=objective)))
         elif factor == "features":
             for space in _with_base(scale.features, drpo.features):
                 grouping = "position" if space == "latent-tokens" else "prompt"

@@ -47,7 +47,7 @@ from harness.store import Store, git_state, read_json, write_atomic
 FACTOR_TITLES = {"bandwidth": "bandwidth (× the base's preference-kernel radii)",
                  "k-images": "K at matched images per update (K × prompts fixed)",
                  "k-prompts": "K at matched prompts per update (more images)", "m": "M (positives = negatives)",
-                 "lambda": "λ (reference drift weight)", "features": "feature space"}
+                 "lambda": "λ (reference drift weight)", "reference": "reference objective", "features": "feature space"}
 
 
 def report_name(scale: str) -> str:
@@ -106,23 +106,46 @@ def _study(plan: Plan) -> list[str]:
     name = plan.scale.study
     folder = Path(plan.cfg.out) / "studies" / name
     run0 = plan.resolved.runs["drpo"]
+    n, lr = plan.scale.study_trials, plan.resolved.configs["drpo"].lr
     command = (f"`driftbench study --name {name} --method drpo --preset {plan.scale.preset} --seeds 100 101 "
-               f"--space k=8:32` then `driftbench study-report {name}` (harness/studies/)")
-    lines = ["### DrPO's sensitivity study (validation, two or more seeds per trial)", ""]
+               f"--objective {plan.gold} --at-best --pruner none --trials {n} --startup-trials {n} --space k=8:32 "
+               f"lr={lr!r}` then `driftbench study-report {name}` (harness/studies/)")
+    lines = ["### DrPO's sensitivity study (validation, two or more seeds per trial)", "",
+             f"{n} trials drawn at random over DrPO's search space (feature space, kernel, radius scale, M, λ, tie "
+             f"handling) and K from 8 to 32 at matched prompts, the learning rate held at the base's {lr:.3g} (a "
+             f"searched step size would take the importance that belongs to the drift's choices); each trial is "
+             f"the mean of training seeds 100 and 101, scored by {plan.gold} on validation at the selected "
+             "checkpoint; none pruned. Command: " + command + ".", "",
+             "Columns: `objective` is PED-ANOVA's share of the importance (shares sum to 1); `objective_low` / "
+             "`objective_high` its 95% bootstrap interval over trials; `p_chance` the permutation test of the "
+             "parameter's divergence against shuffled objectives, Holm-adjusted over the parameters; `seed_<s>` "
+             "the share when each trial is scored by that seed alone. The reference objective is not in the "
+             "space (DrPO's `space()` has no such parameter); the sweeps below measure it.", ""]
     importances = folder / "importances.csv"
     if not importances.is_file():
-        return lines + [f"Not run: no stored study report at `{folder}/`. It is run by {command}; this report quotes "
-                        f"its importances once they are stored (base run: K {run0.k}, {run0.updates} updates).", ""]
+        return lines + [f"Not run: no stored study report at `{folder}/`. The command above runs it; this report "
+                        f"quotes its importances once they are stored (base run: K {run0.k}, {run0.updates} updates).",
+                        ""]
     with importances.open() as f:
         rows = list(csv.reader(f))
     lines += [f"Quoted from `{importances}` (written by `driftbench study-report {name}`):", "",
               "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows[1:]]
+    if (folder / "importances.png").is_file():
+        lines += ["", f"![importances of study {name}]({folder.relative_to(plan.cfg.out)}/importances.png)"]
     best = folder / "best.json"
     if best.is_file():
         record = read_json(best)
         lines += ["", f"Best trial: value {record.get('value')}, configuration `{record.get('config', record.get('params'))}`."]
     return lines + [""]
+
+
+def _cell(text: str) -> str:
+    """A stored number to three significant digits (an importance share, an interval bound or a p); text as is."""
+    try:
+        return f"{float(text):.3g}"
+    except ValueError:
+        return text
 
 
 def _sweeps(plan: Plan, store: Store, directory: Path | None) -> list[str]:

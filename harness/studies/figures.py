@@ -17,6 +17,8 @@ from typing import Any
 
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from harness.reporting.importance import importance_table
+
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """Colour-blind-safe categorical palette (Okabe and Ito); continuous values use ``cividis``."""
 CMAP = "cividis"
@@ -30,10 +32,10 @@ DRIFT_LABEL = "pixel RMS change from base (images in [0, 1])"
 def draw(study: Any, complete: Sequence[Any], labels: list[str], out: Path, log=print):
     """importances.csv and every figure of ``study``; returns the importance table (sorted, most important first)."""
     table, notes = importances(study, labels, out)
+    _importance_bars(study, table, labels, notes, out)
     if len(labels) == 1 and not notes:
         _optuna_figures(study, table, labels[0], out, log)
         return table
-    _importance_bars(study, table, labels, notes, out)
     _slices(complete, labels, out)
     if not _contours(complete, table, labels[0], out):
         log("no contour plot: fewer than two numeric parameters with more than one value")
@@ -41,18 +43,21 @@ def draw(study: Any, complete: Sequence[Any], labels: list[str], out: Path, log=
 
 
 def _optuna_figures(study: Any, table: Any, label: str, out: Path, log) -> None:
-    """Optuna's matplotlib importance, slice and contour plots of a single-objective study."""
+    """Optuna's matplotlib slice and contour plots of a single-objective study (the importances are hand-drawn,
+    with their intervals). A single pair gets the hand-drawn contour: Optuna's one-panel contour figure has a
+    zero-height grid that matplotlib's constrained layout divides by."""
     import optuna
     from optuna.visualization import matplotlib as plots
 
     with warnings.catch_warnings():  # the matplotlib backend is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        _save_axes(plots.plot_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-                                                target_name=label), out / "importances")
         _save_axes(plots.plot_slice(study, target_name=label), out / "slices")
         pair = _numeric(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), table)
         if len(pair) < 2:
             log("no contour plot: fewer than two numeric parameters with more than one value")
+            return
+        if len(pair) == 2:
+            _contours(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), table, label, out)
             return
         _save_axes(plots.plot_contour(study, params=[name for name, _ in pair], target_name=label),
                    out / "contours")
@@ -91,10 +96,25 @@ def importances(study: Any, labels: list[str], out: Path):
         except (ValueError, RuntimeError) as exc:  # too few trials, or no parameter that varies
             values, notes = {}, notes + [f"{column}: {exc}"]
         table[column] = [values.get(n, float("nan")) for n in names]
+        if i == 0 and values:
+            _intervals(study, sign, table)
     table = table.sort_values("objective", ascending=False, na_position="last")
     table.to_csv(out / "importances.csv", index=False)
     return table, notes
 
+
+
+def _intervals(study: Any, sign: float, table: Any) -> None:
+    """The objective's importance columns: 95% bootstrap interval, permutation p against chance and per-seed
+    shares (``harness.reporting.importance``)."""
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    rows = {r["param"]: r for r in importance_table(complete, sign)}
+    extra = [c for c in next(iter(rows.values()), {}) if c not in ("param", "importance")]
+    for column in extra:
+        table[f"objective_{column}" if column in ("low", "high") else column] = \
+            [rows.get(n, {}).get(column, float("nan")) for n in table["param"]]
 
 
 def _figure(width: float, height: float):
@@ -119,10 +139,14 @@ def _importance_bars(study: Any, table: Any, labels: list[str], notes: list[str]
     fig = _figure(6, 0.5 + 0.45 * max(len(names), 1))
     ax = fig.add_subplot()
     height = 0.8 / len(labels)
-    for i, column in enumerate(table.columns[1:]):
+    bounded = "objective_low" in table
+    for i, column in enumerate(c for c in ("objective", "pixel_drift") if c in table):
         ax.barh([y + i * height for y in range(len(table))], table[column].fillna(0), height=height,
-                color=OKABE_ITO[i], label=labels[i])
-    ax.set_yticks([y + (len(labels) - 1) * height / 2 for y in range(len(table))], table["param"])
+                color=OKABE_ITO[i], label=labels[i] + (" (95% bootstrap over trials)" if i == 0 and bounded else ""),
+                xerr=_error_bars(table) if i == 0 and bounded else None, error_kw=dict(lw=0.8, capsize=2))
+    ticks = [f"{n}\n(chance p {p:.2g})" if bounded and p == p else n
+             for n, p in zip(table["param"], table["p_chance"] if bounded else table["param"])]
+    ax.set_yticks([y + (len(labels) - 1) * height / 2 for y in range(len(table))], ticks, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("importance (PED-ANOVA, normalised to sum to 1)")
     ax.set_ylabel("parameter")
@@ -130,6 +154,16 @@ def _importance_bars(study: Any, table: Any, labels: list[str], notes: list[str]
     ax.set_title(f"Parameter importances, study '{study.study_name}'{note}", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, out / "importances")
+
+
+def _error_bars(table: Any) -> Any:
+    """(2, parameters) distances from each share to its bootstrap bounds, 0 where a bound is missing."""
+    import numpy as np
+
+    share = table["objective"].to_numpy(dtype=float)
+    low = np.nan_to_num(share - table["objective_low"].to_numpy(dtype=float)).clip(min=0)
+    high = np.nan_to_num(table["objective_high"].to_numpy(dtype=float) - share).clip(min=0)
+    return np.vstack([low, high])
 
 
 def _positions(values: list[Any], dist: Any) -> tuple[list[float], list[Any] | None]:
