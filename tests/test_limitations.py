@@ -64,11 +64,12 @@ def test_the_full_plan_by_hand():
     assert [p.method_cfg.reference for p in by["reference"]] == ["drift", "none", "perceptual"]
     assert [p.value for p in by["baseline"]] == ["dpo1", "pso", "ngrpo", "draft", "vggflow"]
     assert by["offline"][0].run.offline_data and by["offline"][0].method_cfg.anchors == "offline"
+    assert by["long"][0].run.updates == 96 + 96 and by["long"][0].method_cfg == res.configs["drpo"]
     # Distinct configurations: the base, 4 + 2 + 3 + 3 + 3 + 2 + 2 sweep points away from it, 5 baselines,
-    # offline, online; x 5 seeds.
+    # offline, online, the longer online control; x 5 seeds.
     _, runs, refs = plan_seconds(points, scale.seeds, scale.test_seeds, (1, 4, 16), "shapes2",
                                  Rates(0.0, {"drpo": 0.0}, 0.0, 0.0, "zero"))
-    assert (runs, refs) == ((1 + 19 + 5 + 2) * 5, 3)
+    assert (runs, refs) == ((1 + 19 + 5 + 3) * 5, 3)
 
 
 def test_the_time_model_by_hand():

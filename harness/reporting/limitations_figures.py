@@ -77,15 +77,15 @@ def best_of_k(directory: Path, rows: list[tuple[str, float, float, float, bool]]
 
 
 def offline_online(directory: Path, curves: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
-                   gold: str) -> str:
-    """Validation gold against online updates, mean and 95% band over seeds, per arm."""
+                   gold: str, xlabel: str = "online updates") -> str:
+    """Gold against updates, mean and 95% band over seeds, per arm."""
     plt = _style()
     fig, ax = plt.subplots(figsize=(4.4, 3.0))
     for j, (arm, (x, mean, half)) in enumerate(curves.items()):
         x, mean, half = np.asarray(x, float), np.asarray(mean, float), np.nan_to_num(np.asarray(half, float))
         ax.plot(x, mean, "o-", color=PALETTE[j], label=arm)
         ax.fill_between(x, mean - half, mean + half, color=PALETTE[j], alpha=0.2)
-    ax.set_xlabel("online updates")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(gold)
     ax.legend(fontsize=7)
     save(fig, directory, "offline_online")

@@ -175,7 +175,8 @@ class Point:
     """One configuration of the plan, run at every seed."""
 
     part: str
-    """"base", a factor of FACTORS, "baseline", "offline" or "online" (the offline runs continued online)."""
+    """"base", a factor of FACTORS, "baseline", "offline", "online" (the offline runs continued online) or "long"
+    (online from scratch for the offline plus the online updates)."""
     value: str
     """The factor's value as the report shows it (a method name for baselines)."""
     method: str
@@ -191,7 +192,7 @@ class Point:
 
     @property
     def label(self) -> str:
-        return f"{self.part}-{self.value}" if self.part not in ("base", "offline", "online") else self.part
+        return f"{self.part}-{self.value}" if self.part not in ("base", "offline", "online", "long") else self.part
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,9 @@ def plan_points(cfg: LimitationsConfig, scale: Scale, res: Resolved) -> list[Poi
         points.append(Point("offline", "offline", "drpo", run0.replace(offline_data=True, updates=scale.offline_updates),
                             dataclasses.replace(drpo, anchors="offline")))
         points.append(Point("online", "online", "drpo", run0, drpo))  # init_from: the seed's offline run
+        # The control that tells an offline start from more updates: online from scratch for as many updates as
+        # the offline and the online run together.
+        points.append(Point("long", "long", "drpo", run0.replace(updates=run0.updates + scale.offline_updates), drpo))
     return points
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from harness.best_of_k import references
 from harness.reporting import limitations_figures as figures
@@ -41,6 +42,7 @@ from harness.reporting.limitations_plan import (
     resolve,
     scale_of,
 )
+from harness.reporting.stats import holm
 from harness.reporting.tables import headline, t_interval
 from harness.store import Store, git_state, read_json, write_atomic
 
@@ -158,23 +160,29 @@ def _sweeps(plan: Plan, store: Store, directory: Path | None) -> list[str]:
              f"Each point changes one factor of DrPO's base configuration and keeps the rest; Δ is the point minus the "
              f"base point, paired by seed. Base generator: {generator:.3f}; base point: "
              f"{spread(list(base_gold.values()))}.", "",
-             f"| factor | value | images / update | test {plan.gold} | Δ vs base point (seeds) | test {plan.proxy} |",
-             "|---|---|---|---|---|---|"]
+             f"| factor | value | images / update | test {plan.gold} | Δ vs base point (seeds) | p, Holm | "
+             f"test {plan.proxy} |", "|---|---|---|---|---|---|---|"]
     panels: dict[str, list[tuple[str, float, float, bool]]] = {}
+    rows: list[tuple[str, Any]] = []                           # (the row's text with {p} for p_Holm, its test)
     for factor in [f for f in FACTORS if f in plan.cfg.factors]:
         for i, point in enumerate(plan.points):
             if point.part != factor:
                 continue
             if point.note:
-                lines.append(f"| {factor} | {point.value} | – | not run: {point.note} | – | – |")
+                rows.append((f"| {factor} | {point.value} | – | not run: {point.note} | – | – | – |", None))
                 continue
             gold = side(store, seed_ids(plan.runs[i]), plan.scale.split, plan.gold).gold()
             proxy = side(store, seed_ids(plan.runs[i]), plan.scale.split, plan.proxy).gold()
             is_base = plan.runs[i] == plan.runs[base_i]
-            delta = "(base point)" if is_base else seed_claim(paired_gold(gold, base_gold))
-            lines.append(f"| {factor} | {point.value}{' (base)' if is_base else ''} | {point.images} | "
-                         f"{spread(list(gold.values()))} | {delta} | {spread(list(proxy.values()), 2)} |")
+            test = None if is_base else paired_gold(gold, base_gold)
+            delta = "(base point)" if is_base else seed_claim(test)
+            rows.append((f"| {factor} | {point.value}{' (base)' if is_base else ''} | {point.images} | "
+                         f"{spread(list(gold.values()))} | {delta} | {{p}} | {spread(list(proxy.values()), 2)} |", test))
             panels.setdefault(factor, []).append((point.value, *t_interval(list(gold.values())), is_base))
+    adjusted = iter(holm([t.p for _, t in rows if t is not None]))
+    lines += [text.format(p="–" if t is None else f"{next(adjusted):.2g}") for text, t in rows]
+    lines += ["", f"p, Holm: the seed test's p adjusted over the {sum(t is not None for _, t in rows)} comparisons of "
+              "this table (the intervals beside it are per comparison)."]
     lines += ["", "K two ways: at matched images a larger K ranks more candidates per prompt but sees fewer prompts "
               "per update for the same samples and reward calls; at matched prompts it is also more images per update. "
               "**The paper's K ablation (SD-Turbo PickScore 23.24 → 23.53 → 23.57 at K = 16, 24, 32) corresponds to "
