@@ -25,7 +25,7 @@ def _trials(n: int = 80, seed: int = 0):
 
 
 def test_the_parameter_that_sets_the_value_is_important_and_beats_chance():
-    rows = importance_table(_trials(), sign=-1.0, reps=200)
+    rows = importance_table(_trials(), sign=-1.0, reps=100)
     by = {r["param"]: r for r in rows}
     assert rows[0]["param"] == "a" and by["a"]["importance"] > 0.8
     assert by["a"]["p_chance"] < 0.05 and by["b"]["p_chance"] > 0.05 and by["c"]["p_chance"] > 0.05
@@ -45,6 +45,25 @@ def test_a_value_that_ignores_every_parameter_gives_no_parameter_beyond_chance()
     rng = np.random.default_rng(0)
     trials = [optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=float(rng.normal()))
               for t in _trials()]
-    rows = importance_table(trials, -1.0, reps=200)
+    rows = importance_table(trials, -1.0, reps=100)
     assert all(r["p_chance"] > 0.05 for r in rows)
     assert not any(k.startswith("seed_") for k in rows[0])  # no seed records, no seed columns
+
+
+def test_marginals_give_each_choice_its_mean_and_each_number_its_rank_correlation():
+    from harness.reporting.importance import marginal_table
+
+    trials = _trials()
+    rows = marginal_table(trials, reps=100)
+    by = {(r["param"], r["level"]): r for r in rows}
+    a = by[("a", "rank correlation")]
+    assert a["mean"] > 0.95 and a["low"] <= a["mean"] <= a["high"] and a["n"] == len(trials)
+    assert by[("b", "rank correlation")]["low"] < 0 < by[("b", "rank correlation")]["high"]
+    x = [t.values[0] for t in trials if t.params["c"] == "x"]
+    assert by[("c", "x")]["n"] == len(x) and abs(by[("c", "x")]["mean"] - float(np.mean(x))) < 1e-12
+    # A parameter held at one value has no row in either table.
+    fixed = [optuna.trial.create_trial(params={**t.params, "lr": 0.1},
+                                       distributions={**t.distributions, "lr": FloatDistribution(0.1, 0.1)},
+                                       value=t.values[0]) for t in trials]
+    assert "lr" not in {r["param"] for r in marginal_table(fixed, reps=10)}
+    assert "lr" not in {r["param"] for r in importance_table(fixed, -1.0, reps=10)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -130,16 +131,43 @@ def _study(plan: Plan) -> list[str]:
                         ""]
     with importances.open() as f:
         rows = list(csv.reader(f))
+    if (folder / "trials.csv").is_file():
+        with (folder / "trials.csv").open() as f:
+            trials = list(csv.DictReader(f))
+        states = Counter(r["state"] for r in trials)
+        errors = sorted({r["error"].split(" (")[0] for r in trials if r["state"] == "fail" and r.get("error")})
+        lines += [f"Stored trials: {', '.join(f'{v} {k}' for k, v in sorted(states.items()))} (of {n} planned)"
+                  + (f"; failed: {'; '.join(errors)}" if errors else "") + ".", ""]
     lines += [f"Quoted from `{importances}` (written by `driftbench study-report {name}`):", "",
               "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows[1:]]
+    lines += ["", "A share outside its own bootstrap interval rests on the few trials in PED-ANOVA's top 10% and "
+              "moves when they do; the marginals below use every complete trial."]
     if (folder / "importances.png").is_file():
         lines += ["", f"![importances of study {name}]({folder.relative_to(plan.cfg.out)}/importances.png)"]
+    lines += _marginals(folder / "marginals.csv", plan.gold)
     best = folder / "best.json"
     if best.is_file():
         record = read_json(best)
         lines += ["", f"Best trial: value {record.get('value')}, configuration `{record.get('config', record.get('params'))}`."]
     return lines + [""]
+
+
+def _marginals(path: Path, gold: str) -> list[str]:
+    """The study's marginal effects (``marginals.csv``): a categorical choice's mean objective ± 95% t, a numeric
+    parameter's Spearman rho with its bootstrap interval."""
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    lines = ["", f"Marginal effects over every complete trial (`{path}`; validation {gold}, mean of the two seeds):", "",
+             "| parameter | choice | trials | mean ± 95% t | rank correlation [95% bootstrap] |", "|---|---|---|---|---|"]
+    for r in rows:
+        numeric = r["level"] == "rank correlation"
+        mean = "–" if numeric else f"{float(r['mean']):.3f} ± {float(r['half']):.3f}"
+        rho = f"{float(r['mean']):+.2f} [{float(r['low']):+.2f}, {float(r['high']):+.2f}]" if numeric else "–"
+        lines.append(f"| {r['param']} | {'–' if numeric else r['level']} | {r['n']} | {mean} | {rho} |")
+    return lines
 
 
 def _cell(text: str) -> str:

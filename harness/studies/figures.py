@@ -17,7 +17,7 @@ from typing import Any
 
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from harness.reporting.importance import importance_table
+from harness.reporting.importance import importance_table, marginal_table
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """Colour-blind-safe categorical palette (Okabe and Ito); continuous values use ``cividis``."""
@@ -97,20 +97,24 @@ def importances(study: Any, labels: list[str], out: Path):
             values, notes = {}, notes + [f"{column}: {exc}"]
         table[column] = [values.get(n, float("nan")) for n in names]
         if i == 0 and values:
-            _intervals(study, sign, table)
+            _intervals(study, sign, table, out)
     table = table.sort_values("objective", ascending=False, na_position="last")
     table.to_csv(out / "importances.csv", index=False)
     return table, notes
 
 
 
-def _intervals(study: Any, sign: float, table: Any) -> None:
+def _intervals(study: Any, sign: float, table: Any, out: Path) -> None:
     """The objective's importance columns: 95% bootstrap interval, permutation p against chance and per-seed
-    shares (``harness.reporting.importance``)."""
+    shares (``harness.reporting.importance``); each varied parameter's marginal effect -> marginals.csv."""
     import optuna
+    import pandas as pd
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     rows = {r["param"]: r for r in importance_table(complete, sign)}
+    pd.DataFrame.from_records(marginal_table(complete)).to_csv(out / "marginals.csv", index=False)
+    for fixed in [n for n in table["param"] if n not in rows]:   # held at one value: no importance to speak of
+        table.drop(table.index[table["param"] == fixed], inplace=True)
     extra = [c for c in next(iter(rows.values()), {}) if c not in ("param", "importance")]
     for column in extra:
         table[f"objective_{column}" if column in ("low", "high") else column] = \
