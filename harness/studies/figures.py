@@ -156,7 +156,7 @@ def _importance_bars(study: Any, table: Any, labels: list[str], notes: list[str]
     ax.set_ylabel("parameter")
     note = f"\n({'; '.join(notes)})" if notes else ""
     ax.set_title(f"Parameter importances, study '{study.study_name}'{note}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")  # the shortest bars are at the bottom
     _save(fig, out / "importances")
 
 
