@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from harness.reporting.stats import holm
+from harness.reporting.tables import t_interval
 
 REPS = 1000
 """Bootstrap resamples and permutations."""
@@ -114,7 +115,6 @@ def marginal_table(trials: Sequence[Any], reps: int = REPS, seed: int = SEED) ->
     for a numeric one Spearman's rank correlation with the objective and its 95% bootstrap interval over trials
     (``level`` "rank correlation", ``mean`` rho, ``low`` / ``high``). Random trials make these marginals fair."""
     from optuna.distributions import CategoricalDistribution
-    from scipy import stats as scipy_stats
 
     values = np.array([t.values[0] for t in trials], dtype=float)
     rng = np.random.default_rng(seed)
@@ -125,9 +125,8 @@ def marginal_table(trials: Sequence[Any], reps: int = REPS, seed: int = SEED) ->
         if isinstance(trials[having[0]].distributions[name], CategoricalDistribution):
             for level in sorted(set(levels), key=str):
                 y = values[[i for i, v in zip(having, levels) if v == level]]
-                half = (float(scipy_stats.t.ppf(0.975, len(y) - 1) * y.std(ddof=1) / math.sqrt(len(y)))
-                        if len(y) > 1 else math.nan)
-                rows.append({"param": name, "level": str(level), "n": len(y), "mean": float(y.mean()), "half": half,
+                mean, half = t_interval(y.tolist())
+                rows.append({"param": name, "level": str(level), "n": len(y), "mean": mean, "half": half,
                              "low": math.nan, "high": math.nan})
             continue
         x, y = np.array(levels, dtype=float), values[having]
