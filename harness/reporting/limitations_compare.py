@@ -199,26 +199,32 @@ def offline_section(plan: Plan, store: Store, directory: Path | None) -> list[st
     end_b = side(store, seed_ids(scratch), "test", plan.gold)
     iv = compare(end_a, end_b, reps)
     off = side(store, seed_ids(offline), "test", plan.gold).gold()
-    lines += _longer(plan, store, b, prefix)
+    longer = _longer_curve(plan, store, prefix)
+    lines += _longer(plan, longer, b)
     lines += ["", f"Test {plan.gold} at the end (both arms at update {run0.updates}): from offline "
               f"{spread(list(end_a.gold().values()))}, from scratch {spread(list(end_b.gold().values()))}; "
               f"offline − scratch {seed_claim(iv.seed)}, {prompt_claim(iv)}. The offline run alone (before any online "
               f"update): {spread(list(off.values()))}.", "", f"**Verdict: {_verdict(iv, early)}**"]
     if directory is not None and early:
-        curves, xlabel = _total_axis(plan, store, curves, prefix)
+        curves, xlabel = _total_axis(plan, longer, curves)
         figure = figures.offline_online(directory, curves, where.split(" (")[0], xlabel)
         lines += ["", f"![offline to online]({directory.name}/{figure})"]
     return lines + [""]
 
 
-def _longer(plan: Plan, store: Store, online: dict[int, dict[int, float]], prefix: str) -> list[str]:
-    """The control: online from scratch for the offline plus the online updates, beside the offline start at the
-    same total updates (offline updates + online update), so a difference is the start's and not the count's."""
+def _longer_curve(plan: Plan, store: Store, prefix: str) -> dict[int, dict[int, float]] | None:
+    """{update: {seed: gold}} of the control (online from scratch for the offline plus the online updates), or
+    None when the plan has no stored control."""
     i = plan.index("long")
-    if i is None or i not in plan.runs:
+    return _curve(store, plan.runs[i], plan.gold, prefix) if i is not None and i in plan.runs else None
+
+
+def _longer(plan: Plan, longer: dict[int, dict[int, float]] | None, online: dict[int, dict[int, float]]) -> list[str]:
+    """The control beside the offline start at the same total updates (offline updates + online update), so a
+    difference is the start's and not the count's."""
+    if longer is None:
         return []
     shift = plan.scale.offline_updates
-    longer = _curve(store, plan.runs[i], plan.gold, prefix)
     shared = sorted(u for u in online if u + shift in longer)
     lines = ["", f"Control at matched total updates (the offline run's {shift} plus the online run's): online from "
              f"scratch for {shift + plan.resolved.runs['drpo'].updates} updates, same seeds.", "",
@@ -235,18 +241,17 @@ def _longer(plan: Plan, store: Store, online: dict[int, dict[int, float]], prefi
     return lines
 
 
-def _total_axis(plan: Plan, store: Store, curves: dict[str, tuple[list, list, list]], prefix: str):
+def _total_axis(plan: Plan, longer: dict[int, dict[int, float]] | None, curves: dict[str, tuple[list, list, list]]):
     """With the longer control stored: every arm on one axis of total updates (the offline start's curve shifted
     by the offline updates) and the control as a third arm; else the curves as they are, on online updates."""
-    i = plan.index("long")
-    if i is None or i not in plan.runs:
+    if longer is None:
         return curves, "online updates"
     shift = plan.scale.offline_updates
     x, mean, half = curves["from offline"]
     out = {"online from scratch": curves["from scratch"],
            f"offline ({shift} updates), then online": ([u + shift for u in x], mean, half),
            "online from scratch, longer (control)": ([], [], [])}
-    for u, values in sorted(_curve(store, plan.runs[i], plan.gold, prefix).items()):
+    for u, values in sorted(longer.items()):
         m, h = t_interval(list(values.values()))
         for column, v in zip(out["online from scratch, longer (control)"], (u, m, h)):
             column.append(v)
