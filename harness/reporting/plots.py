@@ -246,6 +246,26 @@ def study_figures(root: Path) -> list[tuple[str, str]]:
     return made
 
 
+LIMITATION_FIGURES = {
+    "sweeps": "DrPO's one-factor sweeps (bandwidth, K two ways, M, lambda, reference objective, feature space): test "
+              "gold per point, mean and 95% t over 5 seeds; filled: the base point; dashed: the base generator.",
+    "per_prompt": "DrPO minus the base generator and minus the best baseline, per test prompt (mean over seeds), "
+                  "sorted, coloured by tag.",
+    "best_of_k": "Test gold against inference GFLOP per delivered image: best-of-K reranking of the base generator "
+                 "beside the trained methods (mean and 95% t over seeds).",
+    "offline_online": "Offline DrPO continued online, online from scratch, and the longer online control, on one axis "
+                      "of total updates: test-curve gold, mean and 95% band over seeds.",
+}
+"""Figures ``driftbench limitations`` draws into ``<out>/limitations[-smoke]/``, by file stem."""
+
+
+def limitation_figures(root: Path) -> list[tuple[str, str]]:
+    """Figures that ``driftbench limitations --scale full`` wrote, listed in the index (they live beside its report)."""
+    return [(f"../limitations/{png.stem}", f"Limitations: {LIMITATION_FIGURES.get(png.stem, png.stem)} Written by "
+                                            "`driftbench limitations --scale full` (results/limitations.md).")
+            for png in sorted((root / "limitations").glob("*.png"))]
+
+
 TABLE_FIGURES = {
     "__overoptimisation": "{section} ({kind} configurations): over-optimisation, one column per method; rows: "
                           "gold, proxy and distance from the base on the runs' curve split (test prompts and noise, "
@@ -311,6 +331,7 @@ def _draw(cfg: PlotsConfig, store: Store, root: Path, directory: Path) -> list[t
     entries += compute_breakdown(root, directory)
     entries += table_figures(directory)
     entries += study_figures(root)
+    entries += limitation_figures(root)
     return entries
 
 
