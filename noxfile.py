@@ -5,7 +5,8 @@
     nox -s trackers               every --log-with tracker, each record read back with the tracker's own API
     nox -s reproduce_table2       the main comparison on the embedded default; `-- --profile tiny` for the toy table
     nox -s tune_table2            re-run the equal-effort tuning the main comparison reads (harness/tuned/shapes2.json)
-    nox -s limitations            the paper's three limitations (smoke plan; `-- --scale full` for the real study)
+    nox -s limitations            the paper's three limitations, rewritten from their committed record (seconds);
+                                  `-- --scale full` re-runs the real study (~2 h), `-- --scale smoke` the CI-sized plan
     nox -s plots                  redraw every figure from stored results
     nox -s lint                   ruff
     nox -s paper_smoke            every method at full SD-Turbo size with random weights on CPU, checkpoint, resume and
@@ -89,11 +90,12 @@ def tune_table2(session: nox.Session) -> None:
 
 @nox.session
 def limitations(session: nox.Session) -> None:
-    """The paper's three limitations answered from stored runs (resumable): without arguments the CI-sized smoke plan
-    (`--scale smoke`, a few minutes, results/limitations-smoke.md); `-- --scale full` the real study on the second
-    Shapes edition (results/limitations.md; hours of CPU, estimated at the end of the smoke report)."""
+    """The paper's three limitations. Without arguments results/limitations.md and its figures are rewritten from the
+    committed record of the full study (`--scale full --source record`: seconds, nothing trained); `-- --scale full`
+    re-runs that study on the second Shapes edition (145 runs, about 2 h on two cores; resumable, stored runs reused)
+    and writes a new record; `-- --scale smoke` the CI-sized plan (a minute or two, results/limitations-smoke.md)."""
     install(session)
-    session.run("python", "-m", "harness", "limitations", *(session.posargs or ["--scale", "smoke"]))
+    session.run("python", "-m", "harness", "limitations", *(session.posargs or ["--scale", "full", "--source", "record"]))
 
 
 @nox.session

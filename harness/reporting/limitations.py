@@ -7,18 +7,23 @@ table2`` does, a run already complete in the store with the same key and code is
 resumes, and a run another process writes is waited for (``--wait``) or refused; best-of-K references are reused
 when their configuration and code match. One ``limitations`` writes a results root at a time.
 
-Then the report (``limitations_report.py``) is written from the stored results only: ``<out>/limitations.md``
-(``--scale smoke``: ``limitations-smoke.md``) with its figures.
+Then the record (``limitations_record.py``: what the report reads, about 1 MB, committed for the full scale) and
+the report (``limitations_report.py``) are written from the stored results only: ``<out>/limitations.md``
+(``--scale smoke``: ``limitations-smoke.md``) with its figures and ``record.tar.xz`` in ``<out>/limitations[-smoke]/``.
+``--source record`` writes the report from that record alone, after checking that it holds a run of every point
+and seed with the run key this code's plan gives it: a fresh clone's ``nox -s limitations``.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.best_of_k import BestOfKConfig, best_of_k, references
 from harness.config import config_dict, plain_name, run_key
+from harness.reporting.limitations_data import hours
 from harness.reporting.limitations_plan import (
     LimitationsConfig,
     Plan,
@@ -27,10 +32,12 @@ from harness.reporting.limitations_plan import (
     Scale,
     best_of_k_values,
     plan_points,
+    point_run,
     resolve,
     scale_of,
 )
-from harness.reporting.limitations_report import write_report
+from harness.reporting.limitations_record import RECORD, read_record, write_record
+from harness.reporting.limitations_report import report_name, write_report
 from harness.reporting.reproduce import Job, _settled, execute
 from harness.store import RunLock, Store, source_hash
 from harness.validate import check
@@ -58,9 +65,7 @@ def _jobs(points: list[Point], indices: list[int], seeds: tuple[int, ...], cfg: 
     for i in indices:
         point = points[i]
         for seed in seeds:
-            run_cfg = point.run.replace(seed=seed, out=cfg.out)
-            if point.part == "online":
-                run_cfg = run_cfg.replace(init_from=(sources or {})[seed])
+            run_cfg = point_run(point, seed, cfg.out, sources)
             key = run_key(run_cfg, point.method_cfg)
             if key not in by_key:
                 run_id, status = _settled(store, key, point.method, cfg.wait)
@@ -107,10 +112,14 @@ def _reference_config(cfg: LimitationsConfig, scale: Scale, res: Resolved, k: in
                          mixed_precision=run.mixed_precision, lora_rank=run.lora_rank, out=cfg.out)
 
 
-def _same(manifest: dict, bok: BestOfKConfig) -> bool:
+def _same_config(manifest: dict, bok: BestOfKConfig) -> bool:
     mine = {k: v for k, v in config_dict(bok).items() if k not in CONFIG_NOT_COMPARED}
     stored = {k: v for k, v in manifest.get("config", {}).items() if k not in CONFIG_NOT_COMPARED}
-    return stored == mine and manifest.get("versions", {}).get("code") == source_hash()
+    return stored == mine
+
+
+def _same(manifest: dict, bok: BestOfKConfig) -> bool:
+    return _same_config(manifest, bok) and manifest.get("versions", {}).get("code") == source_hash()
 
 
 def reference_runs(cfg: LimitationsConfig, scale: Scale, res: Resolved, ks: tuple[int, ...]) -> tuple[dict[int, str], int]:
@@ -147,10 +156,69 @@ def _check(cfg: LimitationsConfig) -> tuple[Scale, Resolved, list[Point]]:
     return scale, res, plan_points(cfg, scale, res)
 
 
+def _record_runs(index: dict, points: list[Point], scale: Scale, cfg: LimitationsConfig, store: Store,
+                 path: Path) -> dict[int, dict[int, str]]:
+    """The record's run of every point and seed, each checked to have the run key this code's plan gives it."""
+    rerun = f"; `driftbench limitations --scale {cfg.scale}` re-runs the plan and writes a new record"
+    offline = next((i for i, p in enumerate(points) if p.part == "offline"), None)
+    runs: dict[int, dict[int, str]] = {}
+    for i, point in enumerate(points):
+        if point.note:
+            continue
+        ids = index["runs"].get(point.label, {})
+        for seed in scale.seeds:
+            run_id = ids.get(str(seed))
+            if run_id is None or not store.run_dir(run_id).is_dir():
+                raise ValueError(f"{path} has no run of point '{point.label}' at seed {seed} (it holds seeds "
+                                 f"{', '.join(ids) or 'none'}){rerun}")
+            key = run_key(point_run(point, seed, cfg.out, runs.get(offline)), point.method_cfg)
+            stored = store.manifest(run_id).get("key")
+            if stored != key:
+                raise ValueError(f"{path}: run '{run_id}' of point '{point.label}' has key {stored}, but this code's "
+                                 f"plan gives that point key {key} (its configuration changed){rerun}")
+            runs.setdefault(i, {})[seed] = run_id
+    return runs
+
+
+def _record_refs(index: dict, cfg: LimitationsConfig, scale: Scale, res: Resolved, store: Store,
+                 path: Path) -> dict[int, str]:
+    """The record's best-of-K reference of every K the plan needs, each checked against this code's configuration."""
+    refs = {}
+    for k in best_of_k_values(cfg, scale, res):
+        ref_id = index["refs"].get(str(k))
+        if ref_id is None or not store.run_dir(ref_id).is_dir() or \
+                not _same_config(store.manifest(ref_id), _reference_config(cfg, scale, res, k)):
+            raise ValueError(f"{path} has no best-of-{k} reference with this code's configuration; `driftbench "
+                             f"limitations --scale {cfg.scale}` re-runs the plan and writes a new record")
+        refs[k] = ref_id
+    return refs
+
+
+def record_path(cfg: LimitationsConfig) -> Path:
+    return Path(cfg.out) / report_name(cfg.scale) / RECORD
+
+
+def _from_record(cfg: LimitationsConfig, scale: Scale, res: Resolved, points: list[Point]) -> Path:
+    """The report written from the committed record alone (nothing trained)."""
+    path = record_path(cfg)
+    with tempfile.TemporaryDirectory(prefix="driftbench-record-") as tmp:
+        index = read_record(path, Path(tmp))
+        runs = _record_runs(index, points, scale, cfg, Store(tmp), path)
+        refs = _record_refs(index, cfg, scale, res, references(tmp), path)
+        report = write_report(Plan(cfg=cfg, scale=scale, resolved=res, points=points, runs=runs, refs=refs, trained=0,
+                                   computed=0, elapsed=0.0, root=tmp))
+    print(f"limitations: wrote {report} from the record {path} ({len({r for v in runs.values() for r in v.values()})} "
+          f"runs, {len(refs)} references; nothing trained)")
+    return report
+
+
 def limitations(cfg: LimitationsConfig) -> Path:
-    """Run (or reuse) the plan and write the report from the stored results."""
+    """Run (or reuse) the plan, then write its record and the report from the stored results; with ``--source
+    record`` only the report, from the record."""
     started = time.time()
     scale, res, points = _check(cfg)
+    if cfg.source == "record":
+        return _from_record(cfg, scale, res, points)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     lock = RunLock(Path(cfg.out) / ".limitations.lock", f"limitations in {cfg.out}",
                    hint="pass --wait to wait for it, or --out DIR for another results root").acquire(wait=cfg.wait)
@@ -162,4 +230,10 @@ def limitations(cfg: LimitationsConfig) -> Path:
         lock.release()
     plan = Plan(cfg=cfg, scale=scale, resolved=res, points=points, runs=runs.ids, refs=refs, trained=runs.trained,
                 computed=computed, elapsed=time.time() - started)
-    return write_report(plan)
+    record = record_path(cfg)
+    size = write_record(record, Path(cfg.out), {points[i].label: ids for i, ids in runs.ids.items()}, refs)
+    report = write_report(plan)
+    print(f"limitations: this call trained {runs.trained} run(s) and computed {computed} best-of-K reference(s) in "
+          f"{hours(plan.elapsed)} and reused the rest from the store; wrote {report} and its record {record} "
+          f"({size / 1e6:.2f} MB)")
+    return report

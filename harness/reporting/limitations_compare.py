@@ -47,7 +47,7 @@ def best_baseline(plan: Plan, store: Store) -> tuple[str | None, str]:
 def _sides(plan: Plan, store: Store) -> tuple[Side, Side | None, Side | None, str | None]:
     """DrPO (base point), the base generator (best-of-1), the best baseline: their test scores (``plan.at``)."""
     drpo = side(store, seed_ids(plan.runs[plan.index("base")]), plan.scale.split, plan.gold)
-    base = side(references(plan.cfg.out), [plan.refs[1]], "test", plan.gold) if 1 in plan.refs else None
+    base = side(references(plan.store_root), [plan.refs[1]], "test", plan.gold) if 1 in plan.refs else None
     method, _ = best_baseline(plan, store)
     other = side(store, seed_ids(plan.runs[plan.index("baseline", method)]), plan.scale.split, plan.gold) if method \
         else None
@@ -111,7 +111,7 @@ def _gen_gflop(ref: dict[str, Any]) -> float:
 
 
 def best_of_k_section(plan: Plan, store: Store, directory: Path | None) -> list[str]:
-    refs = references(plan.cfg.out)
+    refs = references(plan.store_root)
     reps = plan.scale.reps
     drpo_ids = seed_ids(plan.runs[plan.index("base")])
     drpo = side(store, drpo_ids, plan.scale.split, plan.gold)

@@ -135,6 +135,10 @@ class LimitationsConfig:
     """Draw the figures."""
     wait: bool = False
     """Wait for another process writing this root's study (or a run it needs) instead of refusing."""
+    source: Literal["runs", "record"] = "runs"
+    """"runs": run (or reuse) the plan in <out>/runs, then write the report and its record
+    (<out>/limitations[-smoke]/record.tar.xz: what the report reads, about 1 MB); "record": write the report from that
+    record alone, training nothing (how a fresh clone re-renders the committed report; ``limitations_record``)."""
 
     BOUNDS: ClassVar[dict[str, Bound]] = {"seeds": Bound(low=0, distinct=True), "test_seeds": at_least(1, zero=True),
                                           "k": within(2, K_MAX), "reps": at_least(2, zero=True), "jobs": at_least(1)}
@@ -288,6 +292,13 @@ def plan_points(cfg: LimitationsConfig, scale: Scale, res: Resolved) -> list[Poi
     return points
 
 
+def point_run(point: Point, seed: int, out: str, sources: dict[int, str] | None = None) -> RunConfig:
+    """The RunConfig of ``point`` at ``seed``: an "online" point starts from ``sources[seed]`` (the seed's offline
+    run)."""
+    run = point.run.replace(seed=seed, out=out)
+    return run.replace(init_from=(sources or {})[seed]) if point.part == "online" else run
+
+
 def best_of_k_values(cfg: LimitationsConfig, scale: Scale, res: Resolved) -> tuple[int, ...]:
     """K of every best-of-K reference: K = 1 (the base's per-image scores) whenever DrPO is compared with the
     base, and the scale's values plus the run's K (the matched reward calls) for the best-of-K part."""
@@ -315,6 +326,13 @@ class Plan:
     """Best-of-K references this call computed."""
     elapsed: float
     """Seconds this call took before the report."""
+    root: str = ""
+    """The store root the report reads runs and references from (empty: ``cfg.out``; with ``--source record`` the
+    unpacked record)."""
+
+    @property
+    def store_root(self) -> str:
+        return self.root or self.cfg.out
 
     @property
     def gold(self) -> str:
