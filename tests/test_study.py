@@ -155,6 +155,27 @@ def test_space_overrides_replace_the_method_distributions():
     assert params["lam"] == 0.5 and trial.distributions["radius_scale"] == FloatDistribution(0.25, 4.0, log=True)
 
 
+def test_a_config_field_the_space_leaves_out_is_searched_as_an_extra_parameter(tiny_preset, tmp_path):
+    """DrPO's ``space`` has no ``reference``; ``--space reference=...`` searches it without changing the space
+    (tuning's), and each trial's run is trained with the drawn value."""
+    from methods import drpo
+
+    extra, searched = parse_space(["reference=drift,none", "kernel=rbf,cosine"], drpo)
+    assert extra.extra and extra.choices == ("drift", "none") and not searched.extra
+    with pytest.raises(ValueError, match="unknown reference 'perceptul'; valid values: drift, perceptual, none"):
+        parse_space(["reference=perceptul"], drpo)
+    cfg = config(tmp_path, "extra", trials=2, space=("m=1:2", "reference=drift,none"))
+    created = create_or_load(cfg, resolve(cfg), open_storage("", cfg.out, cfg.name))
+    for reference in ("none", "drift"):
+        created.enqueue_trial({"reference": reference})
+    trials = study(cfg, log=lambda s: None).get_trials()
+    assert [t.params["reference"] for t in trials] == ["none", "drift"]
+    store = Store(tmp_path)
+    for t in trials:
+        assert t.user_attrs["method_config"]["reference"] == t.params["reference"]
+        assert store.manifest(t.user_attrs["run_ids"][0])["method_config"]["reference"] == t.params["reference"]
+
+
 def test_cli_reports_bad_overrides_in_one_line(tmp_path, capsys):
     from harness.cli import main
 
@@ -163,6 +184,19 @@ def test_cli_reports_bad_overrides_in_one_line(tmp_path, capsys):
     assert err.startswith("driftbench: error: space entry 'm=6:2' is an inverted range") and "\n" not in err
     assert not (tmp_path / "studies").exists()  # validation happens before the storage is touched
     assert main(["study", "--name", "x", "--k", "8", "--space", "k=8:24", "--out", str(tmp_path)]) == 2
+
+
+def test_an_objective_validation_does_not_score_is_refused_before_training(tmp_path, capsys):
+    """shapes2 presets score only the verifier on validation (``eval_split_rewards``): the proxy as an objective
+    would train every trial and then find nothing to read."""
+    from harness.cli import main
+
+    assert main(["study", "--name", "x", "--preset", "shapes2-pref", "--objective", "shapes2-pref",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "objective 'shapes2-pref' is not scored on these runs' validation split; valid objectives: " \
+        "shapes2-geneval" in err and "\n" not in err
+    assert not (tmp_path / "studies").exists()
 
 
 def test_existing_study_with_a_different_space_raises(tiny_preset, tmp_path):

@@ -178,6 +178,10 @@ def _check_objective(objective: str, run_cfg: RunConfig) -> None:
     if not objective:
         return
     rewards.REWARDS.check(objective)
+    if run_cfg.eval_split_rewards and objective not in run_cfg.eval_split_rewards:
+        # the validation split scores only these rewards: a trial would train, then find no objective to read
+        raise ValueError(f"objective '{objective}' is not scored on these runs' validation split; valid objectives: "
+                         f"{', '.join(run_cfg.eval_split_rewards)}")
     if run_cfg.evals:  # with the profile's default evaluations the check waits for the first run
         evaluated = list(dict.fromkeys(([run_cfg.reward] if run_cfg.reward else []) + list(run_cfg.evals)))
         if objective not in evaluated:

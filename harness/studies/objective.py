@@ -18,7 +18,7 @@ from harness.reporting.tables import headline
 from harness.run import run
 from harness.store import Store, read_json, utc_stamp
 from harness.studies.config import Setup, StudyConfig
-from harness.studies.space import SpaceTrial
+from harness.studies.space import SpaceTrial, extra_params
 from harness.studies.spend import spent
 from harness.studies.storage import counted
 from methods import METHODS
@@ -161,7 +161,7 @@ def _evaluate(trial: Any, cfg: StudyConfig, setup: Setup) -> Any:
     reward = setup.base_run.reward  # a verifier section's space may add options that need a binary reward
     binary = bool(reward) and rewards.is_binary(rewards.REWARDS.get(reward))
     proxy = SpaceTrial(trial, setup.overrides, binary_reward=binary)
-    params = METHODS.get(cfg.method).space(proxy)
+    params = {**METHODS.get(cfg.method).space(proxy), **extra_params(trial, setup.overrides)}
     k = proxy.suggest_int("k", 2, 64) if any(o.name == "k" for o in setup.overrides) else setup.base_run.k
     method_cfg = dataclasses.replace(setup.base_method, **params)
     trial.set_user_attr("method_config", config_dict(method_cfg))

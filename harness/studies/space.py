@@ -3,13 +3,17 @@
 ``StudyConfig.space`` entries (``NAME=LOW:HIGH[:log]``, ``NAME=A,B,...``, ``NAME=VALUE``) are validated against
 what the method's ``space`` asks for (:func:`method_space`, read with a recording stand-in trial) and applied
 through :class:`SpaceTrial`, a proxy whose ``suggest_*`` consult the overrides, so method files stay as they are.
+An entry may also name a field of the method's Config that its ``space`` leaves out (DrPO's ``reference``): the
+study then searches it as well (:func:`extra_params`) without changing the method's space, which tuning uses.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from harness.config import RunConfig
 from harness.registry import unknown
@@ -25,6 +29,9 @@ class Override:
     high: float | int | None = None
     log: bool = False
     choices: tuple[Any, ...] | None = None
+    extra: bool = False
+    """A field of the method's Config that its ``space`` does not ask for: the study suggests it itself and sets
+    it on the trial's config (``extra_params``)."""
 
     def suggest(self, trial: Any) -> Any:
         if self.choices is not None:
@@ -100,10 +107,31 @@ def method_space(method: Any) -> dict[str, tuple]:
     return {**recorder.params, "k": ("int", 2, 64, False)}
 
 
+def config_space(method: Any) -> dict[str, tuple]:
+    """The fields of the method's Config a study may search beyond its ``space``, with the distribution their
+    type allows: a ``Literal`` or bool field its choices, an int or float field its declared bound (or any value)."""
+    cls = getattr(method, "Config", None)
+    if cls is None:
+        return {}
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints.get(f.name)
+        if typing.get_origin(hint) is Literal:
+            out[f.name] = ("categorical", typing.get_args(hint))
+        elif hint is bool:
+            out[f.name] = ("categorical", (False, True))
+        elif hint in (int, float):
+            out[f.name] = ("int" if hint is int else "float", None, None, False)
+    return out
+
+
 def parse_space(entries: Sequence[str], method: Any) -> tuple[Override, ...]:
     """Validate ``NAME=LOW:HIGH[:log]`` / ``NAME=A,B,...`` / ``NAME=VALUE`` entries against the method's
-    space; raises a one-line ``ValueError`` naming the entry and the valid names."""
-    known = method_space(method)
+    space, or a Config field the space does not search (an extra parameter: a choice field's choices, a number's
+    range); raises a one-line ``ValueError`` naming the entry and the valid names."""
+    searched = method_space(method)
+    known = {**config_space(method), **searched}
     out: dict[str, Override] = {}
     for entry in entries:
         name, sep, spec = entry.partition("=")
@@ -117,9 +145,14 @@ def parse_space(entries: Sequence[str], method: Any) -> tuple[Override, ...]:
             raise ValueError(f"space entry '{entry}': parameter '{name}' is given twice")
         if not spec:
             raise ValueError(f"space entry '{entry}' has an empty range; give LOW:HIGH[:log], A,B,... or VALUE")
-        out[name] = _parse_one(entry, name, spec, known[name])
+        out[name] = dataclasses.replace(_parse_one(entry, name, spec, known[name]), extra=name not in searched)
         _check_bound(entry, out[name], method)
     return tuple(out.values())
+
+
+def extra_params(trial: Any, overrides: Sequence[Override]) -> dict[str, Any]:
+    """The values of the extra parameters (Config fields the method's ``space`` does not search) for ``trial``."""
+    return {o.name: o.suggest(trial) for o in overrides if o.extra}
 
 
 def _check_bound(entry: str, override: Override, method: Any) -> None:
