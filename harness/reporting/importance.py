@@ -38,7 +38,7 @@ def importance_table(trials: Sequence[Any], sign: float, reps: int = REPS, seed:
     ``seed_<s>`` (the share on seed s's values). ``sign`` is -1 for a maximised objective (PED-ANOVA rewards low
     targets)."""
     values = np.array([sign * t.values[0] for t in trials], dtype=float)
-    names = _varied(trials)
+    names = varied_params(trials)
     share = _shares(trials, values, normalize=True)
     raw = _shares(trials, values, normalize=False)
     rng = np.random.default_rng(seed)
@@ -56,7 +56,7 @@ def importance_table(trials: Sequence[Any], sign: float, reps: int = REPS, seed:
     return sorted(rows, key=lambda r: -r["importance"] if math.isfinite(r["importance"]) else math.inf)
 
 
-def _varied(trials: Sequence[Any]) -> list[str]:
+def varied_params(trials: Sequence[Any]) -> list[str]:
     """Parameters that take two or more values (a fixed one, like a held learning rate, has nothing to rank)."""
     names = sorted({p for t in trials for p in t.params})
     return [n for n in names if len({str(t.params[n]) for t in trials if n in t.params}) > 1]
@@ -119,7 +119,7 @@ def marginal_table(trials: Sequence[Any], reps: int = REPS, seed: int = SEED) ->
     values = np.array([t.values[0] for t in trials], dtype=float)
     rng = np.random.default_rng(seed)
     rows = []
-    for name in _varied(trials):
+    for name in varied_params(trials):
         having = [i for i, t in enumerate(trials) if name in t.params]
         levels = [trials[i].params[name] for i in having]
         if isinstance(trials[having[0]].distributions[name], CategoricalDistribution):

@@ -56,8 +56,8 @@ class Scale:
     m: tuple[int, ...]
     lam: tuple[float, ...]
     reference: tuple[str, ...]
-    """Reference objectives (``drpo.Config.reference``): the sensitivity study cannot search it (DrPO's
-    ``space()`` has no such parameter), so the sweeps measure it."""
+    """Reference objectives (``drpo.Config.reference``), searched by the sensitivity study as an extra parameter
+    and swept here on test."""
     features: tuple[str, ...]
     best_of_k: tuple[int, ...]
     """Best-of-K references on the test split (the run's K, the matched one, is always added; K = 1 is the base)."""
@@ -67,6 +67,12 @@ class Scale:
     "test" (the final weights)."""
     study: str
     """Name of DrPO's sensitivity study (``driftbench study``) whose stored report is quoted."""
+    study_space: tuple[str, ...]
+    """The study's ``--space`` entries beside the held learning rate: K at matched prompts and the reference
+    objective (an extra parameter: DrPO's ``space()``, which tuning uses, leaves it out)."""
+    earlier_study: tuple[str, str]
+    """An earlier sensitivity study of the same section, quoted beside this one, and how it differs ("", "": none):
+    another draw of random trials shows whether the importances would rank alike."""
     study_trials: int
     """Its trials, all drawn at random (``--startup-trials`` = ``--trials``: uniform coverage of the space, which
     importances need, rather than TPE's crowding near the best) and none pruned."""
@@ -86,7 +92,7 @@ SCALES: dict[str, Scale] = {
                    method_changes={m: {"lr": 1e-2, **({"m": 2} if m in ("drpo", "dpo1") else {})} for m in _METHODS},
                    bandwidth=(0.5, 1.0), k=(4, 8), m=(1, 2),
                    lam=(0.0, 0.2), reference=("drift", "none"), features=("latent", "latent-tokens", "encoder"), best_of_k=(1, 2), offline_updates=2, split="test",
-                   study="shapes-drpo-sensitivity", study_trials=8, reps=500),
+                   study="shapes-drpo-sensitivity", study_space=("k=4:8", "reference=drift,none"), earlier_study=("", ""), study_trials=8, reps=500),
     # The real study (issue 22) on the second Shapes edition: the section's full budget (96 updates of
     # 2 prompts x K 16), 5 seeds per point, the test split at 4 images per prompt and the test curve at 2 as the
     # table has them (``harness.sections.DESIGNS``; so the base point and the baselines are the table's runs of
@@ -95,7 +101,9 @@ SCALES: dict[str, Scale] = {
                   test_seeds=DESIGNS["shapes2"].test_seeds,
                   run=dict(curve_split="test", curve_seeds=DESIGNS["shapes2"].curve_seeds), method_changes={}, bandwidth=(0.25, 0.5, 1.0, 2.0, 4.0), k=(8, 16, 24, 32), m=(2, 4, 6, 8),
                   lam=(0.0, 0.2, 0.5, 1.0), reference=("drift", "perceptual", "none"), features=("encoder", "latent-tokens", "latent"), best_of_k=(1, 4, 16),
-                  offline_updates=96, split="test_selected", study="shapes2-drpo-sensitivity", study_trials=36,
+                  offline_updates=96, split="test_selected", study="shapes2-drpo-sensitivity-v2",
+                  study_space=("k=16:32", "reference=drift,perceptual,none"), study_trials=36,
+                  earlier_study=("shapes2-drpo-sensitivity", "K from 8 to 32, the reference objective not searched"),
                   reps=4000),
 }
 

@@ -112,20 +112,23 @@ def _study(plan: Plan) -> list[str]:
     folder = Path(plan.cfg.out) / "studies" / name
     run0 = plan.resolved.runs["drpo"]
     n, lr = plan.scale.study_trials, plan.resolved.configs["drpo"].lr
+    space = " ".join(plan.scale.study_space)
     command = (f"`driftbench study --name {name} --method drpo --preset {plan.scale.preset} --seeds 100 101 "
-               f"--objective {plan.gold} --at-best --pruner none --trials {n} --startup-trials {n} --space k=8:32 "
-               f"lr={lr!r}` then `driftbench study-report {name}` (harness/studies/)")
+               f"--objective {plan.gold} --at-best --pruner none --trials {n} --startup-trials {n} --space {space} "
+               f"lr={lr!r}` (`--n-workers 2` splits it over two processes) then `driftbench study-report {name}` "
+               "(harness/studies/)")
     lines = ["### DrPO's sensitivity study (validation, two or more seeds per trial)", "",
              f"{n} trials drawn at random over DrPO's search space (feature space, kernel, radius scale, M, λ, tie "
-             f"handling) and K from 8 to 32 at matched prompts, the learning rate held at the base's {lr:.3g} (a "
-             f"searched step size would take the importance that belongs to the drift's choices); each trial is "
-             f"the mean of training seeds 100 and 101, scored by {plan.gold} on validation at the selected "
-             "checkpoint; none pruned. Command: " + command + ".", "",
+             f"handling) widened by `{space}`: K at matched prompts, and the reference objective as an extra "
+             f"parameter (DrPO's `space()`, which tuning uses, leaves it out). The learning rate is held at the "
+             f"base's {lr:.3g} (a searched step size would take the importance that belongs to the drift's "
+             f"choices); each trial is the mean of training seeds 100 and 101, scored by {plan.gold} on validation "
+             "at the selected checkpoint; none pruned. Command: " + command + ".", "",
              "Columns: `objective` is PED-ANOVA's share of the importance (shares sum to 1); `objective_low` / "
              "`objective_high` its 95% bootstrap interval over trials; `p_chance` the permutation test of the "
              "parameter's divergence against shuffled objectives, Holm-adjusted over the parameters; `seed_<s>` "
-             "the share when each trial is scored by that seed alone. The reference objective is not in the "
-             "space (DrPO's `space()` has no such parameter); the sweeps below measure it.", ""]
+             "the share when each trial is scored by that seed alone. The sweeps below measure K (both ways) and "
+             "the reference objective again, one factor at a time on test.", ""]
     importances = folder / "importances.csv"
     if not importances.is_file():
         return lines + [f"Not run: no stored study report at `{folder}/`. The command above runs it; this report "
@@ -148,11 +151,42 @@ def _study(plan: Plan) -> list[str]:
     if (folder / "importances.png").is_file():
         lines += ["", f"![importances of study {name}]({folder.relative_to(plan.cfg.out)}/importances.png)"]
     lines += _marginals(folder / "marginals.csv", plan.gold)
+    lines += _earlier(plan, rows)
     best = folder / "best.json"
     if best.is_file():
         record = read_json(best)
         lines += ["", f"Best trial: value {record.get('value')}, configuration `{record.get('config', record.get('params'))}`."]
     return lines + [""]
+
+
+def _earlier(plan: Plan, rows: list[list[str]]) -> list[str]:
+    """This study's importances (``rows``, as importances.csv) beside the earlier study's: another draw of random
+    trials shows whether the ranking would hold."""
+    name, differs = plan.scale.earlier_study
+    path = Path(plan.cfg.out) / "studies" / name / "importances.csv"
+    if not name or not path.is_file():
+        return []
+    with path.open() as f:
+        earlier = list(csv.reader(f))
+
+    def by_param(table: list[list[str]]) -> dict[str, tuple[float, float, float, float]]:
+        head = table[0]
+        cols = [head.index(c) for c in ("objective", "objective_low", "objective_high", "p_chance")]
+        return {r[0]: tuple(float(r[c]) for c in cols) for r in table[1:]}
+    now, then = by_param(rows), by_param(earlier)
+
+    def cell(v: tuple[float, float, float, float] | None) -> str:
+        return "not searched" if v is None else f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}], p {v[3]:.2g}"
+    lines = ["", f"Against the earlier study `{name}` ({differs}; committed beside it, its report in "
+             f"`{path.parent}/`): share [95% bootstrap over trials] and chance p (Holm) of each parameter in both:", "",
+             f"| parameter | {plan.scale.study} | {name} |", "|---|---|---|"]
+    lines += [f"| {p} | {cell(now.get(p))} | {cell(then.get(p))} |" for p in [*now, *(p for p in then if p not in now)]]
+    both = [p for p in now if p in then and now[p][3] < 0.05 and then[p][3] < 0.05]
+    one = [p for p in now if (now[p][3] < 0.05) != (p in then and then[p][3] < 0.05)] + \
+        [p for p in then if p not in now and then[p][3] < 0.05]
+    top = (max(now, key=lambda p: now[p][0]), max(then, key=lambda p: then[p][0]))
+    return lines + ["", f"Largest share: {top[0]} here, {top[1]} there. Beating chance (p < 0.05) in both studies: "
+                    f"{', '.join(both) or 'no parameter'}; in one only: {', '.join(one) or 'none'}."]
 
 
 def _marginals(path: Path, gold: str) -> list[str]:

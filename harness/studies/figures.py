@@ -17,7 +17,7 @@ from typing import Any
 
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from harness.reporting.importance import importance_table, marginal_table
+from harness.reporting.importance import importance_table, marginal_table, varied_params
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """Colour-blind-safe categorical palette (Okabe and Ito); continuous values use ``cividis``."""
@@ -51,13 +51,15 @@ def _optuna_figures(study: Any, table: Any, label: str, out: Path, log) -> None:
 
     with warnings.catch_warnings():  # the matplotlib backend is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        _save_axes(plots.plot_slice(study, target_name=label), out / "slices")
-        pair = _numeric(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), table)
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        # a parameter held at one value (a fixed learning rate) has no slice to show
+        _save_axes(plots.plot_slice(study, params=varied_params(complete), target_name=label), out / "slices")
+        pair = _numeric(complete, table)
         if len(pair) < 2:
             log("no contour plot: fewer than two numeric parameters with more than one value")
             return
         if len(pair) == 2:
-            _contours(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), table, label, out)
+            _contours(complete, table, label, out)
             return
         _save_axes(plots.plot_contour(study, params=[name for name, _ in pair], target_name=label),
                    out / "contours")
