@@ -269,8 +269,10 @@ def _time(plan: Plan, store: Store) -> list[str]:
     measured = sum(run_seconds(summary(store, r)) for r in ids)
     ref_seconds = sum(sum(summary(refs, r)["clock"].values()) for r in plan.refs.values())
     scale = plan.cfg.scale
+    code = sorted({store.manifest(r).get("versions", {}).get("code") or "unknown" for r in ids})
     lines = ["## Time", "",
-             f"The plan's {len(ids)} runs measured {hours(measured)} (start-up, metered training, evaluation and test, "
+             f"The plan's {len(ids)} runs (trained by code with source hash {', '.join(code)}) measured "
+             f"{hours(measured)} (start-up, metered training, evaluation and test, "
              f"summed over runs) and its {len(plan.refs)} best-of-K references {hours(ref_seconds)}. What this report "
              f"reads of them is in its record, `{report_name(scale)}/{RECORD}` (manifests, summaries, evaluation rows "
              f"and per-image test scores): `driftbench limitations --scale {scale} --source record` rewrites this "

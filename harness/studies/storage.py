@@ -178,14 +178,19 @@ def _check_driver(spec: str) -> dict[str, Any]:
 def create_or_load(cfg: StudyConfig, setup: Setup, storage: Any) -> optuna.Study:
     """Create the study with its fingerprint, or load it and check the fingerprint matches.
 
-    Safe when many commands start at once: creation is ``load_if_exists``, and a loader that finds no
-    fingerprint yet waits for the creator's (or, on an empty study, writes the same one itself).
+    Safe when many commands start at once: exactly one of them creates the study and labels it at once; a
+    loader that finds no fingerprint yet waits for the creator's (or, on an empty study whose creator died before
+    labelling it, writes the same one itself). Only a loader waits: the creator knows no one else can label it.
     """
     import optuna
 
     directions = ["maximize", "minimize"] if cfg.multi_objective else ["maximize"]
-    study = optuna.create_study(storage=storage, study_name=cfg.name, directions=directions, load_if_exists=True)
-    stored = _fingerprint(study)
+    try:
+        study = optuna.create_study(storage=storage, study_name=cfg.name, directions=directions)
+        stored = None
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=cfg.name, storage=storage)
+        stored = _fingerprint(study)
     if stored is None:
         if study.get_trials(deepcopy=False):
             raise ValueError(f"study '{cfg.name}' in {storage_label(cfg)} was not created by driftbench study; "
