@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -229,6 +230,11 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+ORPHAN_AGE = 60.0
+"""Seconds after which an unlocked temporary run directory counts as a dead writer's (a live writer locks its
+directory within milliseconds of making it)."""
+
+
 class Store:
     """Runs under ``<root>/runs``. Tables and plots read only what is here."""
 
@@ -285,9 +291,16 @@ class Store:
             lock.release()
 
     def _clean_orphans(self) -> None:
-        """Remove run directories a writer died building (their lock is free)."""
+        """Remove run directories a writer died building: their lock is free and they are older than
+        ``ORPHAN_AGE``. A younger one may be another process's, made a moment ago and not yet locked: removing
+        it failed that process's run (two study commands sharing a results root)."""
+        now = time.time()
         for tmp in self.runs_dir.glob(".*.tmp"):
-            if tmp.is_dir() and lock_holder(tmp / LOCK) is None:
+            try:
+                young = now - tmp.stat().st_mtime < ORPHAN_AGE
+            except FileNotFoundError:  # its writer renamed it into place, or another cleaner got there first
+                continue
+            if tmp.is_dir() and not young and lock_holder(tmp / LOCK) is None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def manifest(self, run_id: str) -> dict[str, Any]:

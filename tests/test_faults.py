@@ -219,7 +219,9 @@ def test_orphans_are_cleaned_and_torn_metrics_lines_skipped_and_cut(tmp_path):
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "st')  # kill -9 inside a write
     (run_dir / ".checkpoint.abc.tmp").write_bytes(b"half a checkpoint")
-    (store.runs_dir / ".S.xyz.tmp").mkdir()  # a run directory a dead writer was building
+    (store.runs_dir / ".S.xyz.tmp").mkdir()  # a run directory a dead writer was building two minutes ago
+    os.utime(store.runs_dir / ".S.xyz.tmp", (time.time() - 120, time.time() - 120))
+    (store.runs_dir / ".U.xyz.tmp").mkdir()  # one another process made a moment ago and has not locked yet
     with pytest.warns(UserWarning, match=r"metrics.jsonl:2: skipped a torn metrics line"):
         assert [r["step"] for r in store.rows("R")] == [1]
     with pytest.warns(UserWarning, match="removed a torn last line"):
@@ -229,7 +231,7 @@ def test_orphans_are_cleaned_and_torn_metrics_lines_skipped_and_cut(tmp_path):
     assert [r["step"] for r in store.rows("R")] == [1, 2]
     store.release("R")
     store.start("T", {})
-    assert not (store.runs_dir / ".S.xyz.tmp").exists()
+    assert not (store.runs_dir / ".S.xyz.tmp").exists() and (store.runs_dir / ".U.xyz.tmp").is_dir()
     store.release("T")
 
 
