@@ -6,8 +6,7 @@ Layout under ``<root>/runs/<run_id>/``:
   per-update budget counts, and ``status`` (running, complete, failed, interrupted);
 * ``metrics.jsonl``: one JSON object per line, appended and never rewritten (``kind`` is "train" or
   "eval"; a resumed run appends again from its checkpoint, and readers keep the last row per step);
-* ``scores.jsonl``: per-image scores of every evaluation (one JSON object per evaluation, appended; runs made
-  before it was added lack it, and nothing but ``driftbench power`` reads it);
+* ``scores.jsonl``: per-image scores, one JSON object per evaluation, appended (power, intervals, limitations);
 * ``summary.json``: written once, when the run completes;
 * ``checkpoint.pt``: the latest resumable state; ``samples.png``: evaluation samples; ``adapter/``.
 
@@ -26,6 +25,7 @@ the writer dies, however it dies. A run recorded ``running`` whose lock nobody h
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -231,8 +231,7 @@ def utc_stamp() -> str:
 
 
 ORPHAN_AGE = 60.0
-"""Seconds after which an unlocked temporary run directory counts as a dead writer's (a live writer locks its
-directory within milliseconds of making it)."""
+"""Seconds after which an unlocked temporary run directory is a dead writer's (a live one locks it at once)."""
 
 
 class Store:
@@ -291,17 +290,13 @@ class Store:
             lock.release()
 
     def _clean_orphans(self) -> None:
-        """Remove run directories a writer died building: their lock is free and they are older than
-        ``ORPHAN_AGE``. A younger one may be another process's, made a moment ago and not yet locked: removing
-        it failed that process's run (two study commands sharing a results root)."""
-        now = time.time()
+        """Remove run directories a writer died building: unlocked and older than ``ORPHAN_AGE`` (a younger one
+        may be another process's, made a moment before it locks it)."""
         for tmp in self.runs_dir.glob(".*.tmp"):
-            try:
-                young = now - tmp.stat().st_mtime < ORPHAN_AGE
-            except FileNotFoundError:  # its writer renamed it into place, or another cleaner got there first
-                continue
-            if tmp.is_dir() and not young and lock_holder(tmp / LOCK) is None:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):  # renamed into place or removed meanwhile
+                old = time.time() - tmp.stat().st_mtime > ORPHAN_AGE
+                if old and tmp.is_dir() and lock_holder(tmp / LOCK) is None:
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     def manifest(self, run_id: str) -> dict[str, Any]:
         path = self.run_dir(run_id) / "manifest.json"
@@ -443,11 +438,7 @@ def _drop_torn_tail(path: Path) -> None:
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
     return out
 
 
