@@ -194,6 +194,12 @@ def _record_refs(index: dict, cfg: LimitationsConfig, scale: Scale, res: Resolve
     return refs
 
 
+def _lock(cfg: LimitationsConfig) -> RunLock:
+    """One ``limitations`` writes a results root at a time."""
+    return RunLock(Path(cfg.out) / ".limitations.lock", f"limitations in {cfg.out}",
+                   hint="pass --wait to wait for it, or --out DIR for another results root").acquire(wait=cfg.wait)
+
+
 def record_path(cfg: LimitationsConfig) -> Path:
     return Path(cfg.out) / report_name(cfg.scale) / RECORD
 
@@ -205,8 +211,12 @@ def _from_record(cfg: LimitationsConfig, scale: Scale, res: Resolved, points: li
         index = read_record(path, Path(tmp))
         runs = _record_runs(index, points, scale, cfg, Store(tmp), path)
         refs = _record_refs(index, cfg, scale, res, references(tmp), path)
-        report = write_report(Plan(cfg=cfg, scale=scale, resolved=res, points=points, runs=runs, refs=refs, trained=0,
-                                   computed=0, elapsed=0.0, root=tmp))
+        lock = _lock(cfg)  # the report and figures are the same files a run of the plan writes
+        try:
+            report = write_report(Plan(cfg=cfg, scale=scale, resolved=res, points=points, runs=runs, refs=refs,
+                                       trained=0, computed=0, elapsed=0.0, root=tmp))
+        finally:
+            lock.release()
     print(f"limitations: wrote {report} from the record {path} ({len({r for v in runs.values() for r in v.values()})} "
           f"runs, {len(refs)} references; nothing trained)")
     return report
@@ -220,8 +230,7 @@ def limitations(cfg: LimitationsConfig) -> Path:
     if cfg.source == "record":
         return _from_record(cfg, scale, res, points)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    lock = RunLock(Path(cfg.out) / ".limitations.lock", f"limitations in {cfg.out}",
-                   hint="pass --wait to wait for it, or --out DIR for another results root").acquire(wait=cfg.wait)
+    lock = _lock(cfg)
     try:
         store = Store(cfg.out)
         runs = train_all(points, cfg, scale, store)
