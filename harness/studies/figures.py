@@ -31,10 +31,10 @@ DRIFT_LABEL = "pixel RMS change from base (images in [0, 1])"
 
 def draw(study: Any, complete: Sequence[Any], labels: list[str], out: Path, log=print):
     """importances.csv and every figure of ``study``; returns the importance table (sorted, most important first)."""
-    table, notes = importances(study, labels, out)
+    table, notes = importances(study, complete, labels, out)
     _importance_bars(study, table, labels, notes, out)
     if len(labels) == 1 and not notes:
-        _optuna_figures(study, table, labels[0], out, log)
+        _optuna_figures(study, complete, table, labels[0], out, log)
         return table
     _slices(complete, labels, out)
     if not _contours(complete, table, labels[0], out):
@@ -42,7 +42,7 @@ def draw(study: Any, complete: Sequence[Any], labels: list[str], out: Path, log=
     return table
 
 
-def _optuna_figures(study: Any, table: Any, label: str, out: Path, log) -> None:
+def _optuna_figures(study: Any, complete: Sequence[Any], table: Any, label: str, out: Path, log) -> None:
     """Optuna's matplotlib slice and contour plots of a single-objective study (the importances are hand-drawn,
     with their intervals). A single pair gets the hand-drawn contour: Optuna's one-panel contour figure has a
     zero-height grid that matplotlib's constrained layout divides by."""
@@ -51,7 +51,6 @@ def _optuna_figures(study: Any, table: Any, label: str, out: Path, log) -> None:
 
     with warnings.catch_warnings():  # the matplotlib backend is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         # a parameter held at one value (a fixed learning rate) has no slice to show
         _save_axes(plots.plot_slice(study, params=varied_params(complete), target_name=label), out / "slices")
         pair = _numeric(complete, table)
@@ -76,12 +75,13 @@ def _save_axes(axes: Any, stem: Path) -> None:
     plt.close(fig)
 
 
-def importances(study: Any, labels: list[str], out: Path):
-    """PED-ANOVA importances per objective -> importances.csv; returns (table, notes on what could not be computed)."""
+def importances(study: Any, complete: Sequence[Any], labels: list[str], out: Path):
+    """PED-ANOVA importances per objective over the ``complete`` trials -> importances.csv; returns (table, notes on
+    what could not be computed). A parameter held at one value has no importance to speak of and is left out."""
     import optuna
     import pandas as pd
 
-    names = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
+    names = varied_params(complete)
     table = pd.DataFrame({"param": names})
     notes = []
     for i, label in enumerate(labels):
@@ -99,24 +99,20 @@ def importances(study: Any, labels: list[str], out: Path):
             values, notes = {}, notes + [f"{column}: {exc}"]
         table[column] = [values.get(n, float("nan")) for n in names]
         if i == 0 and values:
-            _intervals(study, sign, table, out)
+            _intervals(complete, sign, table, out)
     table = table.sort_values("objective", ascending=False, na_position="last")
     table.to_csv(out / "importances.csv", index=False)
     return table, notes
 
 
 
-def _intervals(study: Any, sign: float, table: Any, out: Path) -> None:
+def _intervals(complete: Sequence[Any], sign: float, table: Any, out: Path) -> None:
     """The objective's importance columns: 95% bootstrap interval, permutation p against chance and per-seed
     shares (``harness.reporting.importance``); each varied parameter's marginal effect -> marginals.csv."""
-    import optuna
     import pandas as pd
 
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     rows = {r["param"]: r for r in importance_table(complete, sign)}
     pd.DataFrame.from_records(marginal_table(complete)).to_csv(out / "marginals.csv", index=False)
-    for fixed in [n for n in table["param"] if n not in rows]:   # held at one value: no importance to speak of
-        table.drop(table.index[table["param"] == fixed], inplace=True)
     extra = [c for c in next(iter(rows.values()), {}) if c not in ("param", "importance")]
     for column in extra:
         table[f"objective_{column}" if column in ("low", "high") else column] = \
