@@ -186,14 +186,12 @@ def offline_section(plan: Plan, store: Store, directory: Path | None) -> list[st
              f"base point's runs); seeds paired. The {where} at matched online updates:", "",
              "| online update | from scratch | from offline | offline − scratch (seeds) |", "|---|---|---|---|"]
     a, b = _curve(store, scratch, plan.gold, prefix), _curve(store, online, plan.gold, prefix)
-    curves: dict[str, tuple[list, list, list]] = {"from scratch": ([], [], []), "from offline": ([], [], [])}
+    shared = sorted(set(a) & set(b))
+    curves = {"from scratch": _band(a, shared), "from offline": _band(b, shared)}
     early = []
-    for u in sorted(set(a) & set(b)):
+    for u in shared:
         test = paired_gold(b[u], a[u])
         lines.append(f"| {u} | {spread(list(a[u].values()))} | {spread(list(b[u].values()))} | {seed_claim(test)} |")
-        for arm, values in (("from scratch", a[u]), ("from offline", b[u])):
-            mean, half = t_interval(list(values.values()))
-            curves[arm][0].append(u), curves[arm][1].append(mean), curves[arm][2].append(half)
         early.append((u, test))
     end_a = side(store, seed_ids(online), "test", plan.gold)
     end_b = side(store, seed_ids(scratch), "test", plan.gold)
@@ -210,6 +208,12 @@ def offline_section(plan: Plan, store: Store, directory: Path | None) -> list[st
         figure = figures.offline_online(directory, curves, where.split(" (")[0], xlabel)
         lines += ["", f"![offline to online]({directory.name}/{figure})"]
     return lines + [""]
+
+
+def _band(curve: dict[int, dict[int, float]], updates: list[int]) -> tuple[list, list, list]:
+    """(updates, mean, 95% t half-width over seeds) of a {update: {seed: gold}} curve at ``updates``."""
+    bands = [t_interval(list(curve[u].values())) for u in updates]
+    return list(updates), [m for m, _ in bands], [h for _, h in bands]
 
 
 def _longer_curve(plan: Plan, store: Store, prefix: str) -> dict[int, dict[int, float]] | None:
@@ -248,14 +252,9 @@ def _total_axis(plan: Plan, longer: dict[int, dict[int, float]] | None, curves: 
         return curves, "online updates"
     shift = plan.scale.offline_updates
     x, mean, half = curves["from offline"]
-    out = {"online from scratch": curves["from scratch"],
-           f"offline ({shift} updates), then online": ([u + shift for u in x], mean, half),
-           "online from scratch, longer (control)": ([], [], [])}
-    for u, values in sorted(longer.items()):
-        m, h = t_interval(list(values.values()))
-        for column, v in zip(out["online from scratch, longer (control)"], (u, m, h)):
-            column.append(v)
-    return out, "updates (offline + online)"
+    return {"online from scratch": curves["from scratch"],
+            f"offline ({shift} updates), then online": ([u + shift for u in x], mean, half),
+            "online from scratch, longer (control)": _band(longer, sorted(longer))}, "updates (offline + online)"
 
 
 def _verdict(iv: Any, early: list[tuple[int, Any]]) -> str:
