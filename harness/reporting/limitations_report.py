@@ -180,10 +180,11 @@ def _earlier(plan: Plan, rows: list[list[str]]) -> list[str]:
     lines = ["", f"Against the earlier study `{name}` ({differs}; committed beside it, its report in "
              f"`{path.parent}/`): share [95% bootstrap over trials] and chance p (Holm) of each parameter in both:", "",
              f"| parameter | {plan.scale.study} | {name} |", "|---|---|---|"]
-    lines += [f"| {p} | {cell(now.get(p))} | {cell(then.get(p))} |" for p in [*now, *(p for p in then if p not in now)]]
-    both = [p for p in now if p in then and now[p][3] < 0.05 and then[p][3] < 0.05]
-    one = [p for p in now if (now[p][3] < 0.05) != (p in then and then[p][3] < 0.05)] + \
-        [p for p in then if p not in now and then[p][3] < 0.05]
+    order = [*now, *(p for p in then if p not in now)]
+    lines += [f"| {p} | {cell(now.get(p))} | {cell(then.get(p))} |" for p in order]
+    beats = [{p for p, v in study.items() if v[3] < 0.05} for study in (now, then)]
+    both = [p for p in order if p in beats[0] & beats[1]]
+    one = [p for p in order if p in beats[0] ^ beats[1]]
     top = (max(now, key=lambda p: now[p][0]), max(then, key=lambda p: then[p][0]))
     return lines + ["", f"Largest share: {top[0]} here, {top[1]} there. Beating chance (p < 0.05) in both studies: "
                     f"{', '.join(both) or 'no parameter'}; in one only: {', '.join(one) or 'none'}."]
