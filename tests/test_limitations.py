@@ -106,7 +106,7 @@ def _plan(tmp_path) -> Plan:
     cfg = LimitationsConfig(scale="smoke", base="preset", out=str(tmp_path))
     scale = scale_of(cfg)
     res = resolve(cfg, scale)
-    return Plan(cfg, scale, res, plan_points(cfg, scale, res), {}, {}, 0, 0, 0.0)
+    return Plan(cfg, scale, res, plan_points(cfg, scale, res), {}, {})
 
 
 def test_the_sensitivity_study_is_quoted_when_stored_and_named_when_not(tmp_path):

@@ -214,7 +214,7 @@ def _from_record(cfg: LimitationsConfig, scale: Scale, res: Resolved, points: li
         lock = _lock(cfg)  # the report and figures are the same files a run of the plan writes
         try:
             report = write_report(Plan(cfg=cfg, scale=scale, resolved=res, points=points, runs=runs, refs=refs,
-                                       trained=0, computed=0, elapsed=0.0, root=tmp))
+                                       root=tmp))
         finally:
             lock.release()
     print(f"limitations: wrote {report} from the record {path} ({len({r for v in runs.values() for r in v.values()})} "
@@ -237,12 +237,12 @@ def limitations(cfg: LimitationsConfig) -> Path:
         refs, computed = reference_runs(cfg, scale, res, best_of_k_values(cfg, scale, res))
     finally:
         lock.release()
-    plan = Plan(cfg=cfg, scale=scale, resolved=res, points=points, runs=runs.ids, refs=refs, trained=runs.trained,
-                computed=computed, elapsed=time.time() - started)
+    elapsed = time.time() - started
+    plan = Plan(cfg=cfg, scale=scale, resolved=res, points=points, runs=runs.ids, refs=refs)
     record = record_path(cfg)
     size = write_record(record, Path(cfg.out), {points[i].label: ids for i, ids in runs.ids.items()}, refs)
     report = write_report(plan)
     print(f"limitations: this call trained {runs.trained} run(s) and computed {computed} best-of-K reference(s) in "
-          f"{hours(plan.elapsed)} and reused the rest from the store; wrote {report} and its record {record} "
+          f"{hours(elapsed)} and reused the rest from the store; wrote {report} and its record {record} "
           f"({size / 1e6:.2f} MB)")
     return report

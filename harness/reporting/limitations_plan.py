@@ -328,12 +328,6 @@ class Plan:
     """Point index -> {seed: run id} (points with a note have none)."""
     refs: dict[int, str]
     """K -> best-of-K reference id (under <out>/references)."""
-    trained: int
-    """Runs this call trained (or resumed); 0 when everything was stored."""
-    computed: int
-    """Best-of-K references this call computed."""
-    elapsed: float
-    """Seconds this call took before the report."""
     root: str = ""
     """The store root the report reads runs and references from (empty: ``cfg.out``; with ``--source record`` the
     unpacked record)."""
